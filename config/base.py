@@ -1,0 +1,90 @@
+# Every config key mulo knows, with its default. Types, accepted values and help live in src/mulo/config.py (SCHEMA);
+# this file and SCHEMA must list the same keys (tests check it). Other configs inherit from this file through
+# `_base_`, and every key can be overridden on the command line as `--key value`.
+# Mirrors the reference's config_base.py without its federated leftovers (num_grads, num_local_steps, ...).
+
+# ---- what to run
+optimizer = "mup_small_fc_mlp"
+task = ["mumlp-w128-d3_fashionmnist-28x28x1"]
+seed = 0
+name_suffix = ""
+output_dir = "checkpoints"
+
+# ---- tasks: muP multipliers and model shape
+mup_input_mult = 1.0
+mup_output_mult = 1.0
+mup_hidden_lr_mult = 1.0
+d_head = 64
+
+# ---- data
+data_dir = None
+tfds_download = False
+fashion_mnist_dir = None
+tinyshakespeare_path = None
+vocab_path = None
+local_batch_size = 128
+eval_batch_size = 2048
+max_eval_examples = 10000
+prefetch_batches = 4
+
+# ---- learned optimizers
+hidden_size = 32
+adafac_step_mult = None
+adafac_exp_mult = 0.001
+lo_clip_grad = False
+
+# ---- hand-designed optimizers (meta-test, sweeps)
+learning_rate = 1e-3
+beta1 = 0.9
+beta2 = 0.999
+weight_decay = 1e-4
+sgd_momentum = 0.0
+warmup_steps = 0
+cosine_decay = False
+end_lr_ratio = 0.1
+
+# ---- meta-training
+num_outer_steps = 5000
+num_inner_steps = 1000
+num_tasks = 8
+steps_per_jit = 10
+trunc_length = 50
+pes_std = 0.01
+gradient_estimator = "pes"
+truncation_schedule = "log_uniform"
+truncation_schedule_min_length = 100
+random_initial_iteration_offset = 50
+meta_loss_split = "train"
+meta_learning_rate = 1e-4
+schedule = dict()
+meta_weight_decay = 1e-4
+meta_grad_clip = None
+save_iter = 50
+checkpoints_to_keep = 10
+auto_resume = False
+
+# ---- meta-testing
+num_runs = 5
+test_interval = 50
+skip_test = False
+checkpoint = None
+wandb_checkpoint_id = None
+use_bf16 = False
+
+# ---- sweeps
+sweep_config = dict()
+storage = None
+study_name = None
+sweep_trials = None
+sweep_objective_frac = 0.05
+
+# ---- coordinate check
+widths = [128, 256, 512, 1024]
+coord_steps = 3
+
+# ---- logging
+wandb_mode = "offline"
+wandb_project = "mulo"
+wandb_entity = None
+log_every = 1
+progress = True

@@ -1,0 +1,118 @@
+"""Command-line interface: parse the subcommand and options, load the config, dispatch.
+
+    python src/main.py SUBCOMMAND --config FILE [--key value ...] [--cfg-options a.b=1 ...]
+
+Every config key is an option (``--task a,b`` for lists, ``--use_bf16 true|false`` for booleans, ``--key none`` for
+optional keys). Only options the user gives are merged into the config. Errors the user caused print one line on
+stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from mulo.config import SCHEMA, Config, load_config, parse_cli_value, suggest
+from mulo.errors import ConfigError, MuloError, NotImplementedYet
+
+# subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
+# exit code.
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "meta-train": ("meta-train a learned optimizer with truncated PES/ES", None),
+    "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", None),
+    "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", None),
+    "coord-check": ("muP coordinate check: activation size vs width", None),
+    "report": ("figures and tables from meta-test run directories", None),
+}
+
+# Subcommands that take run directories instead of requiring --config.
+POSITIONAL_RUN_DIRS = {"report"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        raise ConfigError(message)
+
+
+def _metavar(key: str) -> str:
+    spec = SCHEMA[key]
+    if spec.choices:
+        return "{" + ",".join(map(str, spec.choices)) + "}"
+    return {"list[str]": "A,B,...", "list[int]": "N,N,...", "list[float]": "X,X,...", "dict": "DICT",
+            "bool": "true|false", "int": "INT", "float": "FLOAT", "str": "STR"}[spec.type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python src/main.py", description="mulo: learned optimizers under muP (JAX).",
+                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+    for name, (help_text, _) in COMMANDS.items():
+        usage = (f"%(prog)s RUN_DIR [RUN_DIR ...] [--config FILE] [--key value ...]" if name in POSITIONAL_RUN_DIRS
+                 else "%(prog)s --config FILE [--key value ...] [--cfg-options KEY=VALUE ...]")
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False, usage=usage,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="Every config key is an option; lists are comma-separated, booleans true/false, "
+                                  "optional values accept none.")
+        if name in POSITIONAL_RUN_DIRS:
+            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="meta-test run directories")
+            p.add_argument("--config", help="MMEngine config file (optional here)")
+        else:
+            p.add_argument("--config", required=True, help="MMEngine config file (e.g. config/meta_train/...py)")
+        p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="nested overrides, e.g. schedule.peak_value=3e-3")
+        keys = p.add_argument_group("config keys (defaults in config/base.py)")
+        for key, spec in SCHEMA.items():
+            kwargs = dict(dest=f"key__{key}", default=argparse.SUPPRESS, metavar=_metavar(key), help=spec.help)
+            if spec.type == "bool":
+                kwargs.update(nargs="?", const="true")
+            keys.add_argument(f"--{key}", **kwargs)
+    return parser
+
+
+def _check_unknown(unknown: list[str]) -> None:
+    for token in unknown:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            raise ConfigError(f"unknown option '--{key}'{suggest(key, SCHEMA)}; see --help for the accepted keys")
+    raise ConfigError(f"unexpected argument {unknown[0]!r}")
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
+    """Parse argv into (args, validated config)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        _check_unknown(unknown)
+    if args.command is None:
+        raise ConfigError("missing subcommand: one of " + ", ".join(COMMANDS) + " (see --help)")
+    cli = {name[5:]: parse_cli_value(name[5:], value) for name, value in vars(args).items()
+           if name.startswith("key__")}
+    cfg = load_config(args.config, cli=cli, cfg_options=args.cfg_options)
+    return args, cfg
+
+
+def _handler(command: str) -> Callable[[Config, argparse.Namespace], int]:
+    target = COMMANDS[command][1]
+    if target is None:
+        raise NotImplementedYet(f"'{command}' is not implemented yet")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args, cfg = parse(argv)
+        return int(_handler(args.command)(cfg, args) or 0)
+    except MuloError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,413 @@
+"""Load and validate run configurations.
+
+A run's configuration is built in this order, each layer overriding the one before:
+
+1. ``config/base.py`` (every key with its default),
+2. the ``--config`` file (an MMEngine Python config; ``_base_`` inheritance merges dicts recursively),
+3. ``--cfg-options a.b=1 ...`` (nested keys),
+4. ``--key value`` options on the command line.
+
+Only keys that the user actually wrote are merged, so a CLI default never overwrites a value from a config file (a
+bug of the reference, whose ``store_true`` flags always clobbered config values).
+
+Every key is declared once in ``SCHEMA`` with its type, accepted values and help. Unknown keys, wrong types and bad
+values raise ``ConfigError`` with one line naming the key, the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mulo.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_CONFIG = REPO_ROOT / "config" / "base.py"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its type, whether None is allowed, accepted values, a lower bound and help."""
+
+    type: str  # int | float | str | bool | dict | list[str] | list[int] | list[float]
+    help: str
+    optional: bool = False
+    choices: tuple | None = None
+    min: float | None = None
+
+
+_POS = 1e-300  # "strictly positive" lower bound for floats
+
+SCHEMA: dict[str, Key] = {
+    # what to run
+    "optimizer": Key("str", "optimizer: sgd, adam, adamw, muadam, small_fc_mlp, mup_small_fc_mlp",
+                     choices=("sgd", "adam", "adamw", "muadam", "small_fc_mlp", "mup_small_fc_mlp")),
+    "task": Key("list[str]", "task name(s), e.g. mumlp-w128-d3_fashionmnist-28x28x1; a comma list = multi-task"),
+    "seed": Key("int", "random seed (init, data order, perturbations)", min=0),
+    "name_suffix": Key("str", "appended to the run name"),
+    "output_dir": Key("str", "where run directories are created"),
+    # tasks
+    "mup_input_mult": Key("float", "muP forward multiplier of the input layer's output", min=_POS),
+    "mup_output_mult": Key("float", "muP multiplier of the logits (times 1/fan_in of the readout)", min=_POS),
+    "mup_hidden_lr_mult": Key("float", "muP update scale of hidden matrices (times 1/fan_in)", min=_POS),
+    "d_head": Key("int", "transformer head dimension (width must be divisible by it)", min=1),
+    # data
+    "data_dir": Key("str", "TFDS data directory (None: TFDS default)", optional=True),
+    "tfds_download": Key("bool", "let TFDS download datasets that are not prepared"),
+    "fashion_mnist_dir": Key("str", "folder with Fashion-MNIST IDX .gz files (None: Debian's, then TFDS)",
+                             optional=True),
+    "tinyshakespeare_path": Key("str", "Tiny Shakespeare input.txt (None: ../shared/data/tinyshakespeare)",
+                                optional=True),
+    "vocab_path": Key("str", "SentencePiece model for the 32k-vocabulary text tasks", optional=True),
+    "local_batch_size": Key("int", "training batch size per task", min=1),
+    "eval_batch_size": Key("int", "chunk size of jitted evaluation", min=1),
+    "max_eval_examples": Key("int", "test examples per evaluation (None: whole test split)", optional=True, min=1),
+    "prefetch_batches": Key("int", "batches kept ready on the device", min=1),
+    # learned optimizers
+    "hidden_size": Key("int", "hidden units of the learned optimizer's MLP", min=1),
+    "adafac_step_mult": Key("float", "LO step multiplier (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp)",
+                            optional=True, min=_POS),
+    "adafac_exp_mult": Key("float", "LO magnitude exponent multiplier", min=0.0),
+    "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
+    # hand-designed optimizers
+    "learning_rate": Key("float", "learning rate of hand-designed optimizers", min=_POS),
+    "beta1": Key("float", "Adam beta1", min=0.0),
+    "beta2": Key("float", "Adam beta2", min=0.0),
+    "weight_decay": Key("float", "AdamW weight decay", min=0.0),
+    "sgd_momentum": Key("float", "SGD momentum (0: plain SGD)", min=0.0),
+    "warmup_steps": Key("int", "linear warmup steps of hand-designed optimizers", min=0),
+    "cosine_decay": Key("bool", "cosine-decay the learning rate to end_lr_ratio * lr over num_inner_steps"),
+    "end_lr_ratio": Key("float", "final lr / peak lr of the cosine schedule", min=0.0),
+    # meta-training
+    "num_outer_steps": Key("int", "meta-training (outer) steps", min=1),
+    "num_inner_steps": Key("int", "inner steps: max episode length (meta-train) or horizon (meta-test)", min=1),
+    "num_tasks": Key("int", "antithetic perturbation pairs per task", min=1),
+    "steps_per_jit": Key("int", "inner steps per jitted unroll call (must divide trunc_length)", min=1),
+    "trunc_length": Key("int", "PES/ES truncation length K", min=1),
+    "pes_std": Key("float", "std of the meta-parameter perturbations", min=_POS),
+    "gradient_estimator": Key("str", "meta-gradient estimator", choices=("pes", "es")),
+    "truncation_schedule": Key("str", "episode lengths", choices=("constant", "log_uniform")),
+    "truncation_schedule_min_length": Key("int", "shortest episode of the log-uniform schedule", min=1),
+    "random_initial_iteration_offset": Key("int", "initial inner steps drawn in [0, this) to desynchronise tasks",
+                                           min=0),
+    "meta_loss_split": Key("str", "meta-loss: pre-update train loss, post-update loss on the same batch, or on a "
+                                  "meta-valid batch", choices=("train", "same_data", "meta_valid")),
+    "meta_learning_rate": Key("float", "outer Adam lr when `schedule` is empty", min=_POS),
+    "schedule": Key("dict", "outer AdamW schedule: init_value, peak_value, warmup_steps, decay_steps, end_value, "
+                            "exponent (decay_steps includes warmup)"),
+    "meta_weight_decay": Key("float", "outer AdamW weight decay", min=0.0),
+    "meta_grad_clip": Key("float", "clip the meta-gradient to this global norm before Adam (None: off)",
+                          optional=True, min=_POS),
+    "save_iter": Key("int", "save a checkpoint every this many outer steps", min=1),
+    "checkpoints_to_keep": Key("int", "checkpoints kept (oldest deleted)", min=1),
+    "auto_resume": Key("bool", "continue the run's latest checkpoint if there is one"),
+    # meta-testing
+    "num_runs": Key("int", "seeds per task at meta-test", min=1),
+    "test_interval": Key("int", "evaluate the test split every this many steps", min=1),
+    "skip_test": Key("bool", "do not evaluate the test split"),
+    "checkpoint": Key("str", "learned optimizer: run directory, its latest checkpoint, or a theta file",
+                      optional=True),
+    "wandb_checkpoint_id": Key("str", "learned optimizer from a wandb run: entity/project/run_id", optional=True),
+    "use_bf16": Key("bool", "bf16 compute with float32 master state"),
+    # sweeps
+    "sweep_config": Key("dict", "sweep: method (grid, tpe, random), parameters, metric"),
+    "storage": Key("str", "Optuna storage URL (None: SQLite in the run directory)", optional=True),
+    "study_name": Key("str", "Optuna study name (None: the run name)", optional=True),
+    "sweep_trials": Key("int", "trial budget for tpe/random sweeps (None: the whole grid)", optional=True, min=1),
+    "sweep_objective_frac": Key("float", "objective = mean train loss over this last fraction of steps",
+                                min=_POS),
+    # coordinate check
+    "widths": Key("list[int]", "widths of the coordinate check", min=1),
+    "coord_steps": Key("int", "steps recorded by the coordinate check", min=1),
+    # logging
+    "wandb_mode": Key("str", "wandb logging (the WANDB_MODE environment variable wins)",
+                      choices=("online", "offline", "disabled")),
+    "wandb_project": Key("str", "wandb project"),
+    "wandb_entity": Key("str", "wandb entity", optional=True),
+    "log_every": Key("int", "log metrics every this many steps", min=1),
+    "progress": Key("bool", "show progress bars"),
+}
+
+
+class Config(Mapping):
+    """A validated, read-only configuration: ``cfg.key`` or ``cfg["key"]``."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]):
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only; use cfg.replace(key=value)")
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __repr__(self):
+        return f"Config({self._data!r})"
+
+    def replace(self, **changes) -> "Config":
+        """A validated copy with some keys changed."""
+        return Config(validate({**self._data, **changes}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# error messages
+
+
+def _accepted(key: str) -> str:
+    spec = SCHEMA[key]
+    if spec.choices:
+        text = "one of " + ", ".join(map(str, spec.choices))
+    else:
+        text = {"list[str]": "a comma-separated list of strings", "list[int]": "a comma-separated list of integers",
+                "list[float]": "a comma-separated list of numbers", "dict": "a dict (use --cfg-options key.sub=value)",
+                "bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[spec.type]
+        if spec.min is not None:
+            text += " > 0" if spec.min == _POS else f" >= {spec.min:g}"
+    if spec.optional:
+        text += " (or None)"
+    return text
+
+
+def suggest(name: str, options: Iterable[str]) -> str:
+    """' (did you mean X?)' for a near-miss, else ''."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'{suggest(key, SCHEMA)}; "
+                       f"see --help for the accepted keys")
+
+
+def _bad(key: str, value: Any) -> ConfigError:
+    return ConfigError(f"bad value {value!r} for config key '{key}': expected {_accepted(key)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validation of Python values (from config files) and parsing of strings (from the CLI)
+
+
+def _check_scalar(key: str, kind: str, value: Any) -> Any:
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise _bad(key, value)
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _bad(key, value)
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _bad(key, value)
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise _bad(key, value)
+    raise AssertionError(f"unknown schema type {kind}")
+
+
+def _to_plain(value: Any) -> Any:
+    """MMEngine ConfigDict/list -> plain dict/list, recursively."""
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def validate_value(key: str, value: Any) -> Any:
+    """Check a Python value against the schema; return it normalised (e.g. int -> float, "a,b" -> [a, b])."""
+    if key not in SCHEMA:
+        raise unknown_key_error(key)
+    spec = SCHEMA[key]
+    if value is None:
+        if spec.optional:
+            return None
+        raise _bad(key, value)
+    if spec.type == "dict":
+        if not isinstance(value, Mapping):
+            raise _bad(key, value)
+        return _to_plain(value)
+    if spec.type.startswith("list["):
+        inner = spec.type[5:-1]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            if inner != "str":
+                try:
+                    value = [_parse_scalar(key, inner, v) for v in value]
+                except ConfigError:
+                    raise _bad(key, ",".join(value)) from None
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _bad(key, value)
+        out = [_check_scalar(key, inner, v) for v in value]
+        for v in out:
+            _check_range(key, spec, v, value)
+        return out
+    out = _check_scalar(key, spec.type, value)
+    _check_range(key, spec, out, value)
+    return out
+
+
+def _check_range(key: str, spec: Key, v: Any, shown: Any) -> None:
+    if spec.choices is not None and v not in spec.choices:
+        raise ConfigError(f"bad value {shown!r} for config key '{key}': expected {_accepted(key)}"
+                          f"{suggest(str(v), map(str, spec.choices))}")
+    if spec.min is not None and isinstance(v, (int, float)) and v < spec.min:
+        raise _bad(key, shown)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_scalar(key: str, kind: str, text: str) -> Any:
+    try:
+        if kind == "bool":
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        return text
+    except ValueError:
+        raise _bad(key, text) from None
+
+
+def parse_cli_value(key: str, text: str) -> Any:
+    """Turn the string given on the command line for ``key`` into a validated value."""
+    if key not in SCHEMA:
+        raise unknown_key_error(key)
+    spec = SCHEMA[key]
+    if spec.optional and text.strip().lower() in ("none", "null"):
+        return None
+    if spec.type == "dict":
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise _bad(key, text) from None
+        return validate_value(key, value)
+    if spec.type.startswith("list["):
+        return validate_value(key, text)
+    return validate_value(key, _parse_scalar(key, spec.type, text))
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_cfg_options(data: dict[str, Any], options: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (MMEngine's --cfg-options) to a plain dict, returning a new one."""
+    data = _to_plain(data)
+    for item in options:
+        if "=" not in item:
+            raise ConfigError(f"bad --cfg-options item {item!r}: expected key=value or key.sub=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        top = parts[0]
+        if top not in SCHEMA:
+            raise unknown_key_error(top)
+        if len(parts) == 1:
+            data[top] = parse_cli_value(top, text)
+            continue
+        if SCHEMA[top].type != "dict":
+            raise ConfigError(f"bad --cfg-options item {item!r}: config key '{top}' is not a dict")
+        node = data.setdefault(top, {})
+        if node is None:
+            node = data[top] = {}
+        for p in parts[1:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = node[p] = {}
+            node = child
+        node[parts[-1]] = _literal(text)
+    return data
+
+
+def validate(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a whole config dict: every key known, every value well-typed, cross-key rules."""
+    out = {}
+    for key, value in data.items():
+        out[key] = validate_value(key, value)
+    missing = [k for k in SCHEMA if k not in out]
+    if missing:
+        raise ConfigError(f"config is missing keys {', '.join(missing)}: inherit from config/base.py")
+    if out["trunc_length"] % out["steps_per_jit"]:
+        raise ConfigError(f"bad value {out['steps_per_jit']} for config key 'steps_per_jit': expected a divisor of "
+                          f"trunc_length={out['trunc_length']}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an MMEngine Python config file (with `_base_` inheritance) into a plain dict."""
+    from mmengine.config import Config as MMConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = MMConfig.fromfile(str(path))
+    except ConfigError:
+        raise
+    except Exception as exc:  # mmengine raises many kinds (SyntaxError, FileNotFoundError, KeyError, ...)
+        msg = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {msg}") from None
+    return _to_plain(cfg.to_dict())
+
+
+def load_config(path: str | os.PathLike | None, cli: Mapping[str, Any] | None = None,
+                cfg_options: Iterable[str] = ()) -> Config:
+    """Build the run config: base defaults <- config file <- --cfg-options <- --key values (already parsed)."""
+    data = _read_file(BASE_CONFIG)
+    if path is not None:
+        user = _read_file(path)
+        for key in user:  # check names before merging so the error names the user's key
+            if key not in SCHEMA:
+                raise ConfigError(f"unknown config key '{key}' in {path}{suggest(key, SCHEMA)}")
+        data.update(user)
+    data = apply_cfg_options(data, cfg_options)
+    data.update(cli or {})
+    return Config(validate(data))
+
+
+def dump_text(cfg: Config) -> str:
+    """The resolved config as a Python config file that `--config` can load again."""
+    lines = ["# Resolved mulo config: every key, as this run used it.", ""]
+    for key in SCHEMA:
+        lines.append(f"{key} = {cfg[key]!r}")
+    return "\n".join(lines) + "\n"
