@@ -1,0 +1,22 @@
+"""Benchmarks: ``python scripts/bench.py {optimizers,meta-train} [options]``. Results go in BENCHMARKS.md."""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("which", choices=["optimizers", "meta-train"])
+    args, rest = parser.parse_known_args()
+    if args.which == "optimizers":
+        from bench_optimizers import main as run
+    else:
+        from bench_meta_train import main as run
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
