@@ -1,0 +1,53 @@
+"""Optimizers: hand-designed (optax) and learned, all behind ``mulo.optimizers.base.Optimizer``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mulo.errors import ConfigError
+from mulo.optimizers.base import LearnedOptimizer, Optimizer
+from mulo.optimizers.hand_designed import adam, adamw, from_optax, lr_schedule, muadam, sgd
+
+HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
+LEARNED = ("small_fc_mlp", "mup_small_fc_mlp")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, Mapping):
+        if key not in cfg:
+            raise ConfigError(f"config key {key!r} is missing")
+        return cfg[key]
+    try:
+        return getattr(cfg, key)
+    except AttributeError:
+        raise ConfigError(f"config key {key!r} is missing") from None
+
+
+def build_optimizer(cfg: Any, task: Any) -> Optimizer:
+    """The hand-designed optimizer named by ``cfg.optimizer`` for ``task`` (MuAdam reads ``task.update_scales``).
+
+    Keys read: optimizer, learning_rate, beta1, beta2, weight_decay, sgd_momentum, warmup_steps, cosine_decay,
+    end_lr_ratio, num_inner_steps. Learned optimizers need meta-parameters: use ``build_learned`` / ``load_theta``
+    and ``lo.opt_fn(theta, task.update_scales)``.
+    """
+    name = _get(cfg, "optimizer")
+    if name in LEARNED:
+        raise ConfigError(f"optimizer {name!r} is a learned optimizer: build it with mulo.optimizers.load_theta("
+                          f"<theta file>) and lo.opt_fn(theta, task.update_scales)")
+    if name not in HAND_DESIGNED:
+        raise ConfigError(f"unknown optimizer {name!r}; expected one of {HAND_DESIGNED + LEARNED}")
+    lr = lr_schedule(_get(cfg, "learning_rate"), warmup_steps=_get(cfg, "warmup_steps"),
+                     cosine_decay=_get(cfg, "cosine_decay"), end_lr_ratio=_get(cfg, "end_lr_ratio"),
+                     num_steps=_get(cfg, "num_inner_steps"))
+    if name == "sgd":
+        return sgd(lr, momentum=_get(cfg, "sgd_momentum"))
+    b1, b2 = _get(cfg, "beta1"), _get(cfg, "beta2")
+    if name == "adam":
+        return adam(lr, b1=b1, b2=b2)
+    if name == "adamw":
+        return adamw(lr, b1=b1, b2=b2, weight_decay=_get(cfg, "weight_decay"))
+    return muadam(lr, task.update_scales, b1=b1, b2=b2)
+
+
+__all__ = ["Optimizer", "LearnedOptimizer", "build_optimizer", "sgd", "adam", "adamw", "muadam", "from_optax",
+           "lr_schedule", "HAND_DESIGNED", "LEARNED"]
