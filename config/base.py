@@ -70,6 +70,7 @@ skip_test = False
 checkpoint = None
 wandb_checkpoint_id = None
 use_bf16 = False
+test_steps_per_jit = 10
 
 # ---- sweeps
 sweep_config = dict()

@@ -113,6 +113,7 @@ SCHEMA: dict[str, Key] = {
                       optional=True),
     "wandb_checkpoint_id": Key("str", "learned optimizer from a wandb run: entity/project/run_id", optional=True),
     "use_bf16": Key("bool", "bf16 compute with float32 master state"),
+    "test_steps_per_jit": Key("int", "meta-test/sweep: training steps per jitted lax.scan call", min=1),
     # sweeps
     "sweep_config": Key("dict", "sweep: method (grid, tpe, random), parameters, metric"),
     "storage": Key("str", "Optuna storage URL (None: SQLite in the run directory)", optional=True),
