@@ -1,0 +1,606 @@
+"""Meta-test: train fresh tasks with a learned (from a checkpoint) or hand-designed optimizer.
+
+    python src/main.py meta-test --config config/meta_test/...py --optimizer mup_small_fc_mlp \
+        --checkpoint checkpoints/<meta-train run> --task mumlp-w128-d3_...,mumlp-w1024-d3_... --num_runs 5
+
+Where the results go (``report`` reads them)::
+
+    <output_dir>/<run_name>/
+        config.py                      resolved config
+        meta_test.json                 optimizer (label, checkpoint, LO hyper-parameters) and one entry per run
+        <task>/seed<k>/metrics.jsonl   one line per step: step, train_loss, step_time (+ test_loss, test_accuracy
+                                       every test_interval steps and at the last step)
+        <task>/seed<k>/summary.json    the run's outcome: finished/diverged, final and tail-mean train loss, ...
+
+Run ``r`` of ``num_runs`` uses seed ``cfg.seed + r`` for both the initialisation and the data order, so seeds differ
+across runs and repeat across invocations (and across tasks, which makes widths paired comparisons).
+
+A learned optimizer's hyper-parameters come from its checkpoint (``load_theta``), never from the command line. A run
+whose loss becomes NaN/inf stops, is recorded as diverged, and the other runs go on. A finished run with the same
+settings is not repeated when the command is run again (its summary is reused).
+
+The training loop (``TrainLoop``) runs ``test_steps_per_jit`` steps per jitted ``lax.scan`` call; sweeps reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulo.config import Config
+from mulo.errors import CheckpointError, ConfigError, MuloError
+from mulo.io import atomic_write_json, read_jsonl
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+MANIFEST = "meta_test.json"
+HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# locating a learned optimizer's theta file
+
+THETA_SUFFIXES = (".theta", ".msgpack", ".pickle", ".pkl", ".npz", ".safetensors", ".ckpt")
+
+
+def _step_of(path: Path) -> int:
+    """The largest integer in a file name (``theta_000500.msgpack`` -> 500); -1 when there is none."""
+    digits = "".join(c if c.isdigit() else " " for c in path.name).split()
+    return max((int(d) for d in digits), default=-1)
+
+
+def _is_theta_name(name: str) -> bool:
+    low = name.lower()
+    return ("theta" in low or "global_step" in low) and not low.endswith((".tmp", ".json", ".lock"))
+
+
+def _read_pointer(pointer: Path) -> Path:
+    """A ``latest`` pointer: a symlink, or a small text file holding a path (relative to its folder)."""
+    if pointer.is_symlink() or pointer.is_dir():
+        target = pointer.resolve()
+    else:
+        try:
+            text = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"cannot read checkpoint pointer {pointer}: {exc}") from None
+        if not text:
+            raise CheckpointError(f"checkpoint pointer {pointer} is empty")
+        target = Path(text.splitlines()[0].strip())
+        if not target.is_absolute():
+            target = pointer.parent / target
+    if not target.exists():
+        raise CheckpointError(f"checkpoint pointer {pointer} names {target}, which does not exist")
+    return target
+
+
+def _theta_in_dir(folder: Path) -> Path | None:
+    """The newest theta file directly in ``folder`` or in its ``checkpoints/`` / ``theta/`` sub-folders."""
+    found: list[Path] = []
+    for sub in (folder, folder / "checkpoints", folder / "theta"):
+        if sub.is_dir():
+            found += [p for p in sub.iterdir() if p.is_file() and _is_theta_name(p.name)]
+    if not found:
+        return None
+    return max(found, key=lambda p: (_step_of(p), p.stat().st_mtime))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The theta file meant by ``path``: a theta file itself, a ``latest`` pointer (symlink or text file naming a
+    theta file or a checkpoint folder), or a meta-train run directory (its ``latest`` pointer if any, else its
+    newest theta file). Raises ``CheckpointError`` (one line) when nothing usable is found."""
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_symlink():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    for _ in range(4):  # pointer -> folder -> pointer ...
+        if p.name == "latest" and (p.is_file() or p.is_symlink()):
+            p = _read_pointer(p)
+            continue
+        if p.is_file():
+            return p
+        if p.is_dir():
+            if (p / "latest").exists():
+                p = _read_pointer(p / "latest")
+                continue
+            theta = _theta_in_dir(p)
+            if theta is None:
+                raise CheckpointError(f"no theta file in {p}: expected a meta-train run directory with a 'latest' "
+                                      f"pointer or theta files, or pass the theta file itself")
+            return theta
+        break
+    raise CheckpointError(f"cannot resolve checkpoint {path}: expected a theta file, a 'latest' pointer or a run "
+                          f"directory")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# wandb: the one place that talks to the wandb public API
+
+
+def wandb_api() -> Any:
+    """The wandb public API object (``wandb.Api``); tests pass a fake with ``run(path).files()`` instead."""
+    import wandb
+
+    return wandb.Api(timeout=30)
+
+
+def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
+                           api_factory: Callable[[], Any] = wandb_api) -> Path:
+    """Download the theta file of the wandb run ``entity/project/run_id`` into ``dest``; return its path.
+
+    The run's files whose names look like theta files (``theta`` or ``global_step`` in the name) are candidates;
+    the one with the largest step number wins. Any failure (offline, no API key, unknown run, no theta file) raises
+    ``CheckpointError`` with one line."""
+    parts = run_path.strip().strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"bad value {run_path!r} for config key 'wandb_checkpoint_id': expected "
+                          f"entity/project/run_id")
+    run_path = "/".join(parts)
+    try:
+        api = api_factory()
+        run = api.run(run_path)
+        files = list(run.files())
+    except MuloError:
+        raise
+    except Exception as exc:  # network errors, auth errors, wandb.errors.CommError for unknown runs, ...
+        msg = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"cannot fetch wandb run {run_path} ({type(exc).__name__}: {msg}); wandb may be "
+                              f"offline or the run unknown: download its theta file and pass --checkpoint PATH"
+                              ) from None
+    candidates = [f for f in files if _is_theta_name(Path(f.name).name)]
+    if not candidates:
+        names = ", ".join(sorted(f.name for f in files)[:10]) or "none"
+        raise CheckpointError(f"wandb run {run_path} has no theta file (its files: {names})")
+    best = max(candidates, key=lambda f: _step_of(Path(f.name)))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        best.download(root=str(dest), replace=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"cannot download {best.name} from wandb run {run_path} ({type(exc).__name__}: "
+                              f"{msg})") from None
+    path = dest / best.name
+    if not path.is_file():
+        raise CheckpointError(f"downloading {best.name} from wandb run {run_path} produced no file at {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# which optimizer
+
+
+@dataclass(frozen=True)
+class OptimizerSource:
+    """How to build the optimizer for a task, and what to record about it."""
+
+    name: str  # cfg.optimizer, or the learned optimizer's name from its checkpoint
+    make: Callable[[Any], Any]  # task -> Optimizer
+    info: dict = field(default_factory=dict)  # checkpoint path, hyper-parameters (JSON-able)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, bool, int, float)) or obj is None:
+        return obj
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+HAND_KEYS = ("learning_rate", "beta1", "beta2", "weight_decay", "sgd_momentum", "warmup_steps", "cosine_decay",
+             "end_lr_ratio", "mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")
+
+
+def optimizer_source(cfg: Config, run_dir: str | os.PathLike | None = None,
+                     api_factory: Callable[[], Any] = wandb_api) -> OptimizerSource:
+    """The optimizer of ``cfg``: hand-designed from the config, learned from ``checkpoint`` / ``wandb_checkpoint_id``
+    (its hyper-parameters come from the checkpoint)."""
+    if cfg.optimizer in HAND_DESIGNED:
+        if cfg.checkpoint or cfg.wandb_checkpoint_id:
+            raise ConfigError(f"optimizer {cfg.optimizer!r} is hand-designed and takes no checkpoint: drop "
+                              f"--checkpoint/--wandb_checkpoint_id or choose a learned optimizer")
+        from mulo.optimizers import build_optimizer
+
+        info = {"hparams": {k: cfg[k] for k in HAND_KEYS}}
+        return OptimizerSource(name=cfg.optimizer, make=lambda task: build_optimizer(cfg, task), info=info)
+
+    if cfg.checkpoint and cfg.wandb_checkpoint_id:
+        raise ConfigError("give either --checkpoint or --wandb_checkpoint_id, not both")
+    if cfg.wandb_checkpoint_id:
+        dest = Path(run_dir if run_dir is not None else cfg.output_dir) / "wandb_checkpoint"
+        path = fetch_wandb_checkpoint(cfg.wandb_checkpoint_id, dest, api_factory)
+    elif cfg.checkpoint:
+        path = resolve_checkpoint(cfg.checkpoint)
+    else:
+        raise ConfigError(f"optimizer {cfg.optimizer!r} is a learned optimizer: pass --checkpoint (a meta-train run "
+                          f"directory, its 'latest' or a theta file) or --wandb_checkpoint_id entity/project/run_id")
+    from mulo.optimizers import load_theta
+
+    lo, theta, extra = load_theta(path)
+    if getattr(lo, "name", cfg.optimizer) != cfg.optimizer:
+        raise CheckpointError(f"checkpoint {path} holds a {lo.name!r} learned optimizer, but --optimizer is "
+                              f"{cfg.optimizer!r}")
+    info = {"checkpoint": str(Path(path).resolve()), "hparams": _jsonable(getattr(lo, "hparams", {})),
+            "checkpoint_extra": _jsonable(extra or {})}
+    if cfg.wandb_checkpoint_id:
+        info["wandb_checkpoint_id"] = cfg.wandb_checkpoint_id
+    return OptimizerSource(name=lo.name, make=lambda task: lo.opt_fn(theta, task.update_scales), info=info)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bf16
+
+
+def _is_float(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """Cast the floating-point leaves of ``tree`` to ``dtype``; integer leaves (labels, token ids) stay as they are."""
+    return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
+
+
+def bf16_loss(loss_fn: Callable) -> Callable:
+    """``loss_fn`` computed in bf16 (params and float inputs cast down inside) with a float32 result, so gradients
+    with respect to the float32 master params are float32. Integer labels are never cast (§9.5)."""
+
+    def wrapped(params, batch, *rest):
+        out = loss_fn(cast_floats(params, jnp.bfloat16), cast_floats(batch, jnp.bfloat16), *rest)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), out)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the training loop
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    num_steps: int
+    batch_size: int
+    steps_per_jit: int = 10
+    test_interval: int = 50
+    skip_test: bool = False
+    eval_batch_size: int = 2048
+    max_eval_examples: int | None = 10000
+    use_bf16: bool = False
+    log_every: int = 1
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "LoopSettings":
+        return cls(num_steps=cfg.num_inner_steps, batch_size=cfg.local_batch_size,
+                   steps_per_jit=cfg.test_steps_per_jit, test_interval=cfg.test_interval, skip_test=cfg.skip_test,
+                   eval_batch_size=cfg.eval_batch_size, max_eval_examples=cfg.max_eval_examples,
+                   use_bf16=cfg.use_bf16, log_every=cfg.log_every, progress=cfg.progress)
+
+
+@dataclass
+class RunResult:
+    """The outcome of one training run."""
+
+    task: str
+    seed: int
+    num_steps: int
+    steps_completed: int
+    diverged: bool
+    diverged_step: int | None
+    train_losses: list[float]
+    final_train_loss: float | None  # last finite train loss
+    test_loss: float | None = None  # at the last evaluation
+    test_accuracy: float | None = None
+    mean_step_time: float | None = None  # seconds per step, first (compiling) chunk excluded when possible
+    wall_time: float = 0.0
+
+    def tail_mean(self, frac: float) -> float:
+        """Mean train loss over the last ``frac`` of the steps (inf for a diverged run)."""
+        if self.diverged:
+            return math.inf
+        return tail_mean(self.train_losses, frac)
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "train_losses"}
+        return out
+
+
+def tail_mean(losses: Sequence[float], frac: float) -> float:
+    """Mean of the last ``max(1, ceil(frac * n))`` values (inf if empty or non-finite)."""
+    if not len(losses):
+        return math.inf
+    n = max(1, math.ceil(frac * len(losses)))
+    value = float(np.mean(np.asarray(losses[-n:], dtype=np.float64)))
+    return value if math.isfinite(value) else math.inf
+
+
+def _chunks(num_steps: int, steps_per_jit: int, eval_steps: set[int]) -> Iterator[tuple[int, int]]:
+    """(start, length) segments covering [0, num_steps), at most ``steps_per_jit`` long, that end at every
+    evaluation step."""
+    start = 0
+    while start < num_steps:
+        end = min(start + steps_per_jit, num_steps)
+        for s in sorted(eval_steps):
+            if start < s < end:
+                end = s
+                break
+        yield start, end - start
+        start = end
+
+
+class TrainLoop:
+    """Train one task with one optimizer, any number of seeds; the jitted functions are compiled once per loop.
+
+    ``run(seed, log)`` calls ``log(step, metrics)`` for every ``log_every``-th step (step = updates done) with
+    ``train_loss`` (the loss of that step's batch before its update) and ``step_time``, plus ``test_loss`` /
+    ``test_accuracy`` at evaluation steps (0, every ``test_interval``, the last step).
+    """
+
+    def __init__(self, task: Any, optimizer: Any, settings: LoopSettings):
+        self.task = task
+        self.opt = optimizer
+        self.s = settings
+        loss_fn = bf16_loss(task.loss) if settings.use_bf16 else task.loss
+        eval_fn = bf16_loss(task.loss_and_accuracy) if settings.use_bf16 else task.loss_and_accuracy
+        opt = optimizer
+
+        def one_step(carry, inputs):
+            state, key = carry
+            batch, step = inputs
+            step_key = jax.random.fold_in(key, step)
+            loss, grads = jax.value_and_grad(loss_fn)(opt.params(state), batch, step_key)
+            state = opt.update(state, grads, loss, step_key)
+            return (state, key), loss
+
+        def chunk(state, key, batches, start):
+            steps = start + jnp.arange(jax.tree.leaves(batches)[0].shape[0])
+            (state, _), losses = jax.lax.scan(one_step, (state, key), (batches, steps))
+            return state, losses
+
+        def evaluate(params, batch):
+            loss, acc = eval_fn(params, batch)
+            return loss.astype(jnp.float32), acc.astype(jnp.float32)
+
+        self._chunk = jax.jit(chunk)
+        self._eval = jax.jit(evaluate)
+        self._init_params = jax.jit(task.init)
+        self._opt_init = jax.jit(lambda p: opt.init(p, settings.num_steps))
+        self._eval_set: list[tuple[dict, int]] | None = None
+
+    def eval_steps(self) -> set[int]:
+        if self.s.skip_test:
+            return set()
+        n = self.s.num_steps
+        return set(range(0, n + 1, self.s.test_interval)) | {n}
+
+    def _eval_batches(self) -> list[tuple[dict, int]]:
+        if self._eval_set is None:
+            items = []
+            for batch in self.task.dataset.eval_batches("test", self.s.eval_batch_size, self.s.max_eval_examples):
+                n = int(np.shape(batch["y"])[0])
+                items.append((jax.tree.map(jnp.asarray, dict(batch)), n))
+            if not items:
+                raise MuloError(f"task {self.task.name}: the test split gave no evaluation batch")
+            self._eval_set = items
+        return self._eval_set
+
+    def evaluate(self, params: Any) -> tuple[float, float]:
+        """Test loss and accuracy, averaged over the evaluation chunks weighted by their size."""
+        total = loss_sum = acc_sum = 0.0
+        outs = [(self._eval(params, b), n) for b, n in self._eval_batches()]
+        for (loss, acc), n in outs:
+            loss_sum += float(loss) * n
+            acc_sum += float(acc) * n
+            total += n
+        return loss_sum / total, acc_sum / total
+
+    def run(self, seed: int, log: Callable[[int, dict], None] | None = None, desc: str | None = None) -> RunResult:
+        s = self.s
+        log = log or (lambda step, metrics: None)
+        key = jax.random.PRNGKey(seed)
+        init_key, train_key = jax.random.split(key)
+        t_start = time.perf_counter()
+        state = self._opt_init(self._init_params(init_key))
+        eval_steps = self.eval_steps()
+        max_chunk = min(s.steps_per_jit, s.num_steps)
+        data = self.task.dataset.batches("train", (max_chunk, s.batch_size), seed)
+        result = RunResult(task=self.task.name, seed=seed, num_steps=s.num_steps, steps_completed=0,
+                           diverged=False, diverged_step=None, train_losses=[], final_train_loss=None)
+        pending_test: dict = {}
+        if 0 in eval_steps:
+            loss, acc = self.evaluate(self.opt.params(state))
+            result.test_loss, result.test_accuracy = loss, acc
+            log(0, {"test_loss": loss, "test_accuracy": acc})
+        bar = _progress(s.num_steps, desc or f"{self.task.name} seed {seed}", s.progress)
+        times: list[tuple[float, int]] = []
+        try:
+            for start, length in _chunks(s.num_steps, max_chunk, eval_steps):
+                batch = next(data)
+                if length < max_chunk:
+                    batch = jax.tree.map(lambda x: x[:length], batch)
+                t0 = time.perf_counter()
+                state, losses = self._chunk(state, train_key, batch, jnp.asarray(start, jnp.int32))
+                losses = np.asarray(jax.device_get(losses), dtype=np.float64)
+                dt = (time.perf_counter() - t0) / length
+                times.append((dt, length))
+                bad = np.flatnonzero(~np.isfinite(losses))
+                upto = int(bad[0]) + 1 if bad.size else length
+                end = start + length
+                if not bad.size and end in eval_steps:
+                    loss, acc = self.evaluate(self.opt.params(state))
+                    result.test_loss, result.test_accuracy = loss, acc
+                    pending_test = {"test_loss": loss, "test_accuracy": acc}
+                for i in range(upto):
+                    step = start + i + 1
+                    loss_i = float(losses[i])
+                    result.train_losses.append(loss_i)
+                    metrics = {"train_loss": loss_i, "step_time": dt}
+                    last = i == upto - 1
+                    if last and pending_test:
+                        metrics.update(pending_test)
+                        pending_test = {}
+                    if last or step % s.log_every == 0:
+                        log(step, metrics)
+                result.steps_completed = start + upto
+                finite = [x for x in result.train_losses if math.isfinite(x)]
+                result.final_train_loss = finite[-1] if finite else None
+                bar.update(upto)
+                bar.set_postfix(loss=f"{losses[upto - 1]:.4g}")
+                if bad.size:
+                    result.diverged = True
+                    result.diverged_step = start + upto
+                    log(result.diverged_step, {"diverged": True})
+                    break
+        finally:
+            bar.close()
+        result.wall_time = time.perf_counter() - t_start
+        steady = times[1:] if len(times) > 1 else times
+        result.mean_step_time = float(sum(t * n for t, n in steady) / max(1, sum(n for _, n in steady)))
+        return result
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the meta-test command
+
+
+def run_seeds(cfg: Config) -> list[int]:
+    return [cfg.seed + r for r in range(cfg.num_runs)]
+
+
+def seed_dir(run_dir: str | os.PathLike, task_name: str, seed: int) -> Path:
+    return Path(run_dir) / task_name / f"seed{seed}"
+
+
+def _settings_id(cfg: Config, source: OptimizerSource, task_name: str, seed: int) -> dict:
+    """What must match for a finished run to be reused instead of repeated."""
+    return {"task": task_name, "seed": seed, "optimizer": source.name, "num_steps": cfg.num_inner_steps,
+            "batch_size": cfg.local_batch_size, "use_bf16": cfg.use_bf16, "optimizer_info": source.info,
+            "mup": [cfg.mup_input_mult, cfg.mup_output_mult, cfg.mup_hidden_lr_mult]}
+
+
+def _reusable(path: Path, ident: dict) -> dict | None:
+    summary = path / SUMMARY
+    if not summary.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if data.get("settings") == _jsonable(ident) else None
+
+
+def _move_aside(path: Path) -> None:
+    """An unfinished or different earlier run in ``path`` is kept, renamed, rather than deleted or appended to."""
+    if path.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{path.name}.old-{stamp}")
+        k = 1
+        while target.exists():
+            target = path.with_name(f"{path.name}.old-{stamp}-{k}")
+            k += 1
+        shutil.move(str(path), str(target))
+
+
+def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, run_dir: str | os.PathLike,
+                   group: str | None = None) -> list[dict]:
+    """Train every task for every seed; write metrics, summaries and the manifest; return the summaries."""
+    from mulo.runlog import RunLogger
+
+    run_dir = Path(run_dir)
+    settings = LoopSettings.from_config(cfg)
+    group = group or run_dir.name
+    manifest = {"optimizer": source.name, "optimizer_info": source.info, "tasks": [t.name for t in tasks],
+                "seeds": run_seeds(cfg), "num_steps": cfg.num_inner_steps, "runs": []}
+    summaries = []
+    for task in tasks:
+        loop = None
+        for seed in run_seeds(cfg):
+            out = seed_dir(run_dir, task.name, seed)
+            ident = _settings_id(cfg, source, task.name, seed)
+            old = _reusable(out, ident)
+            if old is not None:
+                print(f"[meta-test] {task.name} seed {seed}: already finished in {out}, reusing it")
+                summaries.append(old)
+                manifest["runs"].append({"task": task.name, "seed": seed, "dir": str(out.relative_to(run_dir)),
+                                         "diverged": old["diverged"]})
+                continue
+            _move_aside(out)
+            if loop is None:
+                loop = TrainLoop(task, source.make(task), settings)
+            logger = RunLogger(out, cfg, group=f"{group}/{task.name}", name=f"{task.name}-seed{seed}",
+                               job_type="meta-test", extra_config={"task_name": task.name, "run_seed": seed,
+                                                                   "optimizer_info": source.info})
+            try:
+                result = loop.run(seed, logger.log, desc=f"{task.name} seed {seed}")
+            finally:
+                logger.close()
+            summary = {**result.summary(), "optimizer": source.name, "tail_train_loss":
+                       result.tail_mean(cfg.sweep_objective_frac), "settings": _jsonable(ident)}
+            atomic_write_json(out / SUMMARY, _jsonable(summary))
+            summaries.append(summary)
+            state = "DIVERGED at step %d" % result.diverged_step if result.diverged else \
+                f"final train loss {result.final_train_loss:.4f}"
+            print(f"[meta-test] {task.name} seed {seed}: {state} ({result.wall_time:.1f}s)")
+            manifest["runs"].append({"task": task.name, "seed": seed, "dir": str(out.relative_to(run_dir)),
+                                     "diverged": result.diverged})
+            atomic_write_json(run_dir / MANIFEST, _jsonable(manifest))
+    atomic_write_json(run_dir / MANIFEST, _jsonable(manifest))
+    return summaries
+
+
+def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
+    from mulo.tasks import TaskSettings, get_task
+
+    settings = TaskSettings.from_config(cfg)
+    return [get_task(name, settings) for name in (names if names is not None else cfg.task)]
+
+
+def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] = wandb_api) -> int:
+    """``meta-test`` command handler."""
+    from mulo.rundir import make_run_dir, run_name
+
+    tasks = build_tasks(cfg)  # validate the task names before creating anything
+    if cfg.optimizer not in HAND_DESIGNED and not (cfg.checkpoint or cfg.wandb_checkpoint_id):
+        optimizer_source(cfg)  # raises the clear "needs a checkpoint" error
+    run_dir = make_run_dir(cfg, "meta-test")
+    source = optimizer_source(cfg, run_dir, api_factory)
+    print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
+          f"steps -> {run_dir}")
+    if source.info.get("checkpoint"):
+        print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
+              f"{source.info.get('hparams')}")
+    summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test"))
+    n_div = sum(bool(s["diverged"]) for s in summaries)
+    print(f"[meta-test] done: {len(summaries)} runs ({n_div} diverged); results in {run_dir}; "
+          f"figures: python src/main.py report {run_dir}")
+    return 0
+
+
+def read_run(seed_path: str | os.PathLike) -> tuple[dict, list[dict]]:
+    """(summary, metrics records) of one meta-test run directory ``<task>/seed<k>``."""
+    import json
+
+    seed_path = Path(seed_path)
+    summary = json.loads((seed_path / SUMMARY).read_text(encoding="utf-8"))
+    metrics = read_jsonl(seed_path / METRICS) if (seed_path / METRICS).is_file() else []
+    return summary, metrics
