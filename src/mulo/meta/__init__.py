@@ -1,0 +1,1 @@
+"""Meta-training: truncation schedules, truncated unrolls, PES/ES estimators, the outer loop and checkpoints."""
