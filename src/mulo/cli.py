@@ -22,10 +22,10 @@ from mulo.errors import ConfigError, MuloError, NotImplementedYet
 # exit code.
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "meta-train": ("meta-train a learned optimizer with truncated PES/ES", None),
-    "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", None),
-    "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", None),
+    "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", "mulo.evaluate.meta_test:main"),
+    "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", "mulo.evaluate.sweep:main"),
     "coord-check": ("muP coordinate check: activation size vs width", None),
-    "report": ("figures and tables from meta-test run directories", None),
+    "report": ("figures and tables from meta-test run directories", "mulo.evaluate.report:main"),
 }
 
 # Subcommands that take run directories instead of requiring --config.

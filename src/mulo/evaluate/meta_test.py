@@ -204,7 +204,7 @@ HAND_KEYS = ("learning_rate", "beta1", "beta2", "weight_decay", "sgd_momentum", 
              "end_lr_ratio", "mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")
 
 
-def optimizer_source(cfg: Config, run_dir: str | os.PathLike | None = None,
+def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
                      api_factory: Callable[[], Any] = wandb_api) -> OptimizerSource:
     """The optimizer of ``cfg``: hand-designed from the config, learned from ``checkpoint`` / ``wandb_checkpoint_id``
     (its hyper-parameters come from the checkpoint)."""
@@ -220,7 +220,7 @@ def optimizer_source(cfg: Config, run_dir: str | os.PathLike | None = None,
     if cfg.checkpoint and cfg.wandb_checkpoint_id:
         raise ConfigError("give either --checkpoint or --wandb_checkpoint_id, not both")
     if cfg.wandb_checkpoint_id:
-        dest = Path(run_dir if run_dir is not None else cfg.output_dir) / "wandb_checkpoint"
+        dest = Path(download_dir) if download_dir is not None else Path(cfg.output_dir) / "wandb_checkpoints"
         path = fetch_wandb_checkpoint(cfg.wandb_checkpoint_id, dest, api_factory)
     elif cfg.checkpoint:
         path = resolve_checkpoint(cfg.checkpoint)
@@ -575,15 +575,31 @@ def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
     return [get_task(name, settings) for name in (names if names is not None else cfg.task)]
 
 
+def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
+    """``cfg`` with the LO keys (hidden_size, adafac_step_mult, adafac_exp_mult, lo_clip_grad) set from the
+    checkpoint's hyper-parameters, so the run name and the saved config.py say what was actually used."""
+    hp = source.info.get("hparams") or {}
+    changes = {cfg_key: hp[hp_key] for cfg_key, hp_key in (("hidden_size", "hidden_size"),
+                                                           ("adafac_step_mult", "step_mult"),
+                                                           ("adafac_exp_mult", "exp_mult"),
+                                                           ("lo_clip_grad", "clip_grad")) if hp_key in hp}
+    try:
+        return cfg.replace(**changes)
+    except ConfigError:
+        return cfg
+
+
 def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] = wandb_api) -> int:
     """``meta-test`` command handler."""
     from mulo.rundir import make_run_dir, run_name
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
-    if cfg.optimizer not in HAND_DESIGNED and not (cfg.checkpoint or cfg.wandb_checkpoint_id):
-        optimizer_source(cfg)  # raises the clear "needs a checkpoint" error
+    download = None
+    if cfg.wandb_checkpoint_id:  # <output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/<theta file>
+        download = Path(cfg.output_dir) / "wandb_checkpoints" / cfg.wandb_checkpoint_id.strip("/").replace("/", "_")
+    source = optimizer_source(cfg, download, api_factory)
+    cfg = checkpoint_config(cfg, source) if source.info.get("checkpoint") else cfg
     run_dir = make_run_dir(cfg, "meta-test")
-    source = optimizer_source(cfg, run_dir, api_factory)
     print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
           f"steps -> {run_dir}")
     if source.info.get("checkpoint"):

@@ -1,0 +1,339 @@
+"""Figures and tables from meta-test run directories (the paper's "final loss vs width" and loss curves).
+
+    python src/main.py report RUN_DIR [RUN_DIR ...] [--output_dir DIR] [--sweep_objective_frac 0.05]
+
+Each RUN_DIR is a meta-test run directory (``<task>/seed<k>/{summary.json,metrics.jsonl}``, see meta_test.py); one
+run directory is one optimizer (labelled by the optimizer's name, or by the directory's name when two directories
+hold the same optimizer). Tasks that differ only in width (``-w<W>-``) form a family.
+
+Per run, the final train loss is the mean train loss over the last ``sweep_objective_frac`` of the logged steps (the
+sweep's objective; 5% by default), so one noisy minibatch does not decide it. Per (optimizer, task) the report gives
+the mean and standard error (std with ddof=1 / sqrt(n)) over the seeds that did not diverge, and the number of
+diverged seeds.
+
+Written to ``<first RUN_DIR>/report/`` (or to ``--output_dir`` when given on the command line):
+
+* ``loss_vs_width_<family>.png``: final train loss vs width (log2 x axis), mean ± s.e., diverged runs as red x;
+* ``curves_<family>.png``: train loss curves per width, one line per optimizer (mean over seeds, band ± s.e.);
+* ``report.md``: a table per family (rows: optimizer, columns: width) of the same numbers, plus test loss;
+* ``results.json``: the same numbers at full precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mulo.errors import MuloError
+from mulo.evaluate.meta_test import MANIFEST, METRICS, SUMMARY
+from mulo.io import atomic_write_json, atomic_write_text, read_jsonl
+
+_WIDTH = re.compile(r"-w(\d+)-")
+
+
+class ReportError(MuloError):
+    """No meta-test results where the report looked."""
+
+
+@dataclass
+class Run:
+    label: str
+    task: str
+    seed: int
+    diverged: bool
+    diverged_step: int | None
+    steps: np.ndarray  # steps with a train loss
+    train_loss: np.ndarray
+    test_loss: float | None
+    final: float | None  # tail-mean train loss (None if diverged)
+
+
+@dataclass
+class Cell:
+    """One (optimizer, task): the aggregate over its seeds."""
+
+    label: str
+    task: str
+    family: str
+    width: int | None
+    n: int = 0
+    n_diverged: int = 0
+    mean: float | None = None
+    se: float | None = None
+    test_mean: float | None = None
+    runs: list = field(default_factory=list)
+
+
+def family_and_width(task: str) -> tuple[str, int | None]:
+    m = _WIDTH.search(task)
+    if not m:
+        return task, None
+    return _WIDTH.sub("-w*-", task, count=1), int(m.group(1))
+
+
+def _tail(values: np.ndarray, frac: float) -> float:
+    n = max(1, math.ceil(frac * len(values)))
+    return float(np.mean(values[-n:]))
+
+
+def _as_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
+    """Every finished (task, seed) run of the given meta-test run directories."""
+    dirs = [Path(d) for d in run_dirs]
+    labels = {}
+    for d in dirs:
+        if not d.is_dir():
+            raise ReportError(f"not a directory: {d}")
+        manifest = d / MANIFEST
+        name = None
+        if manifest.is_file():
+            try:
+                name = json.loads(manifest.read_text(encoding="utf-8")).get("optimizer")
+            except ValueError:
+                name = None
+        labels[d] = name or d.name
+    counts = defaultdict(int)
+    for v in labels.values():
+        counts[v] += 1
+    labels = {d: (v if counts[v] == 1 else d.name) for d, v in labels.items()}
+    runs = []
+    for d in dirs:
+        for summary_path in sorted(d.glob(f"*/seed*/{SUMMARY}")):
+            seed_dir = summary_path.parent
+            if not re.fullmatch(r"seed\d+", seed_dir.name):
+                continue  # runs moved aside (seed3.old-...)
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            records = read_jsonl(seed_dir / METRICS) if (seed_dir / METRICS).is_file() else []
+            pairs = [(r["step"], _as_float(r["train_loss"])) for r in records if "train_loss" in r]
+            steps = np.array([p[0] for p in pairs], dtype=np.int64)
+            losses = np.array([p[1] for p in pairs], dtype=np.float64)
+            diverged = bool(summary.get("diverged"))
+            final = None if diverged or not len(losses) else _tail(losses, frac)
+            tests = [_as_float(r["test_loss"]) for r in records if "test_loss" in r]
+            runs.append(Run(label=labels[d], task=summary.get("task", seed_dir.parent.name),
+                            seed=int(summary.get("seed", seed_dir.name[4:])), diverged=diverged,
+                            diverged_step=summary.get("diverged_step"), steps=steps, train_loss=losses,
+                            test_loss=tests[-1] if tests and not diverged else None, final=final))
+    if not runs:
+        raise ReportError("no meta-test results (<task>/seed<k>/summary.json) in " + ", ".join(map(str, dirs)))
+    return runs
+
+
+def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    a = np.asarray(values, dtype=np.float64)
+    se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+    return float(a.mean()), se
+
+
+def aggregate(runs: list[Run]) -> list[Cell]:
+    cells: dict[tuple[str, str], Cell] = {}
+    for r in runs:
+        fam, width = family_and_width(r.task)
+        cell = cells.setdefault((r.label, r.task), Cell(label=r.label, task=r.task, family=fam, width=width))
+        cell.runs.append(r)
+    for cell in cells.values():
+        ok = [r for r in cell.runs if not r.diverged and r.final is not None and math.isfinite(r.final)]
+        cell.n = len(cell.runs)
+        cell.n_diverged = sum(r.diverged for r in cell.runs)
+        cell.mean, cell.se = _mean_se([r.final for r in ok])
+        tests = [r.test_loss for r in ok if r.test_loss is not None and math.isfinite(r.test_loss)]
+        cell.test_mean = float(np.mean(tests)) if tests else None
+    return sorted(cells.values(), key=lambda c: (c.family, c.label, c.width or 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# table
+
+
+def fmt_cell(cell: Cell | None, what: str = "train") -> str:
+    if cell is None:
+        return ""
+    if what == "test":
+        return "" if cell.test_mean is None else f"{cell.test_mean:.4f}"
+    div = f" ({cell.n_diverged}/{cell.n} diverged)" if cell.n_diverged else ""
+    if cell.mean is None:
+        return f"diverged ({cell.n_diverged}/{cell.n})" if cell.n_diverged else "n/a"
+    return f"{cell.mean:.4f} ± {cell.se:.4f}{div}"
+
+
+def markdown(cells: list[Cell], frac: float) -> str:
+    lines = ["# Meta-test report", "",
+             f"Final train loss = mean train loss over the last {frac:g} of the steps of a run; cells give the mean "
+             "± standard error over the seeds that did not diverge (diverged seeds counted apart).", ""]
+    by_family: dict[str, list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_family[c.family].append(c)
+    for fam, fcells in by_family.items():
+        widths = sorted({c.width for c in fcells}, key=lambda w: (w is None, w or 0))
+        labels = sorted({c.label for c in fcells})
+        index = {(c.label, c.width): c for c in fcells}
+        for what, title in (("train", "final train loss"), ("test", "last test loss (mean over finished seeds)")):
+            if what == "test" and all(c.test_mean is None for c in fcells):
+                continue
+            lines += [f"## {fam}: {title}", "",
+                      "| optimizer | " + " | ".join(f"w={w}" if w is not None else "-" for w in widths) + " |",
+                      "|---|" + "---|" * len(widths)]
+            for label in labels:
+                lines.append(f"| {label} | " + " | ".join(fmt_cell(index.get((label, w)), what) for w in widths)
+                             + " |")
+            lines.append("")
+        seeds = sorted({r.seed for c in fcells for r in c.runs})
+        lines += [f"Seeds: {', '.join(map(str, seeds))}.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", name.replace("*", "W"))
+
+
+def plot_vs_width(fam: str, fcells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    finite = [c.mean for c in fcells if c.mean is not None]
+    top = max(finite) * 1.05 if finite else 1.0
+    marked = False
+    for label in sorted({c.label for c in fcells}):
+        cs = sorted((c for c in fcells if c.label == label and c.width is not None), key=lambda c: c.width)
+        ok = [c for c in cs if c.mean is not None]
+        if ok:
+            ax.errorbar([c.width for c in ok], [c.mean for c in ok], yerr=[c.se for c in ok], marker="o",
+                        capsize=3, label=label)
+        div = [c for c in cs if c.n_diverged]
+        if div:
+            ax.scatter([c.width for c in div], [c.mean if c.mean is not None else top for c in div], marker="x",
+                       s=70, color="red", zorder=5, label=None if marked else "diverged (some or all seeds)")
+            marked = True
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("final train loss")
+    ax.set_title(fam, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean_curve(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    ok = [r for r in runs if not r.diverged and len(r.steps)]
+    if not ok:
+        return None
+    n = min(len(r.steps) for r in ok)
+    stack = np.stack([r.train_loss[:n] for r in ok])
+    se = stack.std(axis=0, ddof=1) / math.sqrt(len(ok)) if len(ok) > 1 else np.zeros(n)
+    return ok[0].steps[:n], stack.mean(axis=0), se
+
+
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1 or len(y) < k:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = (c[k:] - c[:-k]) / k
+    return np.concatenate([y[:k - 1], out])
+
+
+def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted({c.width for c in fcells}, key=lambda w: w or 0)
+    labels = sorted({c.label for c in fcells})
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    ncol = min(4, len(widths))
+    nrow = math.ceil(len(widths) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), squeeze=False)
+    for ax, w in zip(axes.flat, widths):
+        for c in (c for c in fcells if c.width == w):
+            curve = _mean_curve(c.runs)
+            if curve is not None:
+                x, y, se = curve
+                k = max(1, len(y) // 50)
+                ys, ses = _smooth(y, k), _smooth(se, k)
+                ax.plot(x, ys, color=colors[c.label], label=c.label)
+                ax.fill_between(x, ys - ses, ys + ses, color=colors[c.label], alpha=0.2)
+            for r in c.runs:
+                if r.diverged and len(r.steps):
+                    finite = np.isfinite(r.train_loss)
+                    ax.plot(r.steps[finite], r.train_loss[finite], color=colors[c.label], lw=0.6, ls="--",
+                            alpha=0.7)
+                    ax.axvline(r.diverged_step or r.steps[-1], color="red", lw=0.5, alpha=0.4)
+        ax.set_title(f"width {w}" if w is not None else c.task, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(widths):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper right", fontsize=8)
+    fig.suptitle(f"{fam} (dashed: diverged seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                frac: float = 0.05) -> Path:
+    """Write the figures, report.md and results.json; return the report directory."""
+    runs = load_runs(run_dirs, frac)
+    cells = aggregate(runs)
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    by_family: dict[str, list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_family[c.family].append(c)
+    figures = []
+    for fam, fcells in by_family.items():
+        if any(c.width is not None for c in fcells):
+            p = out / f"loss_vs_width_{_safe(fam)}.png"
+            plot_vs_width(fam, fcells, p)
+            figures.append(p.name)
+        p = out / f"curves_{_safe(fam)}.png"
+        plot_curves(fam, fcells, p)
+        figures.append(p.name)
+    text = markdown(cells, frac) + "\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
+    atomic_write_text(out / "report.md", text)
+    atomic_write_json(out / "results.json", [
+        {"optimizer": c.label, "task": c.task, "family": c.family, "width": c.width, "seeds": c.n,
+         "diverged": c.n_diverged, "final_train_loss_mean": c.mean, "final_train_loss_se": c.se,
+         "test_loss_mean": c.test_mean,
+         "per_seed": {str(r.seed): (None if r.diverged else r.final) for r in c.runs}} for c in cells])
+    return out
+
+
+def main(cfg: Any, args: Any) -> int:
+    """``report`` command handler: ``args.run_dirs``; ``--output_dir`` (when given) is the report directory."""
+    out = getattr(args, "key__output_dir", None)
+    path = make_report(args.run_dirs, out, frac=cfg.sweep_objective_frac)
+    print(f"[report] {path / 'report.md'}")
+    print((path / "report.md").read_text(encoding="utf-8").split("\n![")[0])
+    return 0
