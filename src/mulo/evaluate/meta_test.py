@@ -375,8 +375,9 @@ class TrainLoop:
 
         self._chunk = jax.jit(chunk)
         self._eval = jax.jit(evaluate)
-        self._init_params = jax.jit(task.init)
-        self._opt_init = jax.jit(lambda p: opt.init(p, settings.num_steps))
+        # eager: compiling the initialisers costs more than running them once per seed
+        self._init_params = task.init
+        self._opt_init = lambda p: opt.init(p, settings.num_steps)
         self._eval_set: list[tuple[dict, int]] | None = None
 
     def eval_steps(self) -> set[int]:

@@ -155,6 +155,25 @@ def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
     raise ConfigError(f"cannot open Optuna storage {url!r}: {type(last).__name__}: {msg}")
 
 
+STUDY_KEYS = ("optimizer", "task", "num_inner_steps", "local_batch_size", "seed", "sweep_objective_frac",
+              "sweep_config")
+
+
+def check_study_settings(study: Any, cfg: Config) -> None:
+    """Record the settings every trial of the study must share on its first use; refuse to join a study made with
+    other settings (its objectives would not be comparable)."""
+    mine = _jsonable({k: cfg[k] for k in STUDY_KEYS})
+    theirs = study.user_attrs.get("settings")
+    if theirs is None:
+        study.set_user_attr("settings", mine)
+        return
+    diff = [k for k in STUDY_KEYS if theirs.get(k) != mine.get(k)]
+    if diff:
+        raise ConfigError(f"study {study.study_name!r} was made with other settings ({', '.join(diff)}: "
+                          f"{', '.join(repr(theirs.get(k)) for k in diff)}): use the same config or another "
+                          f"--study_name")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -179,7 +198,9 @@ def requeue_dead_trials(study: Any) -> list[int]:
     host = socket.gethostname()
     trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     out = []
     for t in trials:
         attrs = t.user_attrs
@@ -311,6 +332,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     from optuna.trial import TrialState
 
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.optimizer not in HAND_DESIGNED:
         raise ConfigError(f"sweeps tune hand-designed optimizers ({', '.join(HAND_DESIGNED)}), not "
                           f"{cfg.optimizer!r}")
@@ -326,6 +348,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     url = storage_url(cfg, run_dir)
     sampler = make_sampler(method, space, cfg.seed)
     study = open_study(url, name, sampler)
+    check_study_settings(study, cfg)
     requeued = requeue_dead_trials(study)
     if requeued:
         print(f"[sweep] re-queued trials {requeued} whose worker stopped before finishing them")
@@ -338,7 +361,13 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     def finished_all() -> bool:
         if budget.done(study):
             return True
-        return method == "grid" and sampler.is_exhausted(study) and not waiting()
+        if method != "grid" or waiting():
+            return False
+        # every grid point finished or being run by a live worker: starting another trial would duplicate one
+        # (a dead worker's trial is re-queued when a sweep is started again)
+        taken = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False)
+                 if t.state.is_finished() or t.state == TrialState.RUNNING}
+        return not set(range(size)) - taken
 
     host, pid = socket.gethostname(), os.getpid()
 
