@@ -1,0 +1,109 @@
+"""Meta-training checkpoints (orbax-checkpoint).
+
+Layout of ``<run_dir>/checkpoints/``:
+
+* ``<step>/``: one orbax checkpoint of the *full* training state (θ, outer optimizer state, every estimator's inner
+  states and PES accumulators, the skipped-step counter). Orbax writes it to a temporary directory and renames it when
+  complete, so a crash mid-save leaves the previous checkpoints intact and no half-written step is ever restored.
+  Everything else a resumed run needs is a pure function of (seed, step): the PRNG keys and the data stream position.
+* ``latest``: text, the newest step (written atomically after each save; orbax's own step list is authoritative).
+* ``identity.json``: what must match for a resume (tasks, LO, estimator, shapes); a mismatch is a CheckpointError.
+
+The oldest checkpoints beyond ``checkpoints_to_keep`` are deleted after a *successful* save only; restoring never
+deletes anything, so a corrupt newest checkpoint leaves the older ones in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+
+from mulo.errors import CheckpointError
+from mulo.io import atomic_write_json, atomic_write_text
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text
+
+
+class Checkpointer:
+    def __init__(self, directory: str | os.PathLike, keep: int, identity: Mapping[str, Any] | None = None):
+        import orbax.checkpoint as ocp
+
+        self.directory = Path(directory).resolve()
+        self.identity = json.loads(json.dumps(dict(identity or {}), default=str))
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as exc:  # noqa: BLE001 - orbax raises many kinds
+            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_one_line(exc)}") from None
+
+    # ---- queries ------------------------------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    # ---- identity -----------------------------------------------------------------------------------------------
+
+    def check_identity(self) -> None:
+        path = self.directory / "identity.json"
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint directory {self.directory} has no identity.json: not a mulo "
+                                  f"meta-training checkpoint")
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt {path}: {_one_line(exc)}") from None
+        diff = sorted(k for k in set(saved) | set(self.identity) if saved.get(k) != self.identity.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {self.identity.get(k)!r}" for k in diff[:3])
+            raise CheckpointError(f"checkpoint in {self.directory} does not match this run ({shown}); use another "
+                                  f"output_dir or name_suffix, or the original settings")
+
+    # ---- save / restore -----------------------------------------------------------------------------------------
+
+    def save(self, step: int, state: Any) -> None:
+        """Save (blocking) and then move the ``latest`` pointer; a failure raises CheckpointError."""
+        atomic_write_json(self.directory / "identity.json", self.identity)
+        try:
+            self._manager.save(int(step), args=self._ocp.args.StandardSave(state), force=True)
+            self._manager.wait_until_finished()
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_one_line(exc)}") from None
+        atomic_write_text(self.directory / "latest", f"{int(step)}\n")
+
+    def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
+        """(step, state) of ``step`` (default: the latest), shaped like ``template``."""
+        self.check_identity()
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+        try:
+            state = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot restore checkpoint {self.directory / str(step)} (corrupt or from another "
+                                  f"run; older checkpoints are kept): {_one_line(exc)}") from None
+        try:
+            state = jax.tree.map(lambda t, x: x, template, state)  # same structure as the template
+            for t, x in zip(jax.tree.leaves(template), jax.tree.leaves(state)):
+                if t.shape != x.shape or t.dtype != x.dtype:
+                    raise ValueError(f"leaf {x.shape} {x.dtype} != expected {t.shape} {t.dtype}")
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} does not match this run: "
+                                  f"{_one_line(exc)}") from None
+        return step, state
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,316 @@
+"""``python src/main.py meta-train``: the outer loop of PES/ES meta-training.
+
+    state = trainer.init_state()                       # θ, outer optimizer, one estimator state per task
+    for step in range(start, num_outer_steps):
+        for each task j: ĝ_j, state_j = estimator_j.estimate(θ, state_j, key(step, j), data_j)
+        θ ← AdamW(θ, mean_j ĝ_j)                        # skipped (and counted) if ĝ has a NaN/inf
+
+Reproducibility: every random number is a pure function of (seed, step). The PRNG key of outer step s and task j is
+``fold_in(fold_in(fold_in(PRNGKey(seed), 2), s), j)`` and the data of that step is ``dataset.batches(split,
+(S, N, B), seed=data_seed(seed, j, s))``, so a resumed run, given the checkpointed state at step s, repeats exactly
+what the uninterrupted run would have done. The data stream is prefetched to the device across steps by
+``mulo.data.prefetch.DevicePrefetcher``.
+
+Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
+
+* ``metrics.jsonl`` (and wandb): per step ``meta_loss`` (mean over tasks), ``meta_loss/<task>``,
+  ``delta_loss/<task>``, ``grad_norm/<task>``, ``inner_step/<task>``, ``train_loss/<task>``, ``meta_grad_norm``,
+  ``lr``, ``nonfinite`` (1 if this step's meta-gradient was skipped), ``skipped_steps`` (running count),
+  ``step_time_s``, ``inner_steps_per_s``;
+* ``checkpoints/`` (see ``mulo.meta.checkpoint``) every ``save_iter`` steps, at the end and on SIGTERM/SIGINT;
+* ``theta/theta_step<N>.*``: θ only, with the LO's hyper-parameters (``mulo.optimizers.save_theta``), at every save;
+  ``theta_final.*``: θ at the end of the run (what meta-test and export load).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulo.errors import CheckpointError, ConfigError
+from mulo.meta import outer
+from mulo.meta.checkpoint import Checkpointer
+from mulo.meta.estimators import TruncatedEstimator
+from mulo.meta.truncation import TruncationSchedule
+from mulo.meta.unroll import TruncatedUnroll
+
+THETA_FINAL = "theta_final"
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32: outer steps done
+    theta: Any
+    opt_state: Any
+    estimators: tuple  # one PESState / ESState per task
+    skipped: jax.Array  # int32: outer steps whose meta-gradient was non-finite (no update applied)
+
+
+def data_seed(seed: int, task_index: int, step: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(task_index), int(step)]).generate_state(1)[0])
+
+
+def _key(seed: int, *path: int) -> jax.Array:
+    key = jax.random.PRNGKey(seed)
+    for p in path:
+        key = jax.random.fold_in(key, p)
+    return key
+
+
+class MetaTrainer:
+    """Estimators, outer optimizer and the jitted outer update for ``tasks`` and ``lo`` under ``cfg``."""
+
+    def __init__(self, cfg, tasks: Sequence[Any], lo: Any):
+        if cfg.trunc_length % cfg.steps_per_jit:
+            raise ConfigError(f"steps_per_jit={cfg.steps_per_jit} must divide trunc_length={cfg.trunc_length}")
+        self.cfg = cfg
+        self.tasks = list(tasks)
+        self.lo = lo
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate task in --task {','.join(names)}")
+        schedule = TruncationSchedule.from_config(cfg)
+        donate = jax.default_backend() != "cpu"
+        self.estimators = [
+            TruncatedEstimator(TruncatedUnroll(t, lo, schedule, cfg.num_tasks, cfg.meta_loss_split),
+                               kind=cfg.gradient_estimator, std=cfg.pes_std, trunc_length=cfg.trunc_length,
+                               steps_per_jit=cfg.steps_per_jit, donate=donate)
+            for t in self.tasks]
+        self.tx, self.lr_fn = outer.from_config(cfg)
+        self._outer = jax.jit(self._outer_update)
+
+    # ---- state --------------------------------------------------------------------------------------------------
+
+    def init_state(self) -> TrainState:
+        seed = self.cfg.seed
+        theta = self.lo.init_theta(_key(seed, 0))
+        ests = tuple(e.init(theta, _key(seed, 1, j)) for j, e in enumerate(self.estimators))
+        state = TrainState(jnp.zeros((), jnp.int32), theta, self.tx.init(theta), ests, jnp.zeros((), jnp.int32))
+        return self.place(state)
+
+    @staticmethod
+    def place(state: TrainState) -> TrainState:
+        """Commit every array to the first local device, so that fresh, restored and jit-produced states share one
+        sharding and the jitted steps compile once."""
+        return jax.device_put(state, jax.local_devices()[0])
+
+    def identity(self) -> dict:
+        cfg = self.cfg
+        hp = self.lo.hparams
+        hp = asdict(hp) if is_dataclass(hp) else hp
+        keys = ("task", "optimizer", "seed", "num_tasks", "gradient_estimator", "trunc_length", "steps_per_jit",
+                "pes_std", "local_batch_size", "meta_loss_split", "truncation_schedule",
+                "truncation_schedule_min_length", "num_inner_steps", "random_initial_iteration_offset")
+        return {**{k: cfg[k] for k in keys}, "lo": getattr(self.lo, "name", type(self.lo).__name__),
+                "lo_hparams": hp}
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+
+    def host_stream(self, j: int, start_step: int) -> Iterator[dict]:
+        """Chunks {split: {"x", "y"}} of shape (S, N, B, ...) for task j, from outer step ``start_step`` on."""
+        cfg, est = self.cfg, self.estimators[j]
+        shape = (cfg.steps_per_jit, cfg.num_tasks, cfg.local_batch_size)
+        splits = est.unroll.data_splits
+        dataset = self.tasks[j].dataset
+        for step in itertools.count(start_step):
+            seed = data_seed(cfg.seed, j, step)
+            its = {sp: dataset.batches(sp, shape, seed) for sp in splits}
+            for _ in range(est.num_chunks):
+                yield {sp: next(its[sp]) for sp in splits}
+
+    def streams(self, start_step: int) -> list:
+        from mulo.data.prefetch import DevicePrefetcher
+
+        return [DevicePrefetcher(self.host_stream(j, start_step), size=self.cfg.prefetch_batches, batch_axis=2)
+                for j in range(len(self.tasks))]
+
+    # ---- one outer step -----------------------------------------------------------------------------------------
+
+    def _outer_update(self, theta, opt_state, grads, skipped):
+        grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad)))
+        theta, opt_state, finite = outer.apply_meta_gradient(self.tx, theta, opt_state, grad)
+        return theta, opt_state, skipped + (~finite).astype(jnp.int32), norm, finite
+
+    def step(self, state: TrainState, streams: Sequence[Iterator]) -> tuple[TrainState, dict]:
+        s = int(state.step)
+        grads, new_ests, per_task = [], [], []
+        for j, (est, est_state) in enumerate(zip(self.estimators, state.estimators)):
+            g, new, metrics = est.estimate(state.theta, est_state, _key(self.cfg.seed, 2, s, j), streams[j])
+            grads.append(g)
+            new_ests.append(new)
+            per_task.append(metrics)
+        lr = self.lr_fn(s - int(state.skipped))  # the schedule counts applied updates
+        theta, opt_state, skipped, norm, finite = self._outer(state.theta, state.opt_state, tuple(grads),
+                                                              state.skipped)
+        new_state = TrainState(jnp.asarray(s + 1, jnp.int32), theta, opt_state, tuple(new_ests), skipped)
+        per_task = jax.device_get(per_task)
+        metrics: dict[str, Any] = {}
+        for task, m in zip(self.tasks, per_task):
+            for k, v in m.items():
+                metrics[f"{k}/{task.name}"] = float(v)
+        metrics["meta_loss"] = float(np.mean([m["meta_loss"] for m in per_task]))
+        metrics["meta_grad_norm"] = float(norm)
+        metrics["lr"] = float(lr)
+        metrics["nonfinite"] = int(not bool(finite))
+        metrics["skipped_steps"] = int(skipped)
+        return new_state, metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint after the current step and exits cleanly. A second
+    SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
+    from mulo.optimizers import save_theta
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(save_theta(str(path), lo, jax.device_get(theta), extra=extra) or path)
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drop records logged after ``last_step`` (steps redone after a resume would otherwise appear twice)."""
+    from mulo.io import atomic_write_text, read_jsonl, to_json_line
+
+    if path.is_file():
+        records = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
+        atomic_write_text(path, "".join(to_json_line(r) for r in records))
+
+
+def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after: int | None = None,
+          on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True) -> dict:
+    """Meta-train in ``run_dir``; returns a summary dict (final step, θ file, whether it was interrupted).
+
+    ``stop_after``: behave as if interrupted after that many outer steps (tests). ``on_step(step, metrics)`` is called
+    after every step (the SIGTERM test uses it to signal readiness)."""
+    from mulo.runlog import RunLogger
+
+    run_dir = Path(run_dir)
+    trainer = MetaTrainer(cfg, tasks, lo)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoints_to_keep, trainer.identity())
+    latest = ckpt.latest_step()
+    if latest is not None:
+        if not cfg.auto_resume:
+            raise CheckpointError(f"{run_dir} already has meta-training checkpoints (latest step {latest}): pass "
+                                  f"--auto_resume true to continue that run, or set another name_suffix or output_dir")
+        ckpt.check_identity()
+    state = trainer.init_state()
+    if latest is not None:
+        _, state = ckpt.restore(state)
+        state = trainer.place(state)
+        _trim_metrics(run_dir / "metrics.jsonl", int(state.step))
+    start = int(state.step)
+    hp = lo.hparams
+    theta_extra = {"run_dir": str(run_dir), "tasks": list(cfg.task), "lo_hparams": asdict(hp) if is_dataclass(hp)
+                   else hp}
+
+    def save(step_state: TrainState) -> None:
+        step = int(step_state.step)
+        ckpt.save(step, step_state)
+        _save_theta(run_dir / "theta" / f"theta_step{step}", lo, step_state.theta, {**theta_extra, "step": step})
+
+    interrupted = None
+    streams = trainer.streams(start)
+    logger = RunLogger(run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train")
+    bar = None
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.num_outer_steps, initial=start, disable=not cfg.progress, desc="meta-train",
+                   dynamic_ncols=True)
+        inner_per_step = 2 * cfg.num_tasks * cfg.trunc_length * len(tasks)
+        with (_StopFlag() if handle_signals else _NoSignals()) as flag:
+            for s in range(start, cfg.num_outer_steps):
+                t0 = time.perf_counter()
+                state, metrics = trainer.step(state, streams)
+                dt = time.perf_counter() - t0
+                metrics.update(step_time_s=dt, inner_steps_per_s=inner_per_step / dt)
+                if (s + 1) % cfg.log_every == 0 or s == start:
+                    logger.log(s + 1, metrics)
+                bar.update(1)
+                bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}", skipped=metrics["skipped_steps"])
+                if on_step is not None:
+                    on_step(s + 1, metrics)
+                stop = flag.signal is not None or (stop_after is not None and s + 1 >= stop_after)
+                if (s + 1) % cfg.save_iter == 0 or stop or s + 1 == cfg.num_outer_steps:
+                    save(state)
+                if stop:
+                    interrupted = signal.Signals(flag.signal).name if flag.signal is not None else "stop_after"
+                    break
+        if start >= cfg.num_outer_steps and ckpt.latest_step() != int(state.step):
+            save(state)
+    finally:
+        if bar is not None:
+            bar.close()
+        for it in streams:
+            it.close()
+        logger.close()
+        ckpt.close()
+    final = None
+    if interrupted is None:
+        final = _save_theta(run_dir / THETA_FINAL, lo, state.theta, {**theta_extra, "step": int(state.step)})
+    return {"step": int(state.step), "theta_file": str(final) if final else None, "interrupted": interrupted,
+            "run_dir": str(run_dir), "state": state}
+
+
+class _NoSignals:
+    signal = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run(cfg, args=None) -> int:
+    """CLI handler of ``meta-train``."""
+    import sys
+
+    from mulo.optimizers import build_learned
+    from mulo.rundir import make_run_dir
+    from mulo.tasks import TaskSettings, get_tasks
+
+    tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
+    lo = build_learned(cfg)
+    run_dir = make_run_dir(cfg, "meta-train")
+    result = train(cfg, tasks, lo, run_dir)
+    if result["interrupted"]:
+        print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
+              f"{run_dir / 'checkpoints'}; continue with --auto_resume true", file=sys.stderr)
+    else:
+        print(f"meta-train: done, {result['step']} steps; theta: {result['theta_file']}", file=sys.stderr)
+    return 0
