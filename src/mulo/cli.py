@@ -21,7 +21,7 @@ from mulo.errors import ConfigError, MuloError, NotImplementedYet
 # subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
 # exit code.
 COMMANDS: dict[str, tuple[str, str | None]] = {
-    "meta-train": ("meta-train a learned optimizer with truncated PES/ES", None),
+    "meta-train": ("meta-train a learned optimizer with truncated PES/ES", "mulo.meta.train:run"),
     "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", "mulo.evaluate.meta_test:main"),
     "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", "mulo.evaluate.sweep:main"),
     "coord-check": ("muP coordinate check: activation size vs width", None),
