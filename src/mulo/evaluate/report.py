@@ -165,7 +165,7 @@ def fmt_cell(cell: Cell | None, what: str = "train") -> str:
     if cell is None:
         return ""
     if what == "test":
-        return "" if cell.test_mean is None else f"{cell.test_mean:.4f}"
+        return "-" if cell.test_mean is None else f"{cell.test_mean:.4f}"
     div = f" ({cell.n_diverged}/{cell.n} diverged)" if cell.n_diverged else ""
     if cell.mean is None:
         return f"diverged ({cell.n_diverged}/{cell.n})" if cell.n_diverged else "n/a"
@@ -215,18 +215,17 @@ def plot_vs_width(fam: str, fcells: list[Cell], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     finite = [c.mean for c in fcells if c.mean is not None]
     top = max(finite) * 1.05 if finite else 1.0
-    marked = False
-    for label in sorted({c.label for c in fcells}):
+    for i, label in enumerate(sorted({c.label for c in fcells})):
+        color = f"C{i % 10}"
         cs = sorted((c for c in fcells if c.label == label and c.width is not None), key=lambda c: c.width)
         ok = [c for c in cs if c.mean is not None]
         if ok:
             ax.errorbar([c.width for c in ok], [c.mean for c in ok], yerr=[c.se for c in ok], marker="o",
-                        capsize=3, label=label)
+                        capsize=3, label=label, color=color)
         div = [c for c in cs if c.n_diverged]
-        if div:
+        if div:  # x at the mean of the other seeds, or at the top when every seed diverged
             ax.scatter([c.width for c in div], [c.mean if c.mean is not None else top for c in div], marker="x",
-                       s=70, color="red", zorder=5, label=None if marked else "diverged (some or all seeds)")
-            marked = True
+                       s=80, color=color, zorder=5, label=f"{label}: diverged seeds")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width")
     ax.set_ylabel("final train loss")
@@ -269,6 +268,7 @@ def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
     nrow = math.ceil(len(widths) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), squeeze=False)
     for ax, w in zip(axes.flat, widths):
+        ymax = None
         for c in (c for c in fcells if c.width == w):
             curve = _mean_curve(c.runs)
             if curve is not None:
@@ -277,21 +277,29 @@ def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
                 ys, ses = _smooth(y, k), _smooth(se, k)
                 ax.plot(x, ys, color=colors[c.label], label=c.label)
                 ax.fill_between(x, ys - ses, ys + ses, color=colors[c.label], alpha=0.2)
-            for r in c.runs:
-                if r.diverged and len(r.steps):
-                    finite = np.isfinite(r.train_loss)
-                    ax.plot(r.steps[finite], r.train_loss[finite], color=colors[c.label], lw=0.6, ls="--",
-                            alpha=0.7)
-                    ax.axvline(r.diverged_step or r.steps[-1], color="red", lw=0.5, alpha=0.4)
+                ymax = max(ymax or -np.inf, float(np.nanmax(ys + ses)))
+        for c in (c for c in fcells if c.width == w):
+            for j, r in enumerate(r for r in c.runs if r.diverged and len(r.steps)):
+                finite = np.isfinite(r.train_loss)
+                y = r.train_loss[finite]
+                if ymax is not None:  # keep the finished runs readable: clip the blow-up to the frame
+                    y = np.minimum(y, ymax * 1.1)
+                ax.plot(r.steps[finite], y, color=colors[c.label], lw=0.8, ls="--", alpha=0.8,
+                        label=f"{c.label} (diverged)" if j == 0 else None)
+        if ymax is not None:
+            ax.set_ylim(top=ymax * 1.1)
         ax.set_title(f"width {w}" if w is not None else c.task, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(widths):]:
         ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="upper right", fontsize=8)
+    seen = {}
+    for ax in axes.flat:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(n, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), loc="upper right", fontsize=8)
     fig.suptitle(f"{fam} (dashed: diverged seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,96 @@
+"""The report: from real meta-test run directories (muMLP widths 16 and 32 on Fashion-MNIST, 2 seeds) to PNGs and a
+markdown table whose numbers equal the means and standard errors computed here from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from mulo.cli import main as cli_main
+from mulo.evaluate.report import family_and_width, make_report
+from mulo.io import read_jsonl
+
+TASKS = "mumlp-w16-d2_fashionmnist-28x28x1,mumlp-w32-d2_fashionmnist-28x28x1"
+COMMON = ["--task", TASKS, "--num_runs", "2", "--num_inner_steps", "40", "--local_batch_size", "32",
+          "--test_interval", "20", "--test_steps_per_jit", "20", "--max_eval_examples", "100", "--eval_batch_size",
+          "100", "--progress", "false", "--wandb_mode", "disabled"]
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mt")
+    dirs = []
+    for opt, lr in (("muadam", "0.03"), ("sgd", "1e38")):
+        code = cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer", opt,
+                         "--learning_rate", lr, "--output_dir", str(out / opt), *COMMON])
+        assert code == 0
+        (d,) = (out / opt).iterdir()
+        dirs.append(d)
+    return dirs
+
+
+def expected(run_dir, task, frac=0.05):
+    finals = []
+    diverged = 0
+    for seed_dir in sorted((run_dir / task).glob("seed*")):
+        summary = json.loads((seed_dir / "summary.json").read_text())
+        if summary["diverged"]:
+            diverged += 1
+            continue
+        losses = [r["train_loss"] for r in read_jsonl(seed_dir / "metrics.jsonl") if "train_loss" in r]
+        n = max(1, math.ceil(frac * len(losses)))
+        finals.append(float(np.mean(losses[-n:])))
+    a = np.array(finals)
+    se = a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else 0.0
+    return (float(a.mean()) if len(a) else None), se, diverged
+
+
+def test_report_writes_figures_and_a_table_of_the_means(run_dirs, tmp_path):
+    out = make_report(run_dirs, tmp_path / "rep", frac=0.05)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["curves_mumlp-wW-d2_fashionmnist-28x28x1.png", "loss_vs_width_mumlp-wW-d2_fashionmnist-28x28x1.png"]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    text = (out / "report.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| muadam |") or line.startswith("| sgd |"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])  # first table per family: final train loss
+    tasks = TASKS.split(",")
+    for i, task in enumerate(tasks):
+        mean, se, div = expected(run_dirs[0], task)
+        m = re.fullmatch(r"([\d.]+) ± ([\d.]+)", rows["muadam"][i])
+        assert m, rows["muadam"][i]
+        assert float(m.group(1)) == pytest.approx(mean, abs=1e-4)
+        assert float(m.group(2)) == pytest.approx(se, abs=1e-4)
+        assert div == 0
+        # every sgd(1e38) run diverged: the table says so instead of a number
+        mean, se, div = expected(run_dirs[1], task)
+        assert mean is None and div == 2
+        assert rows["sgd"][i] == "diverged (2/2)"
+    results = json.loads((out / "results.json").read_text())
+    cell = next(r for r in results if r["optimizer"] == "muadam" and r["width"] == 16)
+    assert cell["final_train_loss_mean"] == pytest.approx(expected(run_dirs[0], tasks[0])[0], rel=1e-9)
+    assert cell["seeds"] == 2 and cell["diverged"] == 0
+
+
+def test_report_cli_writes_into_the_first_run_dir(run_dirs, capsys):
+    assert cli_main(["report", *map(str, run_dirs)]) == 0
+    assert (run_dirs[0] / "report" / "report.md").is_file()
+    assert "final train loss" in capsys.readouterr().out
+
+
+def test_report_of_a_directory_without_results_is_one_line_error(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no meta-test results") and "\n" not in err
+
+
+def test_family_and_width():
+    assert family_and_width("mumlp-w1024-d3_imagenet-32x32x3") == ("mumlp-w*-d3_imagenet-32x32x3", 1024)
+    assert family_and_width("weird") == ("weird", None)
