@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "meta-train": ("meta-train a learned optimizer with truncated PES/ES", "mulo.meta.train:run"),
     "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", "mulo.evaluate.meta_test:main"),
     "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", "mulo.evaluate.sweep:main"),
-    "coord-check": ("muP coordinate check: activation size vs width", None),
+    "coord-check": ("muP coordinate check: activation size vs width", "mulo.evaluate.coord_check:run"),
     "report": ("figures and tables from meta-test run directories", "mulo.evaluate.report:main"),
 }
 
