@@ -48,75 +48,97 @@ HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
 # ---------------------------------------------------------------------------------------------------------------------
 # locating a learned optimizer's theta file
 
-THETA_SUFFIXES = (".theta", ".msgpack", ".pickle", ".pkl", ".npz", ".safetensors", ".ckpt")
+# Meta-training writes (mulo.meta.train): <run>/theta/theta_step<N>.<ext> at every save, <run>/theta_final.<ext> at the
+# end, and <run>/checkpoints/latest (text: the newest step N of the full orbax state in <run>/checkpoints/<N>/).
 
 
 def _step_of(path: Path) -> int:
-    """The largest integer in a file name (``theta_000500.msgpack`` -> 500); -1 when there is none."""
-    digits = "".join(c if c.isdigit() else " " for c in path.name).split()
+    """The largest integer in a file name (``theta_step500.msgpack`` -> 500); -1 when there is none."""
+    digits = "".join(c if c.isdigit() else " " for c in Path(path).name).split()
     return max((int(d) for d in digits), default=-1)
 
 
 def _is_theta_name(name: str) -> bool:
     low = name.lower()
-    return ("theta" in low or "global_step" in low) and not low.endswith((".tmp", ".json", ".lock"))
+    return (("theta" in low or "global_step" in low) and not low.startswith(".")
+            and not low.endswith((".tmp", ".json", ".lock", ".partial")))
 
 
-def _read_pointer(pointer: Path) -> Path:
-    """A ``latest`` pointer: a symlink, or a small text file holding a path (relative to its folder)."""
-    if pointer.is_symlink() or pointer.is_dir():
-        target = pointer.resolve()
-    else:
-        try:
-            text = pointer.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"cannot read checkpoint pointer {pointer}: {exc}") from None
-        if not text:
-            raise CheckpointError(f"checkpoint pointer {pointer} is empty")
-        target = Path(text.splitlines()[0].strip())
-        if not target.is_absolute():
-            target = pointer.parent / target
-    if not target.exists():
-        raise CheckpointError(f"checkpoint pointer {pointer} names {target}, which does not exist")
-    return target
-
-
-def _theta_in_dir(folder: Path) -> Path | None:
-    """The newest theta file directly in ``folder`` or in its ``checkpoints/`` / ``theta/`` sub-folders."""
+def _theta_files(folder: Path) -> list[Path]:
     found: list[Path] = []
-    for sub in (folder, folder / "checkpoints", folder / "theta"):
+    for sub in (folder, folder / "theta"):
         if sub.is_dir():
             found += [p for p in sub.iterdir() if p.is_file() and _is_theta_name(p.name)]
-    if not found:
-        return None
-    return max(found, key=lambda p: (_step_of(p), p.stat().st_mtime))
+    return found
+
+
+def _theta_of_step(run: Path, step: int, pointer: Path) -> Path:
+    hits = [p for p in _theta_files(run) if p.name.startswith(f"theta_step{step}.") or p.stem == f"theta_step{step}"]
+    if not hits:
+        raise CheckpointError(f"{pointer} points at step {step}, but {run / 'theta'} has no theta_step{step} file")
+    return hits[0]
+
+
+def _run_dir_of(path: Path) -> Path:
+    """The meta-train run directory that holds ``path`` (a pointer or step folder inside ``checkpoints/``)."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def _follow_pointer(pointer: Path) -> Path:
+    """A ``latest`` pointer: a step number (meta-train's checkpoints/latest), a path, or a symlink."""
+    if pointer.is_symlink():
+        return pointer.resolve()
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint pointer {pointer}: {exc}") from None
+    if not text:
+        raise CheckpointError(f"checkpoint pointer {pointer} is empty")
+    first = text.splitlines()[0].strip()
+    if first.isdigit():
+        return _theta_of_step(_run_dir_of(pointer), int(first), pointer)
+    target = Path(first)
+    return target if target.is_absolute() else pointer.parent / target
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The theta file meant by ``path``: a theta file itself, a ``latest`` pointer (symlink or text file naming a
-    theta file or a checkpoint folder), or a meta-train run directory (its ``latest`` pointer if any, else its
-    newest theta file). Raises ``CheckpointError`` (one line) when nothing usable is found."""
+    """The theta file meant by ``path``. Accepted:
+
+    * a theta file (``save_theta``'s output, e.g. ``<run>/theta_final.*`` or ``<run>/theta/theta_step500.*``);
+    * a meta-train run directory: its newest theta file (``theta_final`` or the latest ``theta_step<N>``);
+    * a ``latest`` pointer (``<run>/checkpoints/latest`` holding a step number, or a file/symlink naming a path);
+    * a ``<run>/checkpoints/`` folder or one of its ``<N>/`` step folders (the theta file of that step).
+
+    Raises ``CheckpointError`` (one line) when nothing usable is found."""
     p = Path(path).expanduser()
-    if not p.exists() and not p.is_symlink():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    for _ in range(4):  # pointer -> folder -> pointer ...
-        if p.name == "latest" and (p.is_file() or p.is_symlink()):
-            p = _read_pointer(p)
+    for _ in range(5):
+        if not p.exists() and not p.is_symlink():
+            raise CheckpointError(f"checkpoint not found: {p}")
+        if p.name == "latest" and not p.is_dir():
+            p = _follow_pointer(p)
             continue
         if p.is_file():
             return p
         if p.is_dir():
-            if (p / "latest").exists():
-                p = _read_pointer(p / "latest")
+            if p.parent.name == "checkpoints" and p.name.isdigit():  # an orbax step folder
+                return _theta_of_step(_run_dir_of(p), int(p.name), p)
+            if p.name == "checkpoints" and (p / "latest").exists():
+                p = p / "latest"
                 continue
-            theta = _theta_in_dir(p)
-            if theta is None:
-                raise CheckpointError(f"no theta file in {p}: expected a meta-train run directory with a 'latest' "
-                                      f"pointer or theta files, or pass the theta file itself")
-            return theta
+            files = _theta_files(p)
+            if files:  # newest first by modification time; at equal times the final file, then the larger step
+                return max(files, key=lambda f: (f.stat().st_mtime, f.stem == "theta_final", _step_of(f)))
+            for pointer in (p / "latest", p / "checkpoints" / "latest"):
+                if pointer.exists():
+                    p = pointer
+                    break
+            else:
+                raise CheckpointError(f"no theta file in {p}: expected a meta-train run directory (theta_final.* or "
+                                      f"theta/theta_step<N>.*), its checkpoints/latest, or a theta file")
+            continue
         break
-    raise CheckpointError(f"cannot resolve checkpoint {path}: expected a theta file, a 'latest' pointer or a run "
-                          f"directory")
+    raise CheckpointError(f"cannot resolve checkpoint {path}: expected a theta file, a 'latest' pointer or a "
+                          f"meta-train run directory")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,7 +157,7 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
     """Download the theta file of the wandb run ``entity/project/run_id`` into ``dest``; return its path.
 
     The run's files whose names look like theta files (``theta`` or ``global_step`` in the name) are candidates;
-    the one with the largest step number wins. Any failure (offline, no API key, unknown run, no theta file) raises
+    ``theta_final.*`` wins, else the one with the largest step number. Any failure (offline, no API key, unknown run, no theta file) raises
     ``CheckpointError`` with one line."""
     parts = run_path.strip().strip("/").split("/")
     if len(parts) != 3 or not all(parts):
@@ -157,7 +179,7 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
     if not candidates:
         names = ", ".join(sorted(f.name for f in files)[:10]) or "none"
         raise CheckpointError(f"wandb run {run_path} has no theta file (its files: {names})")
-    best = max(candidates, key=lambda f: _step_of(Path(f.name)))
+    best = max(candidates, key=lambda f: (Path(f.name).stem == "theta_final", _step_of(Path(f.name))))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -590,15 +612,15 @@ def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
         return cfg
 
 
-def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] = wandb_api) -> int:
-    """``meta-test`` command handler."""
+def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = None) -> int:
+    """``meta-test`` command handler (``api_factory``: the wandb API, default ``wandb_api``)."""
     from mulo.rundir import make_run_dir, run_name
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
     download = None
     if cfg.wandb_checkpoint_id:  # <output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/<theta file>
         download = Path(cfg.output_dir) / "wandb_checkpoints" / cfg.wandb_checkpoint_id.strip("/").replace("/", "_")
-    source = optimizer_source(cfg, download, api_factory)
+    source = optimizer_source(cfg, download, api_factory or wandb_api)
     cfg = checkpoint_config(cfg, source) if source.info.get("checkpoint") else cfg
     run_dir = make_run_dir(cfg, "meta-test")
     print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
