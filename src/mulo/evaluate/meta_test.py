@@ -15,9 +15,18 @@ Where the results go (``report`` reads them)::
 Run ``r`` of ``num_runs`` uses seed ``cfg.seed + r`` for both the initialisation and the data order, so seeds differ
 across runs and repeat across invocations (and across tasks, which makes widths paired comparisons).
 
-A learned optimizer's hyper-parameters come from its checkpoint (``load_theta``), never from the command line. A run
-whose loss becomes NaN/inf stops, is recorded as diverged, and the other runs go on. A finished run with the same
-settings is not repeated when the command is run again (its summary is reused).
+The learned optimizer comes from ``--checkpoint`` (a meta-train run directory, its ``checkpoints/latest``, or a theta
+file: see ``resolve_checkpoint``) or ``--wandb_checkpoint_id entity/project/run_id`` (the run's theta file is
+downloaded to ``<output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/``; all wandb access goes through
+``wandb_api``). Its hyper-parameters come from the checkpoint (``load_theta``), never from the command line; the run
+directory's name and config.py record them.
+
+A run whose loss becomes NaN/inf stops, is recorded as diverged, and the other runs go on. A finished run with the
+same settings is not repeated when the command is run again (its summary is reused); an unfinished or different one
+is moved aside (``seed<k>.old-<time>``), never appended to or deleted.
+
+``--use_bf16 true``: the forward/backward pass runs in bf16 (params and float inputs cast down inside the loss), the
+params and optimizer state stay float32, integer labels and token ids are never cast.
 
 The training loop (``TrainLoop``) runs ``test_steps_per_jit`` steps per jitted ``lax.scan`` call; sweeps reuse it.
 """
