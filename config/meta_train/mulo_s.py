@@ -1,0 +1,14 @@
+# muLO_S (paper Tab. 5): meta-train on one width-128, depth-3 muMLP on ImageNet 32x32, batch 4096, 8 antithetic pairs,
+# truncation 50, step_mult 0.01; outer schedule 3e-3 -> 1e-3 over 5000 steps (8 h on an A6000 in the paper).
+#   python src/main.py meta-train --config config/meta_train/mulo_s.py
+_base_ = ["./schedules/mxlr=3e-3_mnlr=1e-3_it=5000_clip.py"]
+
+optimizer = "mup_small_fc_mlp"
+task = ["mumlp-w128-d3_imagenet-32x32x3"]
+local_batch_size = 4096
+num_tasks = 8
+trunc_length = 50
+steps_per_jit = 10
+adafac_step_mult = 0.01
+prefetch_batches = 4
+name_suffix = "_mulo-s"

@@ -1,0 +1,153 @@
+"""Meta-training throughput: inner steps/s of PES meta-training (= 2 · num_tasks · K / seconds per outer step).
+
+    python scripts/bench.py meta-train [--widths 32,128] [--repeats 5] [--write]
+
+Setting (fixed, comparable with the public reference engine): muMLP depth 3 on 32×32×3 *random* data (1000 classes;
+a pre-generated pool, so data generation is not timed), batch 128, num_tasks 8, K = 20, steps_per_jit 10, the
+``mup_small_fc_mlp`` learned optimizer, one task per run. Protocol: one warm-up outer step (compilation), then
+``repeats`` timed outer steps (each ends with a host read of the meta-loss, i.e. a full device sync), mean ± standard
+error. ``--write`` replaces the table in the "Meta-training throughput" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+REFERENCE = {32: 75.0, 128: 20.0}  # inner steps/s of the public reference engine on this CPU (the brief's anchor)
+
+
+class RandomImages:
+    """Random 32×32×3 images and labels from a small pre-generated pool (cycled), shaped as asked."""
+
+    name = "random-32x32x3"
+    num_classes = 1000
+    image_shape = (32, 32, 3)
+
+    def example_spec(self):
+        return {"x": (self.image_shape, np.float32), "y": ((), np.int32)}
+
+    def batches(self, split, shape, seed):
+        rng = np.random.default_rng(seed)
+        pool = [{"x": rng.standard_normal(tuple(shape) + self.image_shape, np.float32),
+                 "y": rng.integers(0, self.num_classes, tuple(shape), dtype=np.int32)} for _ in range(2)]
+        i = 0
+        while True:
+            yield pool[i % 2]
+            i += 1
+
+    def eval_batches(self, split, batch_size, max_examples=None):
+        yield from ()
+
+
+def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, batch: int) -> tuple[float, float]:
+    import jax
+
+    from mulo.config import load_config
+    from mulo.meta.train import MetaTrainer
+    from mulo.optimizers import build_learned
+    from mulo.tasks import TaskSettings, parse_task_name
+    from mulo.tasks.mlp import MLPTask
+
+    name = f"mumlp-w{width}-d3_imagenet-32x32x3"
+    cfg = load_config(None, cli=dict(task=[name], num_tasks=num_tasks, trunc_length=trunc, steps_per_jit=spj,
+                                     local_batch_size=batch, optimizer="mup_small_fc_mlp", progress=False,
+                                     prefetch_batches=2))
+    task = MLPTask(parse_task_name(name), TaskSettings.from_config(cfg), RandomImages())
+    trainer = MetaTrainer(cfg, [task], build_learned(cfg))
+    state = trainer.init_state()
+    streams = [iter(_device_stream(trainer, 0))]
+    state, m = trainer.step(state, streams)  # warm-up: compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, m = trainer.step(state, streams)  # reads metrics back: synchronised
+        times.append(time.perf_counter() - t0)
+    rates = 2 * num_tasks * trunc / np.asarray(times)
+    jax.clear_caches()
+    return float(rates.mean()), float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0
+
+
+def _device_stream(trainer, j):
+    from mulo.data.prefetch import DevicePrefetcher
+
+    return DevicePrefetcher(trainer.host_stream(j, 0), size=2, batch_axis=2)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import jax
+
+    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
+
+
+def table(rows, args) -> str:
+    out = ["| width | inner steps/s (mean ± s.e.) | reference engine | speed-up | target (5×) |",
+           "|---|---|---|---|---|"]
+    for width, mean, se in rows:
+        ref = REFERENCE.get(width)
+        out.append(f"| {width} | {mean:.0f} ± {se:.0f} | {ref:.0f} | {mean / ref:.1f}× | {5 * ref:.0f} |" if ref
+                   else f"| {width} | {mean:.0f} ± {se:.0f} | – | – | – |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py meta-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", default="32,128")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num_tasks", type=int, default=8)
+    parser.add_argument("--trunc_length", type=int, default=20)
+    parser.add_argument("--steps_per_jit", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    parser.add_argument("--note", default="", help="a line added under the table (e.g. 'machine shared, noisy')")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    rows = []
+    for w in [int(x) for x in args.widths.split(",")]:
+        mean, se = bench_width(w, args.repeats, args.num_tasks, args.trunc_length, args.steps_per_jit, args.batch)
+        rows.append((w, mean, se))
+        print(f"width {w}: {mean:.1f} ± {se:.1f} inner steps/s", flush=True)
+    text = table(rows, args)
+    print(text)
+    if args.write:
+        cmd = "python scripts/bench.py meta-train " + " ".join(argv if argv is not None else sys.argv[1:])
+        section = (f"Setting: PES, muMLP depth 3 on random 32×32×3 data, batch {args.batch}, num_tasks "
+                   f"{args.num_tasks}, K {args.trunc_length}, steps_per_jit {args.steps_per_jit}, mup_small_fc_mlp; "
+                   f"inner steps/s = 2·num_tasks·K / seconds per outer step; one warm-up step, then {args.repeats} "
+                   f"timed steps.\n\nMachine: {machine()}. Command: `{cmd.strip()}`.\n\n{text}\n"
+                   + (f"\n{args.note}\n" if args.note else ""))
+        write_section(ROOT / "BENCHMARKS.md", section)
+    return 0
+
+
+def write_section(path: Path, body: str) -> None:
+    from mulo.io import atomic_write_text
+
+    text = path.read_text()
+    pattern = re.compile(r"(## Meta-training throughput[^\n]*\n\n)(.*?)(?=\n## |\Z)", re.S)
+    if not pattern.search(text):
+        raise SystemExit("BENCHMARKS.md has no '## Meta-training throughput' section")
+    atomic_write_text(path, pattern.sub(lambda m: m.group(1) + body, text, count=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
