@@ -214,6 +214,7 @@ class OptimizerSource:
     name: str  # cfg.optimizer, or the learned optimizer's name from its checkpoint
     make: Callable[[Any], Any]  # task -> Optimizer
     info: dict = field(default_factory=dict)  # checkpoint path, hyper-parameters (JSON-able)
+    learned: tuple | None = None  # (lo, theta) for a learned optimizer
 
 
 def _jsonable(obj: Any) -> Any:
@@ -268,7 +269,8 @@ def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
             "checkpoint_extra": _jsonable(extra or {})}
     if cfg.wandb_checkpoint_id:
         info["wandb_checkpoint_id"] = cfg.wandb_checkpoint_id
-    return OptimizerSource(name=lo.name, make=lambda task: lo.opt_fn(theta, task.update_scales), info=info)
+    return OptimizerSource(name=lo.name, make=lambda task: lo.opt_fn(theta, task.update_scales), info=info,
+                           learned=(lo, theta))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
