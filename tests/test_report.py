@@ -52,7 +52,7 @@ def expected(run_dir, task, frac=0.05):
 def test_report_writes_figures_and_a_table_of_the_means(run_dirs, tmp_path):
     out = make_report(run_dirs, tmp_path / "rep", frac=0.05)
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["curves_mumlp-wW-d2_fashionmnist-28x28x1.png", "loss_vs_width_mumlp-wW-d2_fashionmnist-28x28x1.png"]
+    assert pngs == ["curves_mlp-wW-d2_fashionmnist-28x28x1.png", "loss_vs_width_mlp-wW-d2_fashionmnist-28x28x1.png"]
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     text = (out / "report.md").read_text()
@@ -92,5 +92,41 @@ def test_report_of_a_directory_without_results_is_one_line_error(tmp_path, capsy
 
 
 def test_family_and_width():
-    assert family_and_width("mumlp-w1024-d3_imagenet-32x32x3") == ("mumlp-w*-d3_imagenet-32x32x3", 1024)
+    assert family_and_width("mumlp-w1024-d3_imagenet-32x32x3") == ("mlp-w*-d3_imagenet-32x32x3", 1024)
+    assert family_and_width("mlp-w64-d3_imagenet-32x32x3") == ("mlp-w*-d3_imagenet-32x32x3", 64)
+    assert family_and_width("mutransformer-w192-d3_lm1b-s64-v32k") == ("transformer-w*-d3_lm1b-s64-v32k", 192)
     assert family_and_width("weird") == ("weird", None)
+
+
+def _fake_run(root, optimizer, tasks, losses_by_task, diverged=()):
+    """A meta-test run directory written the way meta_test writes it (manifest, summary, metrics lines)."""
+    from mulo.io import append_line, atomic_write_json, to_json_line
+
+    run = root / f"meta-test_{optimizer}"
+    atomic_write_json(run / "meta_test.json", {"optimizer": optimizer, "tasks": tasks})
+    for task in tasks:
+        for seed, losses in enumerate(losses_by_task[task]):
+            d = run / task / f"seed{seed}"
+            d.mkdir(parents=True)
+            for step, loss in enumerate(losses, 1):
+                append_line(d / "metrics.jsonl", to_json_line({"step": step, "train_loss": loss}))
+            div = (task, seed) in diverged
+            atomic_write_json(d / "summary.json", {"task": task, "seed": seed, "diverged": div,
+                                                   "diverged_step": len(losses) if div else None})
+    return run
+
+
+def test_report_puts_mup_and_sp_runs_of_a_family_in_one_figure(tmp_path):
+    mu = _fake_run(tmp_path, "mup_small_fc_mlp", ["mumlp-w64-d3_fashionmnist-28x28x1", "mumlp-w128-d3_fashionmnist-28x28x1"],
+                   {"mumlp-w64-d3_fashionmnist-28x28x1": [[3.0] * 19 + [1.0], [3.0] * 19 + [2.0]],
+                    "mumlp-w128-d3_fashionmnist-28x28x1": [[3.0] * 19 + [0.5], [3.0] * 19 + [0.7]]})
+    sp = _fake_run(tmp_path, "small_fc_mlp", ["mlp-w64-d3_fashionmnist-28x28x1", "mlp-w128-d3_fashionmnist-28x28x1"],
+                   {"mlp-w64-d3_fashionmnist-28x28x1": [[2.0] * 20, [2.5] * 20],
+                    "mlp-w128-d3_fashionmnist-28x28x1": [[2.0] * 5 + [float("nan")], [2.2] * 20]},
+                   diverged={("mlp-w128-d3_fashionmnist-28x28x1", 0)})
+    out = make_report([mu, sp], tmp_path / "rep", frac=0.05)  # 5% of 20 steps = the last step
+    assert sorted(p.name for p in out.glob("*.png")) == ["curves_mlp-wW-d3_fashionmnist-28x28x1.png",
+                                                         "loss_vs_width_mlp-wW-d3_fashionmnist-28x28x1.png"]
+    text = (out / "report.md").read_text()
+    assert "| mup_small_fc_mlp | 1.5000 ± 0.5000 | 0.6000 ± 0.1000 |" in text
+    assert "| small_fc_mlp | 2.2500 ± 0.2500 | 2.2000 ± 0.0000 (1/2 diverged) |" in text

@@ -73,10 +73,12 @@ class Cell:
 
 
 def family_and_width(task: str) -> tuple[str, int | None]:
+    """(family, width): the muP and SP versions of a model share a family (``mumlp-w128-d3_X`` and ``mlp-w256-d3_X``
+    -> ``mlp-w*-d3_X``), as in the paper's figures where muLOs run on muP tasks and SP LOs on SP tasks."""
     m = _WIDTH.search(task)
     if not m:
         return task, None
-    return _WIDTH.sub("-w*-", task, count=1), int(m.group(1))
+    return re.sub(r"^mu", "", _WIDTH.sub("-w*-", task, count=1)), int(m.group(1))
 
 
 def _tail(values: np.ndarray, frac: float) -> float:
@@ -143,8 +145,14 @@ def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
 
 def aggregate(runs: list[Run]) -> list[Cell]:
     cells: dict[tuple[str, str], Cell] = {}
+    # one optimizer run on both the muP and the SP version of a family: tell the two apart
+    kinds = defaultdict(set)
+    for r in runs:
+        kinds[(r.label, family_and_width(r.task)[0])].add(r.task.startswith("mu"))
     for r in runs:
         fam, width = family_and_width(r.task)
+        if len(kinds[(r.label, fam)]) > 1:
+            r.label = f"{r.label} ({'muP' if r.task.startswith('mu') else 'SP'} task)"
         cell = cells.setdefault((r.label, r.task), Cell(label=r.label, task=r.task, family=fam, width=width))
         cell.runs.append(r)
     for cell in cells.values():
