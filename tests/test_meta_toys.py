@@ -76,6 +76,9 @@ class QuadraticTask:
 class ToyHParams:
     base_lr: float = 0.1
 
+    def to_dict(self):
+        return {"base_lr": self.base_lr}
+
 
 class ToyState(NamedTuple):
     params: dict

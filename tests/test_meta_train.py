@@ -82,7 +82,7 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tm
     for f in (ckpt / "4").rglob("*"):  # corrupt every data file of the newest checkpoint
         if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name and f.suffix != ".txt":
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot restore"):
+    with pytest.raises(CheckpointError, match="cannot (restore|read)"):
         train(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
               handle_signals=False)
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4]

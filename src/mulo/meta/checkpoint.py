@@ -31,6 +31,18 @@ def _one_line(exc: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else text
 
 
+def _pack(state: Any) -> dict:
+    """The state as a flat {index: array} dict without zero-size arrays (orbax cannot store those; e.g. the LO's
+    factored accumulators of a bias). The tree structure comes back from the template at restore."""
+    return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(state)) if x.size > 0}
+
+
+def _unpack(template: Any, packed: dict) -> Any:
+    leaves, treedef = jax.tree.flatten(template)
+    return jax.tree.unflatten(treedef, [packed.get(f"{i:05d}", x) if x.size > 0 else x
+                                        for i, x in enumerate(leaves)])
+
+
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int, identity: Mapping[str, Any] | None = None):
         import orbax.checkpoint as ocp
@@ -40,7 +52,8 @@ class Checkpointer:
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_handlers=ocp.StandardCheckpointHandler())
         except Exception as exc:  # noqa: BLE001 - orbax raises many kinds
             raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_one_line(exc)}") from None
 
@@ -77,7 +90,7 @@ class Checkpointer:
         """Save (blocking) and then move the ``latest`` pointer; a failure raises CheckpointError."""
         atomic_write_json(self.directory / "identity.json", self.identity)
         try:
-            self._manager.save(int(step), args=self._ocp.args.StandardSave(state), force=True)
+            self._manager.save(int(step), args=self._ocp.args.StandardSave(_pack(state)), force=True)
             self._manager.wait_until_finished()
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_one_line(exc)}") from None
@@ -89,21 +102,26 @@ class Checkpointer:
         step = self.latest_step() if step is None else int(step)
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+        packed = _pack(template)
+        where = self.directory / str(step)
         try:
-            state = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+            stored = self._manager.item_metadata(step)
+            stored = dict(getattr(stored, "tree", stored) or {})
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot restore checkpoint {self.directory / str(step)} (corrupt or from another "
-                                  f"run; older checkpoints are kept): {_one_line(exc)}") from None
+            raise CheckpointError(f"cannot read checkpoint {where} (corrupt or incomplete; older checkpoints are "
+                                  f"kept): {_one_line(exc)}") from None
+        bad = [k for k in set(stored) | set(packed) if k not in stored or k not in packed
+               or tuple(getattr(stored[k], "shape", ())) != tuple(packed[k].shape)]
+        if bad:
+            raise CheckpointError(f"checkpoint {where} does not match this run: {len(bad)} of {len(packed)} arrays "
+                                  f"differ in presence or shape (other task, LO or num_tasks?)")
+        abstract = {k: jax.ShapeDtypeStruct(x.shape, x.dtype) for k, x in packed.items()}
         try:
-            state = jax.tree.map(lambda t, x: x, template, state)  # same structure as the template
-            for t, x in zip(jax.tree.leaves(template), jax.tree.leaves(state)):
-                if t.shape != x.shape or t.dtype != x.dtype:
-                    raise ValueError(f"leaf {x.shape} {x.dtype} != expected {t.shape} {t.dtype}")
+            restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} does not match this run: "
-                                  f"{_one_line(exc)}") from None
-        return step, state
+            raise CheckpointError(f"cannot restore checkpoint {where} (corrupt or from another run; older "
+                                  f"checkpoints are kept): {_one_line(exc)}") from None
+        return step, _unpack(template, restored)
 
     def close(self) -> None:
         self._manager.close()

@@ -18,8 +18,9 @@ Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
   ``lr``, ``nonfinite`` (1 if this step's meta-gradient was skipped), ``skipped_steps`` (running count),
   ``step_time_s``, ``inner_steps_per_s``;
 * ``checkpoints/`` (see ``mulo.meta.checkpoint``) every ``save_iter`` steps, at the end and on SIGTERM/SIGINT;
-* ``theta/theta_step<N>.*``: θ only, with the LO's hyper-parameters (``mulo.optimizers.save_theta``), at every save;
-  ``theta_final.*``: θ at the end of the run (what meta-test and export load).
+* ``theta/theta_step<N>.msgpack``: θ only, with the LO's hyper-parameters (``mulo.optimizers.save_theta``), at every
+  save; ``theta_final.msgpack``: θ at the end of the run (what meta-test and export load; not written when the run is
+  interrupted).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
 
 THETA_FINAL = "theta_final"
+THETA_EXT = ".msgpack"  # mulo.optimizers.save_theta format (flax msgpack)
 
 
 class TrainState(NamedTuple):
@@ -197,8 +199,10 @@ class _StopFlag:
 def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
     from mulo.optimizers import save_theta
 
+    path = path.with_name(path.name + THETA_EXT)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(save_theta(str(path), lo, jax.device_get(theta), extra=extra) or path)
+    save_theta(path, lo, jax.device_get(theta), extra=extra)
+    return path
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
