@@ -6,7 +6,10 @@ from typing import Any, Mapping
 
 from mulo.errors import ConfigError
 from mulo.optimizers.base import LearnedOptimizer, Optimizer
+from mulo.optimizers.adafac_mlp import AdafacHParams, AdafacMLPLO, hparams_from_config, num_meta_params
+from mulo.optimizers.export import as_optax
 from mulo.optimizers.hand_designed import adam, adamw, from_optax, lr_schedule, muadam, sgd
+from mulo.optimizers.theta_io import learned_from_hparams, load_theta, save_theta
 
 HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
 LEARNED = ("small_fc_mlp", "mup_small_fc_mlp")
@@ -21,6 +24,18 @@ def _get(cfg: Any, key: str) -> Any:
         return getattr(cfg, key)
     except AttributeError:
         raise ConfigError(f"config key {key!r} is missing") from None
+
+
+def build_learned(cfg: Any) -> AdafacMLPLO:
+    """The learned optimizer named by ``cfg.optimizer`` with hyper-parameters from the config keys hidden_size,
+    adafac_step_mult (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp), adafac_exp_mult and lo_clip_grad.
+    Use it to meta-train; to meta-test, ``load_theta`` restores the LO with the hyper-parameters it was trained with."""
+    name = _get(cfg, "optimizer")
+    if name not in LEARNED:
+        raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {LEARNED}")
+    for key in ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad"):
+        _get(cfg, key)
+    return AdafacMLPLO(name=name, hparams=hparams_from_config(name, cfg))
 
 
 def build_optimizer(cfg: Any, task: Any) -> Optimizer:
@@ -49,5 +64,6 @@ def build_optimizer(cfg: Any, task: Any) -> Optimizer:
     return muadam(lr, task.update_scales, b1=b1, b2=b2)
 
 
-__all__ = ["Optimizer", "LearnedOptimizer", "build_optimizer", "sgd", "adam", "adamw", "muadam", "from_optax",
-           "lr_schedule", "HAND_DESIGNED", "LEARNED"]
+__all__ = ["Optimizer", "LearnedOptimizer", "build_optimizer", "build_learned", "sgd", "adam", "adamw", "muadam",
+           "from_optax", "lr_schedule", "HAND_DESIGNED", "LEARNED", "AdafacHParams", "AdafacMLPLO",
+           "learned_from_hparams", "save_theta", "load_theta", "as_optax", "num_meta_params"]

@@ -1,0 +1,415 @@
+"""The Adafactor-MLP learned optimizer: ``small_fc_mlp`` (SP) and ``mup_small_fc_mlp`` (μLO).
+
+A per-parameter MLP (39 → H → H → 2) reads 28 per-tensor second-moment-normalised features of the gradient, the
+parameter and their momentum / RMS / Adafactor accumulators plus 11 tanh time features, and outputs a direction and a
+magnitude; the step is ``direction · exp(exp_mult · magnitude) · step_mult`` (reference_design.md §1.1). The μLO
+multiplies each tensor's step by its μP update scale (``hidden_lr_mult / fan_in`` for hidden matrices, 1 otherwise,
+§1.2–1.3); the SP LO ignores the scales.
+
+Two implementations of the per-tensor MLP compute the same function:
+
+* ``reference``: the features stacked on a trailing axis, normalised, and a matmul MLP (a literal transcription of
+  §1.1, kept for tests).
+* ``fused`` (default): the per-tensor normalisers are folded into the first-layer weights, the (per-tensor constant)
+  time features into its bias, the row/column Adafactor features are applied on their small factored shapes and
+  broadcast, and the MLP is unrolled into elementwise array ops (one array per hidden unit) that XLA fuses into a
+  single loop over the tensor: no (num_params × H) activations are materialised.
+  See BENCHMARKS.md ("Optimizer step") for the measured cost.
+
+The accumulators are stored as one array per decay (tuples), not stacked, so that no slice copies are needed.
+Scalars are reshaped to rank 1 for the optimizer's internal state and back for the params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mulo.errors import ConfigError
+from mulo.optimizers.base import Optimizer
+
+LO_NAMES = ("small_fc_mlp", "mup_small_fc_mlp")
+DEFAULT_STEP_MULT = {"small_fc_mlp": 0.001, "mup_small_fc_mlp": 0.01}
+TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
+NUM_NORMALISED_FEATURES = 28
+NUM_FEATURES = NUM_NORMALISED_FEATURES + len(TIMESCALES)  # 39
+
+
+@dataclass(frozen=True)
+class AdafacHParams:
+    """Hyper-parameters of the Adafactor-MLP LO. Stored with θ in every θ file (load_theta restores them)."""
+
+    hidden_size: int = 32
+    step_mult: float = 0.01
+    exp_mult: float = 0.001
+    clip_grad: bool = False
+    momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decays: tuple[float, ...] = (0.999,)
+    adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+
+    def __post_init__(self):
+        if self.hidden_size < 1:
+            raise ConfigError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        if len(self.rms_decays) != 1 or len(self.momentum_decays) != 3 or len(self.adafactor_decays) != 3:
+            raise ConfigError("the Adafactor-MLP LO needs 3 momentum, 1 RMS and 3 Adafactor decays (39 features)")
+        for d in (*self.momentum_decays, *self.rms_decays, *self.adafactor_decays):
+            if not 0.0 <= d < 1.0:
+                raise ConfigError(f"LO decays must be in [0, 1), got {d}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdafacHParams":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown LO hyper-parameter(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        d = dict(d)
+        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
+            if k in d:
+                d[k] = tuple(float(x) for x in d[k])
+        return cls(**d)
+
+
+class AdafacState(NamedTuple):
+    """Optimizer state: params (original shapes) and accumulators (one array per decay; scalars as rank 1)."""
+
+    params: Any
+    mom: Any  # per tensor, a tuple of 3 arrays of its shape (one per momentum decay)
+    rms: Any  # per tensor, a 1-tuple
+    fac_row: Any  # factored tensors (rank >= 2): 3 arrays of shape without d0; others: ()
+    fac_col: Any  # factored tensors: 3 arrays of shape without d1; others: ()
+    fac_diag: Any  # unfactored tensors (rank <= 1): 3 arrays of the shape; others: ()
+    iteration: jax.Array  # int32, number of LO updates so far
+    num_steps: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------- shared pieces
+
+
+def factored_dims(shape: Sequence[int]) -> tuple[int, int] | None:
+    """(d1, d0): d0 the largest axis, d1 the second largest (numpy argsort order, as the reference); None if rank < 2."""
+    if len(shape) < 2:
+        return None
+    order = np.argsort(shape)
+    return int(order[-2]), int(order[-1])
+
+
+def decay_from_param(initial: Sequence[float], theta_decay: jax.Array) -> jax.Array:
+    """β = 1 − (1 − β₀)·exp(10·θ): θ = 0 gives the initial decay β₀."""
+    return 1.0 - (1.0 - jnp.asarray(initial, jnp.float32)) * jnp.exp(10.0 * theta_decay)
+
+
+def time_features(iteration: jax.Array) -> jax.Array:
+    """tanh(t/τ − 1) for the 11 timescales τ (shape (11,))."""
+    return jnp.tanh(jnp.asarray(iteration, jnp.float32) / jnp.asarray(TIMESCALES, jnp.float32) - 1.0)
+
+
+def _safe_rsqrt(x):
+    return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
+
+
+class _Acc(NamedTuple):
+    """Accumulators of one tensor, one array per decay (tuples); unused Adafactor entries are empty tuples."""
+
+    m: tuple
+    v: tuple
+    row: tuple
+    col: tuple
+    diag: tuple
+
+
+def _init_acc(p: jax.Array, hp: AdafacHParams) -> _Acc:
+    shape = p.shape if p.ndim else (1,)
+    zeros = lambda n, s: tuple(jnp.zeros(s, jnp.float32) for _ in range(n))
+    k_f = len(hp.adafactor_decays)
+    dims = factored_dims(shape)
+    if dims is None:
+        row, col, diag = (), (), zeros(k_f, shape)
+    else:
+        d1, d0 = dims
+        row, col, diag = zeros(k_f, tuple(np.delete(shape, d0))), zeros(k_f, tuple(np.delete(shape, d1))), ()
+    return _Acc(zeros(len(hp.momentum_decays), shape), zeros(len(hp.rms_decays), shape), row, col, diag)
+
+
+def _update_acc(acc: _Acc, g: jax.Array, b_m, b_v, b_f) -> _Acc:
+    """New accumulators (no bias correction, as the reference). ``g`` has rank >= 1."""
+    ema = lambda b, old, new: b * old + (1.0 - b) * new
+    m = tuple(ema(b_m[i], x, g) for i, x in enumerate(acc.m))
+    b_v, b_f = jnp.clip(b_v, 0.0, 1.0), jnp.clip(b_f, 0.0, 1.0)
+    gsq = jnp.square(g)
+    v = tuple(ema(b_v[i], x, gsq) for i, x in enumerate(acc.v))
+    gsq = gsq + 1e-30
+    dims = factored_dims(g.shape)
+    if dims is None:
+        return _Acc(m, v, (), (), tuple(ema(b_f[i], x, gsq) for i, x in enumerate(acc.diag)))
+    d1, d0 = dims
+    row_new, col_new = jnp.mean(gsq, axis=d0), jnp.mean(gsq, axis=d1)
+    row = tuple(ema(b_f[i], x, row_new) for i, x in enumerate(acc.row))
+    col = tuple(ema(b_f[i], x, col_new) for i, x in enumerate(acc.col))
+    return _Acc(m, v, row, col, ())
+
+
+def _row_col_factors(row, col, d1, d0):
+    """Adafactor factors of one decay, r = safe_rsqrt(v_row / mean(v_row)) and c = safe_rsqrt(v_col), expanded to
+    broadcast against p. As the reference, the mean of v_row is over its (reduced) d1 axis."""
+    reduced_d1 = d1 - 1 if d1 > d0 else d1
+    r = _safe_rsqrt(row / (jnp.mean(row, axis=reduced_d1, keepdims=True) + 1e-9))
+    return jnp.expand_dims(r, d0), jnp.expand_dims(_safe_rsqrt(col), d1)
+
+
+def _decays(theta, hp: AdafacHParams):
+    return (decay_from_param(hp.momentum_decays, theta["momentum_decays"]),
+            decay_from_param(hp.rms_decays, theta["rms_decays"]),
+            decay_from_param(hp.adafactor_decays, theta["adafactor_decays"]))
+
+
+# ------------------------------------------------------------------------------------ reference implementation
+
+
+def features_reference(p: jax.Array, g: jax.Array, acc: _Acc, iteration: jax.Array) -> jax.Array:
+    """The 39 LO inputs of every element, stacked on a trailing axis: shape (*p.shape, 39), in the reference's order.
+    ``acc`` holds the accumulators already updated with ``g``; p and g have rank >= 1."""
+    stack_last = lambda xs: jnp.stack(xs, axis=-1)
+    m, v = stack_last(acc.m), stack_last(acc.v)
+    feats = [g[..., None], p[..., None], m, v]
+    rs = jax.lax.rsqrt(v + 1e-6)
+    feats += [m * rs, rs]
+    dims = factored_dims(p.shape)
+    if dims is not None:
+        d1, d0 = dims
+        rcs = [_row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
+        rc = stack_last([jnp.broadcast_to(r * c, p.shape) for r, c in rcs])
+        row_t = stack_last([jnp.broadcast_to(jnp.expand_dims(r, d0), p.shape) for r in acc.row])
+        col_t = stack_last([jnp.broadcast_to(jnp.expand_dims(c, d1), p.shape) for c in acc.col])
+        feats += [g[..., None] * rc, row_t, col_t, jax.lax.rsqrt(row_t + 1e-8), jax.lax.rsqrt(col_t + 1e-8), m * rc]
+    else:
+        diag = stack_last(acc.diag)
+        fac_g = g[..., None] * _safe_rsqrt(diag + 1e-9)
+        feats += [fac_g, diag, diag, jax.lax.rsqrt(diag + 1e-8), jax.lax.rsqrt(diag + 1e-8),
+                  m * (diag + 1e-6) ** -0.5]
+    stack = jnp.concatenate(feats, axis=-1)
+    axes = tuple(range(p.ndim))
+    stack = stack * jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(stack), axis=axes, keepdims=True))
+    tf = jnp.broadcast_to(time_features(iteration), p.shape + (len(TIMESCALES),))
+    return jnp.concatenate([stack, tf], axis=-1)
+
+
+def mlp_reference(nn: dict, x: jax.Array) -> jax.Array:
+    """39 → H → ReLU → H → ReLU → 2 as matmuls on the trailing axis."""
+    h = jax.nn.relu(x @ nn["w0"] + nn["b0"])
+    h = jax.nn.relu(h @ nn["w1"] + nn["b1"])
+    return h @ nn["w2"] + nn["b2"]
+
+
+def _dir_mag_reference(nn, p, g, acc, iteration):
+    out = mlp_reference(nn, features_reference(p, g, acc, iteration))
+    return out[..., 0], out[..., 1]
+
+
+# ---------------------------------------------------------------------------------------- fused implementation
+
+
+def _fused_inputs(p, g, acc):
+    """The LO's normalised-feature inputs for the fused path, grouped by shape.
+
+    Returns (full, small): ``full`` is a list of (array of p's shape, [rows of w0]); ``small`` a list of
+    (array broadcastable to p's shape but of a factored shape, [rows of w0]). A feature that appears twice in the
+    reference stack (v_diag and rsqrt(v_diag) for unfactored tensors) appears once with both rows.
+    """
+    m, v = acc.m, acc.v[0]
+    rs = jax.lax.rsqrt(v + 1e-6)
+    full = [(g, [0]), (p, [1])]
+    full += [(m[i], [2 + i]) for i in range(3)] + [(v, [5])]
+    full += [(m[i] * rs, [6 + i]) for i in range(3)] + [(rs, [9])]
+    small = []
+    dims = factored_dims(p.shape)
+    if dims is not None:
+        d1, d0 = dims
+        rc = [r * c for r, c in (_row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col))]
+        full += [(g * rc[i], [10 + i]) for i in range(3)]
+        full += [(m[i] * rc[i], [25 + i]) for i in range(3)]
+        for i in range(3):
+            row_i = jnp.expand_dims(acc.row[i], d0)
+            col_i = jnp.expand_dims(acc.col[i], d1)
+            small += [(row_i, [13 + i]), (col_i, [16 + i]),
+                      (jax.lax.rsqrt(row_i + 1e-8), [19 + i]), (jax.lax.rsqrt(col_i + 1e-8), [22 + i])]
+    else:
+        diag = acc.diag
+        full += [(g * _safe_rsqrt(diag[i] + 1e-9), [10 + i]) for i in range(3)]
+        # the reference feeds v_diag twice and rsqrt(v_diag) twice: same values, same normaliser -> add the weights
+        full += [(diag[i], [13 + i, 16 + i]) for i in range(3)]
+        full += [(jax.lax.rsqrt(diag[i] + 1e-8), [19 + i, 22 + i]) for i in range(3)]
+        full += [(m[i] * (diag[i] + 1e-6) ** -0.5, [25 + i]) for i in range(3)]
+    return full, small
+
+
+def _effective_weights(w0, feats):
+    """(K, H): each feature's first-layer weights (summed over its rows) times its per-tensor normaliser
+    1/sqrt(1e-5 + mean(x²)). The mean over a broadcast (row/column) feature equals the mean over its factored array."""
+    rows = jnp.stack([sum(w0[i] for i in idx) for _, idx in feats])
+    norms = jnp.stack([jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(x))) for x, _ in feats])
+    return rows * norms[:, None]
+
+
+def _dir_mag_fused(nn, p, g, acc, iteration):
+    """Same function as ``_dir_mag_reference`` without materialising per-element feature stacks or activations.
+
+    Layer 1 per element is h1_j = relu(Σ_k W'[k, j]·f_k + c_j) where W' = w0 · (per-tensor normaliser) and c_j, the
+    bias plus the time features' contribution plus the factored row/column features' contribution, is computed on
+    the small factored shape and broadcast. Layers 2 and 3 are unrolled into elementwise array ops (one array per
+    hidden unit), which XLA fuses into a single loop over the tensor.
+    """
+    # The optimisation barrier keeps XLA from constant-folding the weights into per-element literals when theta is a
+    # compile-time constant (closed over), which makes compilation run out of memory.
+    w0, b0, w1, b1, w2, b2 = jax.lax.optimization_barrier(tuple(nn[k] for k in ("w0", "b0", "w1", "b1", "w2", "b2")))
+    h = w0.shape[1]
+    full, small = _fused_inputs(p, g, acc)
+    w_full = _effective_weights(w0, full)  # (Kf, H)
+    bias = b0 + time_features(iteration) @ w0[NUM_NORMALISED_FEATURES:]  # (H,)
+    # per hidden unit, the small features' contributions, one array per distinct small shape (row-type and
+    # column-type) so that nothing of p's full size is materialised: offsets[g] has shape (H, *broadcastable shape)
+    offsets = [bias.reshape((h,) + (1,) * p.ndim)]
+    if small:
+        w_small = _effective_weights(w0, small)  # (Ks, H)
+        by_shape: dict[tuple, jax.Array] = {}
+        for k, (x, _) in enumerate(small):
+            term = w_small[k].reshape((h,) + (1,) * p.ndim) * x[None]
+            by_shape[x.shape] = by_shape[x.shape] + term if x.shape in by_shape else term
+        offsets = list(by_shape.values())
+        offsets[0] = offsets[0] + bias.reshape((h,) + (1,) * p.ndim)
+    # materialise the weights and the small offsets before the big loop, so that it does not recompute them per element
+    w_full, offsets = jax.lax.optimization_barrier((w_full, offsets))
+    xs = [x for x, _ in full]
+    h1 = []
+    for j in range(h):
+        a = offsets[0][j]
+        for o in offsets[1:]:
+            a = a + o[j]
+        for k, x in enumerate(xs):
+            a = a + w_full[k, j] * x
+        h1.append(jax.nn.relu(a))
+    h2 = []
+    for j in range(h):
+        a = b1[j]
+        for k in range(h):
+            a = a + w1[k, j] * h1[k]
+        h2.append(jax.nn.relu(a))
+    direction = b2[0]
+    magnitude = b2[1]
+    for k in range(h):
+        direction = direction + w2[k, 0] * h2[k]
+        magnitude = magnitude + w2[k, 1] * h2[k]
+    return direction, magnitude
+
+
+IMPLEMENTATIONS = {"reference": _dir_mag_reference, "fused": _dir_mag_fused}
+
+
+# ---------------------------------------------------------------------------------------- the learned optimizer
+
+
+@dataclass(frozen=True)
+class AdafacMLPLO:
+    """``small_fc_mlp`` (SP: update scales ignored) or ``mup_small_fc_mlp`` (μLO: step × μP update scale)."""
+
+    name: str
+    hparams: AdafacHParams = field(default_factory=AdafacHParams)
+    impl: str = "fused"  # "fused" | "reference": how the per-parameter MLP is computed (same function)
+
+    def __post_init__(self):
+        if self.name not in LO_NAMES:
+            raise ConfigError(f"unknown learned optimizer {self.name!r}; expected one of {LO_NAMES}")
+        if self.impl not in IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {tuple(IMPLEMENTATIONS)}, got {self.impl!r}")
+
+    @property
+    def uses_mup(self) -> bool:
+        return self.name == "mup_small_fc_mlp"
+
+    def init_theta(self, key: jax.Array) -> dict:
+        """Meta-parameters: MLP weights (truncated normal ±2σ, σ = 1/sqrt(fan_in), no variance correction; biases 0)
+        and the decay parameters (0, i.e. the initial decays)."""
+        hp = self.hparams
+        sizes = [NUM_FEATURES, hp.hidden_size, hp.hidden_size, 2]
+        keys = jax.random.split(key, 3)
+        nn = {}
+        for i in range(3):
+            fan_in, fan_out = sizes[i], sizes[i + 1]
+            nn[f"w{i}"] = jax.random.truncated_normal(keys[i], -2.0, 2.0, (fan_in, fan_out), jnp.float32) / np.sqrt(
+                fan_in)
+            nn[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+        return {
+            "momentum_decays": jnp.zeros((len(hp.momentum_decays),), jnp.float32),
+            "rms_decays": jnp.zeros((len(hp.rms_decays),), jnp.float32),
+            "adafactor_decays": jnp.zeros((len(hp.adafactor_decays),), jnp.float32),
+            "nn": nn,
+        }
+
+    def opt_fn(self, theta: Any, update_scales: Any = None) -> Optimizer:
+        """The inner optimizer for meta-parameters ``theta`` (may be traced). ``update_scales``: pytree of per-tensor
+        μP scales shaped like the params (used by the μLO only; None means 1 everywhere)."""
+        hp = self.hparams
+        dir_mag = IMPLEMENTATIONS[self.impl]
+        scales = update_scales if self.uses_mup else None
+
+        def init(params, num_steps: int = 0) -> AdafacState:
+            accs = jax.tree.map(lambda p: _init_acc(jnp.asarray(p), hp), params)
+            pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
+            return AdafacState(params=params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),
+                               fac_diag=pick(4), iteration=jnp.asarray(0, jnp.int32),
+                               num_steps=jnp.asarray(num_steps, jnp.int32))
+
+        def update(state: AdafacState, grads, loss=None, key=None) -> AdafacState:
+            del loss, key
+            if hp.clip_grad:
+                grads, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+                grads = jax.tree.map(jnp.nan_to_num, grads)
+            b_m, b_v, b_f = _decays(theta, hp)
+            nn = theta["nn"]
+            t = state.iteration
+            sc = scales if scales is not None else jax.tree.map(lambda _: 1.0, state.params)
+
+            def one(p, g, m, v, row, col, diag, s):
+                shape = p.shape
+                p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
+                acc = _update_acc(_Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
+                direction, magnitude = dir_mag(nn, p1, g1, acc, t)
+                step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult
+                new_p = (p1 - step * s).astype(p.dtype).reshape(shape)
+                return new_p, acc
+
+            out = jax.tree.map(one, state.params, grads, state.mom, state.rms, state.fac_row, state.fac_col,
+                               state.fac_diag, sc)
+            is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], _Acc)
+            new_params = jax.tree.map(lambda o: o[0], out, is_leaf=is_pair)
+            pick = lambda i: jax.tree.map(lambda o: o[1][i], out, is_leaf=is_pair)
+            return AdafacState(params=new_params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),
+                               fac_diag=pick(4), iteration=state.iteration + 1, num_steps=state.num_steps)
+
+        def params(state: AdafacState):
+            return state.params
+
+        return Optimizer(init=init, update=update, params=params)
+
+
+def num_meta_params(theta: Any) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(theta)))
+
+
+def hparams_from_config(name: str, cfg: Any) -> AdafacHParams:
+    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
+    step_mult = get("adafac_step_mult")
+    if step_mult is None:
+        step_mult = DEFAULT_STEP_MULT[name]
+    return AdafacHParams(hidden_size=int(get("hidden_size")), step_mult=float(step_mult),
+                         exp_mult=float(get("adafac_exp_mult")), clip_grad=bool(get("lo_clip_grad")))

@@ -1,0 +1,60 @@
+"""Use a trained learned optimizer as an ordinary ``optax.GradientTransformation``.
+
+Example (a trained μLO on your own muP model; ``update_scales`` are its per-tensor μP scales: hidden_lr_mult/fan_in
+for hidden matrices, 1 for everything else, e.g. ``mulo.tasks.base.update_scales(param_meta)``)::
+
+    import jax, optax
+    from mulo.optimizers import as_optax
+
+    tx = as_optax("checkpoints/my_run/theta_final.msgpack", update_scales=scales)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)  # the LO needs the params
+        return optax.apply_updates(params, updates), opt_state, loss
+
+The LO keeps its accumulators and step counter in ``opt_state``; it does not keep a copy of the params.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import optax
+
+from mulo.optimizers.theta_io import load_theta
+
+
+def as_optax(lo_checkpoint: str | os.PathLike | tuple, update_scales: Any = None,
+             num_steps: int | None = None) -> optax.GradientTransformation:
+    """An optax transformation running a learned optimizer.
+
+    lo_checkpoint: a θ file path (written by ``save_theta``) or a ``(lo, theta)`` pair.
+    update_scales: pytree of per-tensor μP update scales, shaped like the params (μLO only; None = 1 everywhere,
+      which is right for SP models and for the SP LO, which ignores it).
+    num_steps: the planned training length (stored in the state; this LO does not use it as a feature).
+    Its ``update(grads, state, params)`` requires ``params``; the returned updates are ``new_params - params``.
+    """
+    if isinstance(lo_checkpoint, (str, os.PathLike)):
+        lo, theta, _ = load_theta(lo_checkpoint)
+    else:
+        lo, theta = lo_checkpoint
+    opt = lo.opt_fn(theta, update_scales)
+
+    def init_fn(params):
+        state = opt.init(params, 0 if num_steps is None else int(num_steps))
+        return state._replace(params=None)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("the learned optimizer needs the params: call tx.update(grads, opt_state, params)")
+        new_state = opt.update(state._replace(params=params), updates, None, None)
+        new_params = opt.params(new_state)
+        deltas = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
+        return deltas, new_state._replace(params=None)
+
+    return optax.GradientTransformation(init_fn, update_fn)
