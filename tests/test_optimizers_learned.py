@@ -19,7 +19,8 @@ KEY = jax.random.PRNGKey(0)
 
 
 def _lo(name="mup_small_fc_mlp", impl="fused", **hp):
-    return AdafacMLPLO(name, AdafacHParams(**hp), impl=impl)
+    # fused_min_size=0: the fused path for every tensor, however small (the default keeps tiny ones on the reference)
+    return AdafacMLPLO(name, AdafacHParams(**hp), impl=impl, fused_min_size=0)
 
 
 def _rand(key, shape, scale=1.0):

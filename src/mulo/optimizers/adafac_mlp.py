@@ -325,6 +325,9 @@ class AdafacMLPLO:
     name: str
     hparams: AdafacHParams = field(default_factory=AdafacHParams)
     impl: str = "fused"  # "fused" | "reference": how the per-parameter MLP is computed (same function)
+    # with impl="fused", tensors with fewer elements than this use the reference path: they cost little to run either
+    # way, and each fused tensor adds a large kernel (seconds of compilation)
+    fused_min_size: int = 4096
 
     def __post_init__(self):
         if self.name not in LO_NAMES:
@@ -359,7 +362,9 @@ class AdafacMLPLO:
         """The inner optimizer for meta-parameters ``theta`` (may be traced). ``update_scales``: pytree of per-tensor
         μP scales shaped like the params (used by the μLO only; None means 1 everywhere)."""
         hp = self.hparams
-        dir_mag = IMPLEMENTATIONS[self.impl]
+        def dir_mag(nn, p, g, acc, t):
+            use_fused = self.impl == "fused" and p.size >= self.fused_min_size
+            return (_dir_mag_fused if use_fused else _dir_mag_reference)(nn, p, g, acc, t)
         scales = update_scales if self.uses_mup else None
 
         def init(params, num_steps: int = 0) -> AdafacState:
