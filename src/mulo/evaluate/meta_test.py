@@ -603,10 +603,10 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
 
 
 def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
-    from mulo.tasks import TaskSettings, get_task
+    """The tasks of ``cfg.task`` (validated names; tasks on one dataset share it, so its data is loaded once)."""
+    from mulo.tasks import TaskSettings, get_tasks
 
-    settings = TaskSettings.from_config(cfg)
-    return [get_task(name, settings) for name in (names if names is not None else cfg.task)]
+    return get_tasks(list(names if names is not None else cfg.task), TaskSettings.from_config(cfg))
 
 
 def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
