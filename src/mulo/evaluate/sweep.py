@@ -206,7 +206,7 @@ def requeue_dead_trials(study: Any) -> list[int]:
         attrs = t.user_attrs
         dead = (t.state == TrialState.RUNNING and attrs.get("host") == host and "pid" in attrs
                 and not _pid_alive(int(attrs["pid"])))
-        aborted = t.state == TrialState.FAIL and attrs.get("aborted") and t.number not in retried
+        aborted = t.state == TrialState.FAIL and bool(attrs.get("aborted")) and t.number not in retried
         if dead:
             try:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -374,6 +374,8 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     def objective(trial) -> float:
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
+        for attr in ("aborted", "error", "diverged"):  # a re-queued trial carries its predecessor's attributes
+            trial.set_user_attr(attr, None)
         params = suggest(trial, space)
         trial_name = f"trial{trial.number:04d}"
         print(f"[sweep] {trial_name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
