@@ -121,6 +121,7 @@ def test_divergence_stops_the_run_and_is_recorded():
     assert res.diverged and res.diverged_step is not None and res.steps_completed == res.diverged_step < 12
     assert not math.isfinite(res.train_losses[-1])
     assert res.tail_mean(0.05) == math.inf
+    assert res.test_loss is None and res.test_accuracy is None
     assert any(m.get("diverged") for _, m in records)
 
 

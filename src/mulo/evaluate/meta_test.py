@@ -495,6 +495,7 @@ class TrainLoop:
                 if bad.size:
                     result.diverged = True
                     result.diverged_step = start + upto
+                    result.test_loss = result.test_accuracy = None  # an earlier evaluation is not the outcome
                     log(result.diverged_step, {"diverged": True})
                     break
         finally:
