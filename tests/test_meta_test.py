@@ -231,3 +231,24 @@ def test_bf16_command_runs_with_float32_state(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     losses = _losses(run_dir / T16 / "seed0")
     assert len(losses) == 30 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config" /
+                                                           "meta_test").glob("*.py")))
+def test_meta_test_recipes_load_and_name_valid_tasks(recipe):
+    from mulo.tasks import parse_task_name
+
+    cfg = load_config(Path("config/meta_test") / recipe)
+    for name in cfg.task:
+        parse_task_name(name, d_head=cfg.d_head)
+    assert cfg.num_runs >= 1 and cfg.checkpoint is None
+
+
+def test_paper_suite_recipes_mirror_the_paper():
+    widths = lambda cfg: [int(t.split("-w")[1].split("-")[0]) for t in cfg.task]  # noqa: E731
+    assert widths(load_config("config/meta_test/paper_mlp_imagenet32.py")) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert widths(load_config("config/meta_test/paper_transformer_lm1b.py")) == [192, 384, 768, 1024, 2048, 3072]
+    assert all("-d16_" in t for t in load_config("config/meta_test/paper_depth16.py").task)
+    assert load_config("config/meta_test/paper_horizon25k.py").num_inner_steps == 25000
+    cpu = load_config("config/meta_test/cpu_fashionmnist.py")
+    assert widths(cpu) == [64, 128, 256, 512, 1024, 2048] and cpu.num_inner_steps == 1000

@@ -180,3 +180,12 @@ def test_bad_sweep_configs_are_one_line_errors(tmp_path):
     assert method == "grid" and len(space["learning_rate"]) * 5 ** 3 == 500
     with pytest.raises(ConfigError, match="storage"):
         open_study("notadb://x", "s", None, attempts=1)
+
+
+@pytest.mark.parametrize("recipe", ["sweep_muadam.py", "sweep_muadam_fashionmnist.py", "sweep_adam.py",
+                                    "sweep_adamw.py", "sweep_adamw_tpe.py"])
+def test_sweep_recipes_parse(recipe):
+    cfg = load_config(REPO / "config" / "sweeps" / recipe)
+    method, space = parse_sweep_config(cfg)
+    assert cfg.optimizer in ("muadam", "adam", "adamw") and len(cfg.task) == 1
+    assert method == "grid" or cfg.sweep_trials
