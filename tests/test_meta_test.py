@@ -18,6 +18,9 @@ from mulo.evaluate.meta_test import (OptimizerSource, build_tasks, fetch_wandb_c
 from mulo.io import read_jsonl
 from mulo.optimizers.hand_designed import adam, sgd
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CFG = str(REPO_ROOT / "config" / "meta_test" / "meta_test_base.py")
+
 T16 = "mumlp-w16-d2_fashionmnist-28x28x1"
 T32 = "mumlp-w32-d2_fashionmnist-28x28x1"
 SMALL = ["--num_inner_steps", "30", "--local_batch_size", "32", "--test_interval", "10", "--test_steps_per_jit",
@@ -140,7 +143,7 @@ def test_meta_test_cli_offline_wandb_is_one_line_error(tmp_path, capsys, monkeyp
         raise ConnectionError("no network")
 
     monkeypatch.setattr(mt, "wandb_api", offline)
-    code = cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--task", T16,
+    code = cli_main(["meta-test", "--config", BASE_CFG, "--task", T16,
                      "--wandb_checkpoint_id", "ent/proj/run1", "--output_dir", str(tmp_path), *SMALL])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: cannot fetch wandb run ent/proj/run1") and "\n" not in err
@@ -151,7 +154,7 @@ def test_meta_test_cli_offline_wandb_is_one_line_error(tmp_path, capsys, monkeyp
 
 
 def test_learned_optimizer_needs_a_checkpoint_and_hand_designed_takes_none(tmp_path, capsys):
-    base = ["meta-test", "--config", "config/meta_test/meta_test_base.py", "--task", T16, "--output_dir",
+    base = ["meta-test", "--config", BASE_CFG, "--task", T16, "--output_dir",
             str(tmp_path), *SMALL]
     assert cli_main(base + ["--optimizer", "mup_small_fc_mlp"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
@@ -168,7 +171,7 @@ def _losses(seed_dir: Path) -> list[float]:
 
 
 def test_meta_test_command_several_tasks_and_seeds(tmp_path, capsys):
-    args = ["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer", "muadam",
+    args = ["meta-test", "--config", BASE_CFG, "--optimizer", "muadam",
             "--learning_rate", "0.03", "--task", f"{T16},{T32}", "--num_runs", "2", "--seed", "3", "--output_dir",
             str(tmp_path), *SMALL]
     assert cli_main(args) == 0
@@ -203,7 +206,7 @@ def test_meta_test_command_several_tasks_and_seeds(tmp_path, capsys):
 
 
 def test_divergence_is_recorded_and_other_runs_finish(tmp_path):
-    cfg = load_config("config/meta_test/meta_test_base.py", cli={
+    cfg = load_config(BASE_CFG, cli={
         "task": [T16, T32], "num_runs": 2, "num_inner_steps": 30, "local_batch_size": 32, "test_interval": 10,
         "test_steps_per_jit": 10, "max_eval_examples": 100, "eval_batch_size": 50, "progress": False,
         "wandb_mode": "disabled", "optimizer": "sgd"})
@@ -225,7 +228,7 @@ def test_divergence_is_recorded_and_other_runs_finish(tmp_path):
 
 
 def test_bf16_command_runs_with_float32_state(tmp_path):
-    assert cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer", "adam",
+    assert cli_main(["meta-test", "--config", BASE_CFG, "--optimizer", "adam",
                      "--learning_rate", "0.01", "--task", T16, "--num_runs", "1", "--use_bf16", "true",
                      "--output_dir", str(tmp_path), *SMALL]) == 0
     (run_dir,) = tmp_path.iterdir()
@@ -238,17 +241,21 @@ def test_bf16_command_runs_with_float32_state(tmp_path):
 def test_meta_test_recipes_load_and_name_valid_tasks(recipe):
     from mulo.tasks import parse_task_name
 
-    cfg = load_config(Path("config/meta_test") / recipe)
+    cfg = load_config(REPO_ROOT / "config" / "meta_test" / recipe)
     for name in cfg.task:
         parse_task_name(name, d_head=cfg.d_head)
     assert cfg.num_runs >= 1 and cfg.checkpoint is None
 
 
+def _recipe(name):
+    return REPO_ROOT / "config" / "meta_test" / name
+
+
 def test_paper_suite_recipes_mirror_the_paper():
     widths = lambda cfg: [int(t.split("-w")[1].split("-")[0]) for t in cfg.task]  # noqa: E731
-    assert widths(load_config("config/meta_test/paper_mlp_imagenet32.py")) == [128, 256, 512, 1024, 2048, 4096, 8192]
-    assert widths(load_config("config/meta_test/paper_transformer_lm1b.py")) == [192, 384, 768, 1024, 2048, 3072]
-    assert all("-d16_" in t for t in load_config("config/meta_test/paper_depth16.py").task)
-    assert load_config("config/meta_test/paper_horizon25k.py").num_inner_steps == 25000
-    cpu = load_config("config/meta_test/cpu_fashionmnist.py")
+    assert widths(load_config(_recipe("paper_mlp_imagenet32.py"))) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert widths(load_config(_recipe("paper_transformer_lm1b.py"))) == [192, 384, 768, 1024, 2048, 3072]
+    assert all("-d16_" in t for t in load_config(_recipe("paper_depth16.py")).task)
+    assert load_config(_recipe("paper_horizon25k.py")).num_inner_steps == 25000
+    cpu = load_config(_recipe("cpu_fashionmnist.py"))
     assert widths(cpu) == [64, 128, 256, 512, 1024, 2048] and cpu.num_inner_steps == 1000

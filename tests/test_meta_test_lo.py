@@ -16,6 +16,9 @@ from mulo.evaluate import meta_test as mt
 from mulo.io import read_jsonl
 from mulo.optimizers import build_learned, save_theta
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CFG = str(REPO_ROOT / "config" / "meta_test" / "meta_test_base.py")
+
 T16 = "mumlp-w16-d2_fashionmnist-28x28x1"
 SMALL = ["--num_inner_steps", "20", "--local_batch_size", "32", "--test_interval", "10", "--test_steps_per_jit",
          "10", "--max_eval_examples", "100", "--eval_batch_size", "100", "--progress", "false", "--wandb_mode",
@@ -54,7 +57,7 @@ def local_run(lo_run, tmp_path_factory):
     """The meta-test command with --checkpoint <meta-train run dir> (CLI LO keys different from the checkpoint's)."""
     run, path, lo, theta = lo_run
     out = tmp_path_factory.mktemp("local")
-    assert cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer",
+    assert cli_main(["meta-test", "--config", BASE_CFG, "--optimizer",
                      "mup_small_fc_mlp", "--checkpoint", str(run), "--adafac_step_mult", "0.5", "--task", T16,
                      "--num_runs", "1", "--output_dir", str(out), *SMALL]) == 0
     (run_dir,) = out.iterdir()
@@ -112,7 +115,7 @@ class _Api:
 def test_meta_test_from_fake_wandb(lo_run, local_run, tmp_path):
     run, path, lo, theta = lo_run
     api = _Api([_File("wandb-summary.json", path), _File("theta/" + path.name, path)])
-    cfg = load_config("config/meta_test/meta_test_base.py", cli={
+    cfg = load_config(BASE_CFG, cli={
         "optimizer": "mup_small_fc_mlp", "wandb_checkpoint_id": "ent/proj/run9", "task": [T16], "num_runs": 1,
         "num_inner_steps": 20, "local_batch_size": 32, "test_interval": 10, "test_steps_per_jit": 10,
         "max_eval_examples": 100, "eval_batch_size": 100, "progress": False, "output_dir": str(tmp_path)})
@@ -133,7 +136,7 @@ def test_meta_test_from_fake_wandb(lo_run, local_run, tmp_path):
 def test_corrupt_theta_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "theta_final.msgpack"
     bad.write_bytes(b"not a theta file")
-    code = cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer",
+    code = cli_main(["meta-test", "--config", BASE_CFG, "--optimizer",
                      "mup_small_fc_mlp", "--checkpoint", str(bad), "--task", T16, "--output_dir",
                      str(tmp_path / "o"), *SMALL])
     err = capsys.readouterr().err.strip()

@@ -13,6 +13,10 @@ import pytest
 from mulo.cli import main as cli_main
 from mulo.evaluate.report import family_and_width, make_report
 from mulo.io import read_jsonl
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CFG = str(REPO_ROOT / "config" / "meta_test" / "meta_test_base.py")
 
 TASKS = "mumlp-w16-d2_fashionmnist-28x28x1,mumlp-w32-d2_fashionmnist-28x28x1"
 COMMON = ["--task", TASKS, "--num_runs", "2", "--num_inner_steps", "40", "--local_batch_size", "32",
@@ -25,7 +29,7 @@ def run_dirs(tmp_path_factory):
     out = tmp_path_factory.mktemp("mt")
     dirs = []
     for opt, lr in (("muadam", "0.03"), ("sgd", "1e38")):
-        code = cli_main(["meta-test", "--config", "config/meta_test/meta_test_base.py", "--optimizer", opt,
+        code = cli_main(["meta-test", "--config", BASE_CFG, "--optimizer", opt,
                          "--learning_rate", lr, "--output_dir", str(out / opt), *COMMON])
         assert code == 0
         (d,) = (out / opt).iterdir()
@@ -117,7 +121,8 @@ def _fake_run(root, optimizer, tasks, losses_by_task, diverged=()):
 
 
 def test_report_puts_mup_and_sp_runs_of_a_family_in_one_figure(tmp_path):
-    mu = _fake_run(tmp_path, "mup_small_fc_mlp", ["mumlp-w64-d3_fashionmnist-28x28x1", "mumlp-w128-d3_fashionmnist-28x28x1"],
+    mu = _fake_run(tmp_path, "mup_small_fc_mlp",
+                   ["mumlp-w64-d3_fashionmnist-28x28x1", "mumlp-w128-d3_fashionmnist-28x28x1"],
                    {"mumlp-w64-d3_fashionmnist-28x28x1": [[3.0] * 19 + [1.0], [3.0] * 19 + [2.0]],
                     "mumlp-w128-d3_fashionmnist-28x28x1": [[3.0] * 19 + [0.5], [3.0] * 19 + [0.7]]})
     sp = _fake_run(tmp_path, "small_fc_mlp", ["mlp-w64-d3_fashionmnist-28x28x1", "mlp-w128-d3_fashionmnist-28x28x1"],

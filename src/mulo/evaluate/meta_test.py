@@ -166,8 +166,8 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
     """Download the theta file of the wandb run ``entity/project/run_id`` into ``dest``; return its path.
 
     The run's files whose names look like theta files (``theta`` or ``global_step`` in the name) are candidates;
-    ``theta_final.*`` wins, else the one with the largest step number. Any failure (offline, no API key, unknown run, no theta file) raises
-    ``CheckpointError`` with one line."""
+    ``theta_final.*`` wins, else the one with the largest step number. Any failure (offline, no API key, unknown
+    run, no theta file) raises ``CheckpointError`` with one line."""
     parts = run_path.strip().strip("/").split("/")
     if len(parts) != 3 or not all(parts):
         raise ConfigError(f"bad value {run_path!r} for config key 'wandb_checkpoint_id': expected "

@@ -24,7 +24,6 @@ best values: ready for ``meta-test --config``).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import socket
