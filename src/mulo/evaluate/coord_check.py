@@ -112,22 +112,29 @@ def plot(records: list[dict], path: Path, title: str, key: str = "l1") -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def train_losses(task: Any, optimizer: Any, steps: int, batch_size: int, seed: int = 0) -> np.ndarray:
-    """Per-step training losses of ``task`` under ``optimizer`` on fresh train batches (for "wider is better")."""
-    init_key, run_key = jax.random.split(jax.random.key(seed))
-    state = optimizer.init(task.init(init_key), steps)
+def train_losses(task: Any, optimizer: Any, steps: int, batch_size: int, seed: int = 0,
+                 num_inits: int = 1) -> np.ndarray:
+    """Per-step training losses, shape (num_inits, steps), of ``task`` under ``optimizer`` (for "wider is better").
 
-    @jax.jit
-    def step(state, batch, key):
-        loss, grads = jax.value_and_grad(task.loss)(optimizer.params(state), batch, key)
-        return optimizer.update(state, grads, loss, key), loss
+    The ``steps`` train batches come from ``seed`` and are shared by all ``num_inits`` initialisations (keys split from
+    ``seed``), which run in parallel under ``vmap`` inside one jitted ``lax.scan``. Meant for small checks: all the
+    batches are materialised at once.
+    """
+    data = jax.tree.map(jnp.asarray, next(task.dataset.batches("train", (steps, batch_size), seed)))
+    init_keys = jax.random.split(jax.random.key(seed), num_inits)
 
-    losses = []
-    batches = task.dataset.batches("train", (batch_size,), seed)
-    for t in range(steps):
-        state, loss = step(state, next(batches), jax.random.fold_in(run_key, t))
-        losses.append(loss)
-    return np.asarray(jax.device_get(losses), np.float64)
+    def one_run(init_key):
+        state = optimizer.init(task.init(init_key), steps)
+        keys = jax.random.split(jax.random.fold_in(init_key, 1), steps)
+
+        def body(state, inputs):
+            batch, key = inputs
+            loss, grads = jax.value_and_grad(task.loss)(optimizer.params(state), batch, key)
+            return optimizer.update(state, grads, loss, key), loss
+
+        return jax.lax.scan(body, state, (data, keys))[1]
+
+    return np.asarray(jax.jit(jax.vmap(one_run))(init_keys), np.float64)
 
 
 def run(cfg: Any, args: Any = None) -> int:

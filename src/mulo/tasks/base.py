@@ -96,5 +96,11 @@ class Task(Protocol):
     def activations(self, params: Params, batch: Batch) -> dict[str, jax.Array]:
         """Per-layer outputs (name -> array) for coordinate checks, in eval mode."""
 
+    def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Per-example shapes/dtypes of a batch, without leading axes: ``{"x": ..., "y": ...}``."""
+
+    def example_batch(self, batch_shape: tuple[int, ...] = (1,)) -> dict:
+        """A dummy numpy batch with leading shape ``batch_shape`` (text inputs hold a non-pad token)."""
+
 
 TaskFactory = Callable[..., Task]

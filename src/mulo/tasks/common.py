@@ -76,6 +76,7 @@ class HaikuTask:
         self._loss_fn = loss_fn
         self._normalizer_max = float(normalizer_max)
         self._net = hk.transform(forward)
+        self._init = jax.jit(lambda key: self._net.init(key, self._dummy_x(), False))
         spec_x = self.batch_spec()["x"]
         x = jax.ShapeDtypeStruct((1,) + spec_x.shape, spec_x.dtype)
         self.param_shapes = jax.eval_shape(lambda k, xx: self._net.init(k, xx, False), jax.random.key(0), x)
@@ -105,9 +106,13 @@ class HaikuTask:
         return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(self.param_shapes)))
 
     # ---- Task protocol
-    def init(self, key: jax.Array):
+    def _dummy_x(self) -> jax.Array:
         spec_x = self.batch_spec()["x"]
-        return self._net.init(key, jnp.zeros((1,) + spec_x.shape, spec_x.dtype), False)
+        return jnp.zeros((1,) + spec_x.shape, spec_x.dtype)
+
+    def init(self, key: jax.Array):
+        """Fresh parameters (jitted; fine inside jit/vmap too)."""
+        return self._init(key)
 
     def logits(self, params, batch, key: jax.Array | None = None, is_training: bool = False) -> jax.Array:
         return self._net.apply(params, key, batch["x"], is_training)[0]
