@@ -3,6 +3,8 @@ from a local checkpoint or through a fake wandb API; the LO's hyper-parameters c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -57,10 +59,13 @@ def local_run(lo_run, tmp_path_factory):
     """The meta-test command with --checkpoint <meta-train run dir> (CLI LO keys different from the checkpoint's)."""
     run, path, lo, theta = lo_run
     out = tmp_path_factory.mktemp("local")
-    assert cli_main(["meta-test", "--config", BASE_CFG, "--optimizer",
-                     "mup_small_fc_mlp", "--checkpoint", str(run), "--adafac_step_mult", "0.5", "--task", T16,
-                     "--num_runs", "1", "--output_dir", str(out), *SMALL]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli_main(["meta-test", "--config", BASE_CFG, "--optimizer",
+                         "mup_small_fc_mlp", "--checkpoint", str(run), "--adafac_step_mult", "0.5", "--task", T16,
+                         "--num_runs", "1", "--output_dir", str(out), *SMALL]) == 0
     (run_dir,) = out.iterdir()
+    (run_dir / "stdout.txt").write_text(printed.getvalue())
     return run_dir
 
 
@@ -87,6 +92,8 @@ def test_meta_test_from_local_checkpoint_uses_its_hparams(lo_run, local_run):
     assert info["hparams"]["hidden_size"] == 8 and info["hparams"]["step_mult"] == pytest.approx(0.005)
     saved = load_config(run_dir / "config.py")
     assert saved.hidden_size == 8 and saved.adafac_step_mult == pytest.approx(0.005)
+    # the user is told that the command line's step_mult was not used
+    assert "ignoring --adafac_step_mult 0.5" in (run_dir / "stdout.txt").read_text()
     losses = _losses(run_dir / T16 / "seed0")
     assert len(losses) == 20 and all(map(math.isfinite, losses))
 

@@ -406,7 +406,7 @@ class TrainLoop:
             loss, acc = eval_fn(params, batch)
             return loss.astype(jnp.float32), acc.astype(jnp.float32)
 
-        self._chunk = jax.jit(chunk)
+        self._chunk = jax.jit(chunk, donate_argnums=0)  # the state is replaced by the output: reuse its memory
         self._eval = jax.jit(evaluate)
         # eager: compiling the initialisers costs more than running them once per seed
         self._init_params = task.init
@@ -610,6 +610,9 @@ def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
     return get_tasks(list(names if names is not None else cfg.task), TaskSettings.from_config(cfg))
 
 
+LO_KEYS = ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad")
+
+
 def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
     """``cfg`` with the LO keys (hidden_size, adafac_step_mult, adafac_exp_mult, lo_clip_grad) set from the
     checkpoint's hyper-parameters, so the run name and the saved config.py say what was actually used."""
@@ -633,7 +636,13 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     if cfg.wandb_checkpoint_id:  # <output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/<theta file>
         download = Path(cfg.output_dir) / "wandb_checkpoints" / cfg.wandb_checkpoint_id.strip("/").replace("/", "_")
     source = optimizer_source(cfg, download, api_factory or wandb_api)
-    cfg = checkpoint_config(cfg, source) if source.info.get("checkpoint") else cfg
+    if source.info.get("checkpoint"):
+        fixed = checkpoint_config(cfg, source)
+        for key in LO_KEYS:  # say so when the command line asked for something the checkpoint overrides
+            if args is not None and hasattr(args, f"key__{key}") and cfg[key] != fixed[key]:
+                print(f"[meta-test] ignoring --{key} {cfg[key]}: the checkpoint's learned optimizer has "
+                      f"{key}={fixed[key]}")
+        cfg = fixed
     run_dir = make_run_dir(cfg, "meta-test")
     print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
           f"steps -> {run_dir}")
