@@ -83,10 +83,13 @@ def test_report_writes_figures_and_a_table_of_the_means(run_dirs, tmp_path):
     assert cell["seeds"] == 2 and cell["diverged"] == 0
 
 
-def test_report_cli_writes_into_the_first_run_dir(run_dirs, capsys):
+def test_report_cli_writes_into_the_first_run_dir(run_dirs, capsys, tmp_path):
     assert cli_main(["report", *map(str, run_dirs)]) == 0
     assert (run_dirs[0] / "report" / "report.md").is_file()
     assert "final train loss" in capsys.readouterr().out
+    # --output_dir given on the command line is the report directory
+    assert cli_main(["report", *map(str, run_dirs), "--output_dir", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
 
 
 def test_report_of_a_directory_without_results_is_one_line_error(tmp_path, capsys):
