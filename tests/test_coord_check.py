@@ -111,3 +111,21 @@ def test_coord_check_command_errors(tmp_path, capsys, args, needle):
                      str(tmp_path)] + args)
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_coord_check_command_with_a_learned_optimizer(tmp_path):
+    from mulo.config import load_config
+    from mulo.optimizers import build_learned
+    from mulo.optimizers.theta_io import save_theta
+
+    lo = build_learned(load_config(None, cli={"optimizer": "mup_small_fc_mlp"}))
+    save_theta(tmp_path / "theta.msgpack", lo, lo.init_theta(jax.random.key(0)))
+    code = cli.main(["coord-check", "--config", "config/coord_check/mumlp_fashionmnist.py", "--widths", "16,64",
+                     "--coord_steps", "3", "--local_batch_size", "8", "--output_dir", str(tmp_path / "out"),
+                     "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(tmp_path / "theta.msgpack")])
+    assert code == 0
+    (run_dir,) = (tmp_path / "out").iterdir()
+    result = json.loads((run_dir / "coord_check.json").read_text())
+    assert result["optimizer_info"]["checkpoint"].endswith("theta.msgpack")
+    moved = [r for r in result["records"] if r["t"] == 3 and r["layer"] == "logits"]
+    assert len(moved) == 2 and all(r["delta_std"] > 0 for r in moved)

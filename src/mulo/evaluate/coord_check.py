@@ -4,13 +4,13 @@
 
 Protocol of microsoft/mup's ``get_coord_data``: for each width (the width of config key ``task`` replaced by each
 of ``widths``), a fresh model (init from ``seed``) trains on ONE fixed batch (``local_batch_size`` examples of the
-train split, the same batch at every width) for ``coord_steps`` steps with ``optimizer`` at ``learning_rate``.
-At step t = 1, 2, ... (t = 1 is before any update) it records, for every layer output of ``task.activations`` (eval
+train split, the same batch at every width) for ``coord_steps`` steps with ``optimizer`` (hand-designed at
+``learning_rate``; a learned one from ``checkpoint`` or ``wandb_checkpoint_id``, as in meta-test). At step t = 1, 2, ... (t = 1 is before any update) it records, for every layer output of ``task.activations`` (eval
 mode), the mean |x_t| and the std of x_t - x_1 (the change since init). Under correct muP the curves are flat in
 width; under SP with Adam they blow up after one step.
 
-Writes ``coord_check.json`` and ``coord_check.png`` (one panel per layer, x = width, log scales, one line per step)
-into the run directory.
+Writes ``coord_check.json``, ``coord_check.png`` (one panel per layer, x = width, log scales, one line per step) and
+``coord_check_delta.png`` (the same for std(x_t - x_1)) into the run directory.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def train_losses(task: Any, optimizer: Any, steps: int, batch_size: int, seed: i
 
 def run(cfg: Any, args: Any = None) -> int:
     """CLI handler of ``coord-check``."""
-    from mulo.optimizers import build_optimizer
+    from mulo.evaluate.meta_test import optimizer_source
     from mulo.rundir import make_run_dir
     from mulo.tasks import TaskSettings, get_tasks, with_width
 
@@ -150,14 +150,16 @@ def run(cfg: Any, args: Any = None) -> int:
     widths = sorted(set(cfg.widths))
     names = [with_width(cfg.task[0], w, d_head=settings.d_head) for w in widths]
     tasks = get_tasks(names, settings)
+    source = optimizer_source(cfg)  # hand-designed from the config; learned from --checkpoint/--wandb_checkpoint_id
     run_dir = make_run_dir(cfg, "coord-check")
-    records = coord_data(tasks, lambda task: build_optimizer(cfg, task), steps=cfg.coord_steps,
+    records = coord_data(tasks, source.make, steps=cfg.coord_steps,
                          batch_size=cfg.local_batch_size, seed=cfg.seed)
-    result = {"task": cfg.task[0], "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate,
+    result = {"task": cfg.task[0], "optimizer": cfg.optimizer, "optimizer_info": source.info,
+              "learning_rate": cfg.learning_rate,
               "widths": widths, "coord_steps": cfg.coord_steps, "batch_size": cfg.local_batch_size,
               "seed": cfg.seed, "records": records}
     atomic_write_json(run_dir / "coord_check.json", result)
-    title = f"{cfg.task[0]} / {cfg.optimizer} lr={cfg.learning_rate:g}"
+    title = f"{cfg.task[0]} / {cfg.optimizer}" + ("" if source.learned else f" lr={cfg.learning_rate:g}")
     plot(records, run_dir / "coord_check.png", title)
     plot(records, run_dir / "coord_check_delta.png", title + " (std of x_t - x_1)", key="delta_std")
     table = l1_table(records)
