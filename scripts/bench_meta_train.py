@@ -50,7 +50,8 @@ class RandomImages:
         yield from ()
 
 
-def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, batch: int) -> tuple[float, float]:
+def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, batch: int,
+                impl: str | None = None) -> tuple[float, float]:
     import jax
 
     from mulo.config import load_config
@@ -64,7 +65,12 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
                                      local_batch_size=batch, optimizer="mup_small_fc_mlp", progress=False,
                                      prefetch_batches=2))
     task = MLPTask(parse_task_name(name), TaskSettings.from_config(cfg), RandomImages())
-    trainer = MetaTrainer(cfg, [task], build_learned(cfg))
+    lo = build_learned(cfg)
+    if impl is not None and impl != getattr(lo, "impl", impl):
+        from mulo.optimizers.theta_io import learned_from_hparams
+
+        lo = learned_from_hparams(lo.name, lo.hparams, impl=impl)
+    trainer = MetaTrainer(cfg, [task], lo)
     state = trainer.init_state()
     streams = [iter(_device_stream(trainer, 0))]
     state, m = trainer.step(state, streams)  # warm-up: compile
@@ -117,13 +123,16 @@ def main(argv=None) -> int:
     parser.add_argument("--trunc_length", type=int, default=20)
     parser.add_argument("--steps_per_jit", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lo_impl", default=None, help="the LO's implementation (fused|reference; default: "
+                                                          "build_learned's)")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--note", default="", help="a line added under the table (e.g. 'machine shared, noisy')")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     rows = []
     for w in [int(x) for x in args.widths.split(",")]:
-        mean, se = bench_width(w, args.repeats, args.num_tasks, args.trunc_length, args.steps_per_jit, args.batch)
+        mean, se = bench_width(w, args.repeats, args.num_tasks, args.trunc_length, args.steps_per_jit, args.batch,
+                               args.lo_impl)
         rows.append((w, mean, se))
         print(f"width {w}: {mean:.1f} ± {se:.1f} inner steps/s", flush=True)
     text = table(rows, args)
