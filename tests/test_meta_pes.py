@@ -163,3 +163,29 @@ def test_pes_accumulates_and_resets_in_estimator():
     for leaf in jax.tree.leaves(state.inner):
         np.testing.assert_array_equal(leaf[0], leaf[1])
     assert float(metrics["delta_loss"]) > 0
+
+
+@pytest.mark.parametrize("split", ["train", "same_data", "meta_valid"])
+def test_meta_loss_splits(split):
+    """train: pre-update loss on the training batch; same_data: post-update loss on it; meta_valid: post-update loss
+    on the meta-valid batch."""
+    task, lo = QuadraticTask(dim=2, noise=1.0), ToyLO()
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 10, 0), num_tasks=1, meta_loss_split=split)
+    assert unroll.data_splits == (("train", "meta_valid") if split == "meta_valid" else ("train",))
+    theta = lo.init_theta(None)
+    state = unroll.init(theta, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {sp: {"x": rng.standard_normal((1, 1, 5, 2)).astype(np.float32), "y": np.zeros((1, 1, 5), np.int32)}
+             for sp in ("train", "meta_valid")}
+    theta_pm = jax.tree.map(lambda t: jnp.broadcast_to(t, (2, 1) + t.shape), theta)
+    _, out = unroll.unroll(theta_pm, state, batch, jax.random.PRNGKey(1))
+    params = task.init(jax.random.PRNGKey(0))
+    b_train = {k: v[0, 0] for k, v in batch["train"].items()}
+    b_valid = {k: v[0, 0] for k, v in batch["meta_valid"].items()}
+    opt = lo.opt_fn(theta, task.update_scales)
+    loss, grads = jax.value_and_grad(task.loss)(params, b_train, None)
+    after = opt.params(opt.update(opt.init(params, 10), grads, loss, None))
+    want = {"train": loss, "same_data": task.loss(after, b_train, None),
+            "meta_valid": task.loss(after, b_valid, None)}[split]
+    np.testing.assert_allclose(out.meta_loss[0, 0, 0], want, rtol=1e-5)
+    np.testing.assert_allclose(out.train_loss[0, 0, 0], loss, rtol=1e-5)

@@ -14,10 +14,10 @@ steps_per_jit = 10
 num_inner_steps = 100
 truncation_schedule_min_length = 30
 random_initial_iteration_offset = 20
-num_outer_steps = 100
+num_outer_steps = 60
 meta_grad_clip = 1.0
-schedule = dict(init_value=1e-4, peak_value=1e-2, warmup_steps=10, decay_steps=100, end_value=1e-3, exponent=1.0)
-save_iter = 50
+schedule = dict(init_value=1e-4, peak_value=1e-2, warmup_steps=10, decay_steps=60, end_value=1e-3, exponent=1.0)
+save_iter = 20
 checkpoints_to_keep = 3
 prefetch_batches = 4
 name_suffix = "_quickstart"
