@@ -149,7 +149,7 @@ def test_invariance_check_detects_unnormalised_inputs(monkeypatch):
     switched off (eps huge, so x / sqrt(eps + mean x²) ≈ x / sqrt(eps)) and the steps then change with the scale."""
     orig = A._effective_weights
 
-    def unnormalised(w0, feats):
+    def unnormalised(w0, feats, mean_squares=None):
         return jnp.stack([sum(w0[i] for i in idx) for _, idx in feats])
 
     monkeypatch.setattr(A, "_effective_weights", unnormalised)
