@@ -22,7 +22,7 @@ def _run(args, cwd):
 
 def test_shortened_quickstart_through_the_cli(tmp_path):
     args = ["--config", str(ROOT / "config/meta_train/quickstart.py"), "--output_dir", str(tmp_path),
-            "--task", "mumlp-w16-d3_fashionmnist-28x28x1,mumlp-w8-d3_fashionmnist-28x28x1",
+            "--task", "mumlp-w16-d3_fashionmnist-28x28x1",
             "--num_outer_steps", "3", "--num_tasks", "2", "--trunc_length", "2", "--steps_per_jit", "2",
             "--local_batch_size", "8", "--save_iter", "2", "--progress", "false",
             "--hidden_size", "4"]  # a small LO MLP: the fused LO's compile time grows with hidden_size²
@@ -31,8 +31,7 @@ def test_shortened_quickstart_through_the_cli(tmp_path):
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     recs = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2, 3]
-    for name in ("mumlp-w16-d3_fashionmnist-28x28x1", "mumlp-w8-d3_fashionmnist-28x28x1"):
-        assert 0 < recs[-1][f"meta_loss/{name}"] < 1.5 * 2.31  # normalised cross-entropy, per task
+    assert 0 < recs[-1]["meta_loss/mumlp-w16-d3_fashionmnist-28x28x1"] < 1.5 * 2.31  # normalised cross-entropy
     lo, theta, extra = load_theta(run / "theta_final.msgpack")
     assert lo.name == "mup_small_fc_mlp" and lo.hparams.step_mult == 0.01 and lo.hparams.hidden_size == 4
     assert extra["step"] == 3
