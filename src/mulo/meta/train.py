@@ -274,8 +274,6 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
                 if stop:
                     interrupted = signal.Signals(flag.signal).name if flag.signal is not None else "stop_after"
                     break
-        if start >= cfg.num_outer_steps and ckpt.latest_step() != int(state.step):
-            save(state)
     finally:
         if bar is not None:
             bar.close()
