@@ -196,3 +196,19 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     got, state = ckpt.restore(trainer.init_state())
     assert int(state.step) == got == int(step)
     assert json.loads((run_dir / "checkpoints" / "identity.json").read_text())["num_tasks"] == 3
+
+
+def test_meta_train_configs_load_and_schedules_match_their_names():
+    root = TESTS.parent / "config" / "meta_train"
+    files = sorted(root.rglob("*.py"))
+    assert {"meta_train_base.py", "quickstart.py", "mulo_s.py", "mulo_m.py"} <= {f.name for f in files}
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.trunc_length % cfg.steps_per_jit == 0
+    for f in (root / "schedules").glob("*.py"):
+        cfg = load_config(f)
+        fields = dict(part.split("=") for part in f.stem.split("_") if "=" in part)
+        assert cfg.schedule["peak_value"] == pytest.approx(float(fields["mxlr"]))
+        assert cfg.schedule["end_value"] == pytest.approx(float(fields["mnlr"]), rel=0.15)  # 3.33e-4 for "3e-4"
+        assert cfg.num_outer_steps == int(fields["it"]) == cfg.schedule["decay_steps"] + 100
+        assert cfg.meta_grad_clip == 1.0
