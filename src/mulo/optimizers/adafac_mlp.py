@@ -273,11 +273,22 @@ def _mean_squares(features: list[tuple], shape: tuple[int, ...]) -> list[jax.Arr
     if len(squares) == 1 or math.prod(shape) < 2:
         return [jnp.mean(jnp.broadcast_to(x, shape)) for x in squares]
     rows = (1, shape[0]) if len(shape) == 1 else (math.prod(shape[:-1]), shape[-1])
-    sq = tuple(jnp.broadcast_to(x, shape).reshape(rows) for x in squares)
-    zero = tuple(jnp.zeros((), x.dtype) for x in sq)
-    sums = jax.lax.reduce(sq, zero, lambda a, b: tuple(x + y for x, y in zip(a, b)), (1,))
+    sums = _row_sums(*(jnp.broadcast_to(x, shape).reshape(rows) for x in squares))
     n = math.prod(shape)
     return [jnp.sum(t) / n for t in sums]
+
+
+@jax.custom_jvp
+def _row_sums(*arrays):
+    """Sums over axis 1 of several (rows, cols) arrays in one variadic reduction (one pass over memory)."""
+    zero = tuple(jnp.zeros((), x.dtype) for x in arrays)
+    return jax.lax.reduce(arrays, zero, lambda a, b: tuple(x + y for x, y in zip(a, b)), (1,))
+
+
+@_row_sums.defjvp
+def _row_sums_jvp(primals, tangents):
+    # linear: the tangents' row sums, with ordinary (differentiable, transposable) reductions
+    return _row_sums(*primals), tuple(jnp.sum(t, axis=1) for t in tangents)
 
 
 def _effective_weights(w0, feats, mean_squares=None):
