@@ -366,3 +366,9 @@ def test_fused_path_vmaps_and_differentiates_like_the_reference():
     g_r = jax.jit(jax.grad(loss(ref)))(theta)
     jax.tree.map(lambda a, b: _close(a, b, rtol=1e-4), g_f, g_r)
     assert float(jnp.sum(jnp.abs(g_f["nn"]["w0"]))) > 0
+
+
+def test_update_scales_must_match_params():
+    lo = _lo(hidden_size=2)
+    with pytest.raises(ValueError, match="structure of the params"):
+        lo.opt_fn(lo.init_theta(KEY), {"w": 1.0}).init({"w": jnp.ones(3), "b": jnp.ones(2)}, 10)

@@ -408,6 +408,9 @@ class AdafacMLPLO:
         scales = update_scales if self.uses_mup else None
 
         def init(params, num_steps: int = 0) -> AdafacState:
+            if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
+                raise ValueError("update_scales must have the structure of the params: got "
+                                 f"{jax.tree.structure(scales)} for params {jax.tree.structure(params)}")
             accs = jax.tree.map(lambda p: _init_acc(jnp.asarray(p), hp), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             return AdafacState(params=params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),
