@@ -121,8 +121,9 @@ def test_coord_check_command_with_a_learned_optimizer(tmp_path):
 
     lo = build_learned(load_config(None, cli={"optimizer": "mup_small_fc_mlp"}))
     save_theta(tmp_path / "theta.msgpack", lo, lo.init_theta(jax.random.key(0)))
-    code = cli.main(["coord-check", "--config", "config/coord_check/mumlp_fashionmnist.py", "--widths", "16,64",
-                     "--coord_steps", "3", "--local_batch_size", "8", "--output_dir", str(tmp_path / "out"),
+    code = cli.main(["coord-check", "--config", "config/coord_check/mumlp_fashionmnist.py", "--widths", "8,16",
+                     "--task", "mumlp-w8-d1_fashionmnist-28x28x1", "--coord_steps", "3", "--local_batch_size", "4",
+                     "--output_dir", str(tmp_path / "out"),
                      "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(tmp_path / "theta.msgpack")])
     assert code == 0
     (run_dir,) = (tmp_path / "out").iterdir()

@@ -109,15 +109,14 @@ def fashion_mnist_dir(settings: Any) -> Path | None:
     return None
 
 
-def load_fashion_mnist_idx(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for split, (images, labels) in _FMNIST_FILES.items():
-        x = read_idx(_idx_file(folder, images))
-        y = read_idx(_idx_file(folder, labels))
-        if x.ndim != 3 or y.shape != (x.shape[0],):
-            raise DataError(f"Fashion-MNIST files in {folder} have unexpected shapes {x.shape} and {y.shape}")
-        out[split] = (np.ascontiguousarray(x[..., None]), y.astype(np.int32))
-    return out
+def load_fashion_mnist_idx(folder: Path, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``which`` ("train" or "test") split from IDX files as (uint8 NHWC, int32 labels)."""
+    images, labels = _FMNIST_FILES[which]
+    x = read_idx(_idx_file(folder, images))
+    y = read_idx(_idx_file(folder, labels))
+    if x.ndim != 3 or y.shape != (x.shape[0],):
+        raise DataError(f"Fashion-MNIST files in {folder} have unexpected shapes {x.shape} and {y.shape}")
+    return np.ascontiguousarray(x[..., None]), y.astype(np.int32)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -199,7 +198,7 @@ class ImageDataset:
         if self.name == "fashionmnist-28x28x1":
             folder = fashion_mnist_dir(s)
             if folder is not None:
-                return load_fashion_mnist_idx(folder)[which]
+                return load_fashion_mnist_idx(folder, which)
             try:
                 return load_tfds_split(self.source.tfds_name, "train" if which == "train" else "test", data_dir,
                                        download, self.source.how_to_get)
