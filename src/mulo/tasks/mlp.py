@@ -41,7 +41,7 @@ def make_mlp_forward(width: int, depth: int, num_classes: int, mup: bool, input_
 
     def forward(x: jax.Array, is_training: bool):
         del is_training  # no dropout
-        h = jnp.reshape(x, x.shape[:-3] + (-1,)).astype(jnp.float32)
+        h = jnp.reshape(x, x.shape[:-3] + (-1,))  # keep the input dtype (bf16 runs cast it down)
         acts = {}
         for i, size in enumerate(sizes):
             fan_in = h.shape[-1]
