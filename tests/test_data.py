@@ -115,7 +115,8 @@ def test_epochs_see_every_example_once():
 
 
 @pytest.mark.parametrize("name, shape, classes", [("cifar10-32x32x3", (32, 32, 3), 10),
-                                                  ("imagenet-32x32x3", (32, 32, 3), 1000)])
+                                                  ("imagenet-32x32x3", (32, 32, 3), 1000),
+                                                  ("imagenet-64x64x3", (64, 64, 3), 1000)])
 def test_tfds_images_with_mock_data(tmp_path, name, shape, classes):
     import tensorflow_datasets as tfds
 
