@@ -24,7 +24,7 @@ test: install data
 	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest tests
 
 demo: install data
-	$(BIN)/python src/main.py meta-train --config config/meta_train/quickstart.py
+	$(BIN)/python src/main.py meta-train --config config/meta_train/quickstart.py --auto_resume true
 
 clean:
 	rm -rf $(VENV) .pytest_cache
