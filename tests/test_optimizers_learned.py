@@ -170,8 +170,8 @@ def test_mup_scale_reaches_hidden_matrices_only():
     shapes = {"inp": (12, 64), "hid": (64, 64), "out": (64, 10), "bias": (64,)}
     params = {k: _rand(jax.random.PRNGKey(i), s, 1e-3) for i, (k, s) in enumerate(shapes.items())}
     grads = [{k: _rand(jax.random.PRNGKey(100 + i), s) for i, (k, s) in enumerate(shapes.items())}]
-    mu = _lo("mup_small_fc_mlp", hidden_size=4, step_mult=0.01, impl="reference")
-    sp = _lo("small_fc_mlp", hidden_size=4, step_mult=0.01, impl="reference")
+    mu = _lo("mup_small_fc_mlp", hidden_size=2, step_mult=0.01, impl="reference")
+    sp = _lo("small_fc_mlp", hidden_size=2, step_mult=0.01, impl="reference")
     theta = mu.init_theta(KEY)
     (s_mu,), _ = _steps(mu, theta, params, grads, scales)
     (s_sp,), _ = _steps(sp, theta, params, grads, scales)  # the SP LO ignores the scales
@@ -229,9 +229,9 @@ def test_fused_equals_reference_full_update():
     seq = [jax.tree.map(lambda p, t=t: jnp.cos(p * (t + 2)) * (t + 1), params) for t in range(3)]
     params = jax.tree.map(lambda p: 1e-3 * p, params)  # small params: the measured steps keep their precision
     scales = {"s": 1.0, "v": 1.0, "a": 0.2, "b": 1.0, "c": 0.5}
-    theta = _lo(hidden_size=8).init_theta(jax.random.PRNGKey(9))
-    sf, _ = _steps(_lo(hidden_size=8), theta, params, seq, scales)
-    sr, _ = _steps(_lo(hidden_size=8, impl="reference"), theta, params, seq, scales)
+    theta = _lo(hidden_size=4).init_theta(jax.random.PRNGKey(9))
+    sf, _ = _steps(_lo(hidden_size=4), theta, params, seq, scales)
+    sr, _ = _steps(_lo(hidden_size=4, impl="reference"), theta, params, seq, scales)
     for a, b in zip(sf, sr):
         for k in params:
             _close(a[k], b[k], rtol=1e-5)
