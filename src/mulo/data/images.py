@@ -127,7 +127,10 @@ def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: 
                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """A whole TFDS image split as (uint8 NHWC, int32 labels), filled chunk by chunk (no float copy)."""
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
 
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # a missing dataset is reported as one line below, not as warnings
     try:
         ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True,
                        shuffle_files=False)
@@ -135,6 +138,8 @@ def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: 
         where = data_dir or "the TFDS default data_dir"
         raise DataError(f"TFDS dataset {tfds_name} ({split}) not available in {where}: {how_to_get} "
                         f"[{type(exc).__name__}: {_one_line(exc)}]") from None
+    finally:
+        absl_logging.set_verbosity(verbosity)
     n = int(ds.cardinality())
     images, labels, filled = None, None, 0
     parts_x, parts_y = [], []

@@ -342,7 +342,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     if method != "grid" and cfg.sweep_trials is None:
         raise ConfigError(f"a {method} sweep needs a trial budget: set sweep_trials")
     budget = _Budget(cfg.sweep_trials)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial outcomes are printed by us; no tracebacks
     name = study_name or cfg.study_name or run_dir.name
     url = storage_url(cfg, run_dir)
     sampler = make_sampler(method, space, cfg.seed)
