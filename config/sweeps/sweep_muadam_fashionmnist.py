@@ -1,9 +1,9 @@
 # CPU-sized MuAdam sweep for the Fashion-MNIST suite: learning rate only (multipliers 1, as when meta-training the
-# muLO), width 128, depth 3, batch 128, 1000 steps: 8 trials. Tune at width 128, transfer to every width (muP).
+# muLO), width 64, depth 3, batch 128, 1000 steps: 8 trials. Tune at width 64, transfer to every width (muP).
 _base_ = ["./sweeps_base.py"]
 
 optimizer = "muadam"
-task = ["mumlp-w128-d3_fashionmnist-28x28x1"]
+task = ["mumlp-w64-d3_fashionmnist-28x28x1"]
 local_batch_size = 128
 max_eval_examples = 2000
 sweep_config = dict(
