@@ -89,3 +89,7 @@ wandb_project = "mulo"
 wandb_entity = None
 log_every = 1
 progress = True
+
+# ---- runtime
+compilation_cache_dir = "~/.cache/mulo/jax"
+compilation_cache_max_gb = 4.0

@@ -12,3 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+
+# One persistent compilation cache for the whole session, never the user's ~/.cache: in-process tests and the CLI
+# subprocesses they start (which inherit the variable) reuse each other's compiled steps.
+if "MULO_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MULO_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mulo-test-jaxcache-")
+    atexit.register(shutil.rmtree, os.environ["MULO_COMPILATION_CACHE_DIR"], True)
+from mulo.runtime import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache(os.environ["MULO_COMPILATION_CACHE_DIR"], max_gb=4.0)

@@ -16,6 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from mulo.config import SCHEMA, Config, load_config, parse_cli_value, suggest
+from mulo import runtime
 from mulo.errors import ConfigError, MuloError, NotImplementedYet
 
 # subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         args, cfg = parse(argv)
+        runtime.apply(cfg)
         return int(_handler(args.command)(cfg, args) or 0)
     except MuloError as exc:
         print(f"error: {exc}", file=sys.stderr)

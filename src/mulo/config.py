@@ -131,6 +131,11 @@ SCHEMA: dict[str, Key] = {
     "wandb_entity": Key("str", "wandb entity", optional=True),
     "log_every": Key("int", "log metrics every this many steps", min=1),
     "progress": Key("bool", "show progress bars"),
+    # runtime
+    "compilation_cache_dir": Key("str", "JAX's persistent compilation cache: a rerun, resume or sweep trial reuses "
+                                        "compiled steps instead of compiling again (None: off; the "
+                                        "MULO_COMPILATION_CACHE_DIR environment variable wins)", optional=True),
+    "compilation_cache_max_gb": Key("float", "size of that cache, least recently used entries evicted", min=_POS),
 }
 
 
