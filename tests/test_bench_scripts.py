@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end at toy sizes and print their tables (numbers are not checked here: speed
+targets live in BENCHMARKS.md, not in tests)."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _bench(*args: str) -> str:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_bench_optimizers_prints_a_row_per_optimizer_with_its_ratio_to_adam():
+    out = _bench("optimizers", "--widths", "16", "--optimizers", "adam,mup_small_fc_mlp", "--impls", "reference",
+                 "--repeats", "2")
+    assert re.search(r"\|\s*16\s*\|\s*128\s*\|.*\|\s*adam\s*\|.*\|\s*1\.00\s*\|", out), out
+    assert re.search(r"\|\s*mup_small_fc_mlp \(reference\)\s*\|\s*[\d.]+ ± [\d.]+\s*\|\s*[\d.]+\s*\|", out), out
+
+
+def test_bench_meta_train_prints_inner_steps_per_second():
+    out = _bench("meta-train", "--widths", "8", "--num_tasks", "2", "--trunc_length", "4", "--steps_per_jit", "2",
+                 "--batch", "8", "--repeats", "2", "--lo_impl", "reference")
+    assert re.search(r"\|\s*8\s*\|\s*[\d.]+ ± [\d.]+\s*\|", out), out
+
+
+def test_bench_bound_prints_the_lower_bound():
+    out = _bench("bound", "--width", "16", "--repeats", "2")
+    bounds = [float(x) for x in re.findall(r"muLO step >= ([\d.]+)x Adam", out)]
+    assert len(bounds) == 2 and bounds[0] > bounds[1] > 1.0, out
