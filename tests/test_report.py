@@ -138,3 +138,14 @@ def test_report_puts_mup_and_sp_runs_of_a_family_in_one_figure(tmp_path):
     text = (out / "report.md").read_text()
     assert "| mup_small_fc_mlp | 1.5000 ± 0.5000 | 0.6000 ± 0.1000 |" in text
     assert "| small_fc_mlp | 2.2500 ± 0.2500 | 2.2000 ± 0.0000 (1/2 diverged) |" in text
+
+
+def test_y_axis_turns_log_when_losses_span_more_than_20x():
+    from mulo.evaluate.report import y_scale
+
+    assert y_scale([0.3, 0.5, 0.9]) == "linear"
+    assert y_scale([0.3, 0.5, 7981.9]) == "log"  # a blown-up SP run next to converged ones
+    assert y_scale([0.3, None, float("nan"), 5.9]) == "linear"  # 19.7x: missing and non-finite values ignored
+    assert y_scale([0.3, 6.1]) == "log"
+    assert y_scale([-1.0, 100.0]) == "linear"  # not a positive quantity: no log axis
+    assert y_scale([2.0]) == "linear"

@@ -13,7 +13,8 @@ diverged seeds.
 
 Written to ``<first RUN_DIR>/report/`` (or to ``--output_dir`` when given on the command line):
 
-* ``loss_vs_width_<family>.png``: final train loss vs width (log2 x axis), mean ± s.e., diverged runs as red x;
+* ``loss_vs_width_<family>.png``: final train loss vs width (log2 x axis; log y axis when the losses span more than
+  20x), mean ± s.e., diverged runs as x;
 * ``curves_<family>.png``: train loss curves per width, one line per optimizer (mean over seeds, band ± s.e.);
 * ``report.md``: a table per family (rows: optimizer, columns: width) of the same numbers, plus test loss;
 * ``results.json``: the same numbers at full precision.
@@ -214,6 +215,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]", "_", name.replace("*", "W"))
 
 
+LOG_Y_SPAN = 20.0  # a y axis whose positive values span more than this factor is drawn in log scale
+
+
+def y_scale(values) -> str:
+    """"log" when the finite values are all positive and span more than LOG_Y_SPAN (e.g. a blown-up SP optimizer next
+    to converged ones, which a linear axis would flatten into one line), else "linear"."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2 or np.any(v <= 0):
+        return "linear"
+    return "log" if v.max() / v.min() > LOG_Y_SPAN else "linear"
+
+
 def plot_vs_width(fam: str, fcells: list[Cell], path: Path) -> None:
     import matplotlib
 
@@ -235,6 +249,7 @@ def plot_vs_width(fam: str, fcells: list[Cell], path: Path) -> None:
             ax.scatter([c.width for c in div], [c.mean if c.mean is not None else top for c in div], marker="x",
                        s=80, color=color, zorder=5, label=f"{label}: diverged seeds")
     ax.set_xscale("log", base=2)
+    ax.set_yscale(y_scale(finite))
     ax.set_xlabel("width")
     ax.set_ylabel("final train loss")
     ax.set_title(fam, fontsize=9)
@@ -277,6 +292,7 @@ def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), squeeze=False)
     for ax, w in zip(axes.flat, widths):
         ymax = None
+        ys_all = []
         for c in (c for c in fcells if c.width == w):
             curve = _mean_curve(c.runs)
             if curve is not None:
@@ -286,6 +302,7 @@ def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
                 ax.plot(x, ys, color=colors[c.label], label=c.label)
                 ax.fill_between(x, ys - ses, ys + ses, color=colors[c.label], alpha=0.2)
                 ymax = max(ymax or -np.inf, float(np.nanmax(ys + ses)))
+                ys_all += [float(np.nanmin(ys)), float(np.nanmax(ys))]
         for c in (c for c in fcells if c.width == w):
             for j, r in enumerate(r for r in c.runs if r.diverged and len(r.steps)):
                 finite = np.isfinite(r.train_loss)
@@ -294,8 +311,10 @@ def plot_curves(fam: str, fcells: list[Cell], path: Path) -> None:
                     y = np.minimum(y, ymax * 1.1)
                 ax.plot(r.steps[finite], y, color=colors[c.label], lw=0.8, ls="--", alpha=0.8,
                         label=f"{c.label} (diverged)" if j == 0 else None)
+        scale = y_scale(ys_all)
+        ax.set_yscale(scale)
         if ymax is not None:
-            ax.set_ylim(top=ymax * 1.1)
+            ax.set_ylim(top=ymax * (2.0 if scale == "log" else 1.1))
         ax.set_title(f"width {w}" if w is not None else c.task, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
