@@ -22,6 +22,7 @@ if "MULO_COMPILATION_CACHE_DIR" not in os.environ:
 
     os.environ["MULO_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mulo-test-jaxcache-")
     atexit.register(shutil.rmtree, os.environ["MULO_COMPILATION_CACHE_DIR"], True)
-from mulo.runtime import enable_compilation_cache  # noqa: E402
+from mulo import runtime  # noqa: E402
+from mulo.config import load_config  # noqa: E402
 
-enable_compilation_cache(os.environ["MULO_COMPILATION_CACHE_DIR"], max_gb=4.0)
+runtime.apply(load_config(None))  # as the CLI does: the variable above wins over the default directory

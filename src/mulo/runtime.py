@@ -44,7 +44,10 @@ def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | Non
 
 def apply(cfg: Any) -> None:
     """Apply the config's runtime keys (called once by the CLI before dispatching)."""
-    cache_dir = os.environ.get(CACHE_ENV, cfg.compilation_cache_dir)
-    if cache_dir is not None and cache_dir.strip().lower() in ("", "none"):
-        cache_dir = None
+    from mulo.config import parse_cli_value
+
+    cache_dir = cfg.compilation_cache_dir
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:  # read like the command-line option ("none" turns it off); empty also means off
+        cache_dir = parse_cli_value("compilation_cache_dir", env) if env.strip() else None
     enable_compilation_cache(cache_dir, cfg.compilation_cache_max_gb)
