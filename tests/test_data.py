@@ -162,6 +162,17 @@ def test_tinyshakespeare_tokens_and_splits():
     np.testing.assert_array_equal(np.concatenate(parts), tokens)
 
 
+def test_tinyshakespeare_ships_with_the_package():
+    """A clone alone runs the text tasks and the tests: the default file is inside the package, not a sibling folder."""
+    import mulo
+
+    package = Path(mulo.__file__).resolve().parent
+    assert DEFAULT_TINYSHAKESPEARE.resolve().is_relative_to(package)
+    assert DEFAULT_TINYSHAKESPEARE.stat().st_size == 1_115_394
+    assert DEFAULT_TINYSHAKESPEARE.read_text(encoding="utf-8").startswith("First Citizen:\nBefore we proceed")
+    assert get_dataset("tinyshakespeare-s32-vbyte").path == DEFAULT_TINYSHAKESPEARE
+
+
 def test_tinyshakespeare_batches():
     ds = get_dataset("tinyshakespeare-s32-vbyte")
     a = next(ds.batches("train", (2, 3), seed=0))

@@ -1,7 +1,7 @@
 """Language-modelling datasets: int32 token ids, ``x = tokens[:-1]``, ``y = tokens[1:]``, pad id 0.
 
-* ``tinyshakespeare-s{seq}-vbyte``: the local Tiny Shakespeare file (``tinyshakespeare_path``, default
-  ``../shared/data/tinyshakespeare/input.txt`` from the repository root), encoded with seqio's ``ByteVocabulary``
+* ``tinyshakespeare-s{seq}-vbyte``: the local Tiny Shakespeare file (``tinyshakespeare_path``, default the copy shipped
+  in ``mulo/data/assets/tinyshakespeare/input.txt``), encoded with seqio's ``ByteVocabulary``
   (259 ids: pad 0, eos 1, unk 2, then the 256 bytes). The text is split by position 90/5/5 into train / meta_valid /
   test. Training batches are random crops of seq+1 tokens; evaluation walks non-overlapping windows in order.
 * ``lm1b-s{seq}-v32k``: TFDS ``lm1b`` tokenised with a SentencePiece model (``vocab_path``; the reference used T5's
@@ -24,8 +24,8 @@ import numpy as np
 from mulo.data.sampling import check_split, num_items, split_rng
 from mulo.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_TINYSHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped with the package (see assets/README.md)
+DEFAULT_TINYSHAKESPEARE = ASSETS / "tinyshakespeare" / "input.txt"
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 BYTE_VOCAB_SIZE = 256 + 3  # seqio.ByteVocabulary: pad, eos, unk, then bytes
 T5_VOCAB_SIZE = 32_000 + 100  # T5 cc_all.32000 + 100 extra ids, the reference's lm1b vocabulary
