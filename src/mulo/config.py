@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,36 @@ BASE_CONFIG = REPO_ROOT / "config" / "base.py"
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: its type, whether None is allowed, accepted values, a lower bound and help."""
+    """One config key: its type, whether None is allowed, accepted values, bounds and help. A dict key may declare
+    its entries (``fields``), which are validated the same way (each entry optional, unknown entries rejected)."""
 
     type: str  # int | float | str | bool | dict | list[str] | list[int] | list[float]
     help: str
     optional: bool = False
     choices: tuple | None = None
     min: float | None = None
+    max: float | None = None  # inclusive, or exclusive with below_max
+    below_max: bool = False
+    fields: Mapping[str, "Key"] | None = None
 
 
 _POS = 1e-300  # "strictly positive" lower bound for floats
+INT_MAX = 2**31 - 1  # every integer fits int32 (step counters, PRNG seeds: JAX folds larger seeds to 32 bits)
+MAX_STR = 4096  # longer strings are a pasted mistake, not a name or a path
+
+SCHEDULE_FIELDS: dict[str, Key] = {
+    "init_value": Key("float", "lr at step 0", min=0.0),
+    "peak_value": Key("float", "lr at the end of the warmup", min=_POS),
+    "warmup_steps": Key("int", "linear warmup steps", min=0),
+    "decay_steps": Key("int", "total steps of warmup + cosine decay", min=1),
+    "end_value": Key("float", "lr at the end of the cosine", min=0.0),
+    "exponent": Key("float", "cosine exponent", min=_POS),
+}
+SWEEP_FIELDS: dict[str, Key] = {
+    "method": Key("str", "search method", choices=("grid", "tpe", "random")),
+    "parameters": Key("dict", "config key -> list of values (grid) or dict(low=, high=, log=)"),
+    "metric": Key("str", "informational: the objective is always the tail-mean train loss"),
+}
 
 SCHEMA: dict[str, Key] = {
     # what to run
@@ -75,10 +96,10 @@ SCHEMA: dict[str, Key] = {
     "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
     # hand-designed optimizers
     "learning_rate": Key("float", "learning rate of hand-designed optimizers", min=_POS),
-    "beta1": Key("float", "Adam beta1", min=0.0),
-    "beta2": Key("float", "Adam beta2", min=0.0),
+    "beta1": Key("float", "Adam beta1", min=0.0, max=1.0, below_max=True),
+    "beta2": Key("float", "Adam beta2", min=0.0, max=1.0, below_max=True),
     "weight_decay": Key("float", "AdamW weight decay", min=0.0),
-    "sgd_momentum": Key("float", "SGD momentum (0: plain SGD)", min=0.0),
+    "sgd_momentum": Key("float", "SGD momentum (0: plain SGD)", min=0.0, max=1.0, below_max=True),
     "warmup_steps": Key("int", "linear warmup steps of hand-designed optimizers", min=0),
     "cosine_decay": Key("bool", "cosine-decay the learning rate to end_lr_ratio * lr over num_inner_steps"),
     "end_lr_ratio": Key("float", "final lr / peak lr of the cosine schedule", min=0.0),
@@ -98,7 +119,7 @@ SCHEMA: dict[str, Key] = {
                                   "meta-valid batch", choices=("train", "same_data", "meta_valid")),
     "meta_learning_rate": Key("float", "outer Adam lr when `schedule` is empty", min=_POS),
     "schedule": Key("dict", "outer AdamW schedule: init_value, peak_value, warmup_steps, decay_steps, end_value, "
-                            "exponent (decay_steps includes warmup)"),
+                            "exponent (decay_steps includes warmup)", fields=SCHEDULE_FIELDS),
     "meta_weight_decay": Key("float", "outer AdamW weight decay", min=0.0),
     "meta_grad_clip": Key("float", "clip the meta-gradient to this global norm before Adam (None: off)",
                           optional=True, min=_POS),
@@ -115,12 +136,12 @@ SCHEMA: dict[str, Key] = {
     "use_bf16": Key("bool", "bf16 compute with float32 master state"),
     "test_steps_per_jit": Key("int", "meta-test/sweep: training steps per jitted lax.scan call", min=1),
     # sweeps
-    "sweep_config": Key("dict", "sweep: method (grid, tpe, random), parameters, metric"),
+    "sweep_config": Key("dict", "sweep: method (grid, tpe, random), parameters, metric", fields=SWEEP_FIELDS),
     "storage": Key("str", "Optuna storage URL (None: SQLite in the run directory)", optional=True),
     "study_name": Key("str", "Optuna study name (None: the run name)", optional=True),
     "sweep_trials": Key("int", "trial budget for tpe/random sweeps (None: the whole grid)", optional=True, min=1),
     "sweep_objective_frac": Key("float", "objective = mean train loss over this last fraction of steps",
-                                min=_POS),
+                                min=_POS, max=1.0),
     # coordinate check
     "widths": Key("list[int]", "widths of the coordinate check", min=1),
     "coord_steps": Key("int", "steps recorded by the coordinate check", min=1),
@@ -180,16 +201,26 @@ class Config(Mapping):
 # error messages
 
 
-def _accepted(key: str) -> str:
-    spec = SCHEMA[key]
+def _range_text(spec: Key) -> str:
+    lo, hi = spec.min, spec.max
+    if lo is not None and hi is not None:
+        left = "(0" if lo == _POS else f"[{lo:g}"
+        return f" in {left}, {hi:g}{')' if spec.below_max else ']'}"
+    if lo is not None:
+        return " > 0" if lo == _POS else f" >= {lo:g}"
+    if hi is not None:
+        return f" < {hi:g}" if spec.below_max else f" <= {hi:g}"
+    return ""
+
+
+def _accepted(spec: Key) -> str:
     if spec.choices:
         text = "one of " + ", ".join(map(str, spec.choices))
     else:
         text = {"list[str]": "a comma-separated list of strings", "list[int]": "a comma-separated list of integers",
                 "list[float]": "a comma-separated list of numbers", "dict": "a dict (use --cfg-options key.sub=value)",
                 "bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[spec.type]
-        if spec.min is not None:
-            text += " > 0" if spec.min == _POS else f" >= {spec.min:g}"
+        text += _range_text(spec)
     if spec.optional:
         text += " (or None)"
     return text
@@ -202,37 +233,54 @@ def suggest(name: str, options: Iterable[str]) -> str:
 
 
 def unknown_key_error(key: str) -> ConfigError:
-    return ConfigError(f"unknown config key '{key}'{suggest(key, SCHEMA)}; "
+    return ConfigError(f"unknown config key '{_name(key)}'{suggest(key, SCHEMA)}; "
                        f"see --help for the accepted keys")
 
 
-def _bad(key: str, value: Any) -> ConfigError:
-    return ConfigError(f"bad value {value!r} for config key '{key}': expected {_accepted(key)}")
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _short(value: Any) -> str:
+    """A value as one short line: its repr (quotes strings, escapes newlines, control characters and surrogates)."""
+    return _clip(repr(value))
+
+
+def _name(text: Any) -> str:
+    """A key name as typed, on one line (escaped like a repr, without the quotes)."""
+    return _clip(repr(str(text))[1:-1])
+
+
+def _bad(name: str, spec: Key, value: Any, why: str = "") -> ConfigError:
+    return ConfigError(f"bad value {_short(value)} for config key '{name}': expected {_accepted(spec)}{why}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # validation of Python values (from config files) and parsing of strings (from the CLI)
 
 
-def _check_scalar(key: str, kind: str, value: Any) -> Any:
+def _check_scalar(name: str, spec: Key, kind: str, value: Any) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        raise _bad(key, value)
+        raise _bad(name, spec, value)
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
-        raise _bad(key, value)
+        raise _bad(name, spec, value)
     if kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _bad(key, value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the float range
+                raise _bad(name, spec, value) from None
+        raise _bad(name, spec, value)
     if kind == "str":
         if isinstance(value, str):
             return value
-        raise _bad(key, value)
+        raise _bad(name, spec, value)
     raise AssertionError(f"unknown schema type {kind}")
 
 
@@ -249,48 +297,76 @@ def validate_value(key: str, value: Any) -> Any:
     """Check a Python value against the schema; return it normalised (e.g. int -> float, "a,b" -> [a, b])."""
     if key not in SCHEMA:
         raise unknown_key_error(key)
-    spec = SCHEMA[key]
+    return _validate(key, SCHEMA[key], value)
+
+
+def _validate(name: str, spec: Key, value: Any) -> Any:
+    """``value`` checked against ``spec``; ``name`` is the (dotted) key shown in errors."""
     if value is None:
         if spec.optional:
             return None
-        raise _bad(key, value)
+        raise _bad(name, spec, value)
     if spec.type == "dict":
         if not isinstance(value, Mapping):
-            raise _bad(key, value)
-        return _to_plain(value)
+            raise _bad(name, spec, value)
+        plain = _to_plain(value)
+        if spec.fields is None:
+            return plain
+        out = {}
+        for entry, v in plain.items():
+            if entry not in spec.fields:
+                raise ConfigError(f"unknown entry '{_name(entry)}' of config key '{name}'"
+                                  f"{suggest(str(entry), spec.fields)}: expected {', '.join(spec.fields)}")
+            out[entry] = _validate(f"{name}.{entry}", spec.fields[entry], v)
+        return out
     if spec.type.startswith("list["):
         inner = spec.type[5:-1]
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
             if inner != "str":
                 try:
-                    value = [_parse_scalar(key, inner, v) for v in value]
+                    value = [_parse_scalar(name, spec, inner, v) for v in value]
                 except ConfigError:
-                    raise _bad(key, ",".join(value)) from None
+                    raise _bad(name, spec, ",".join(value)) from None
         if not isinstance(value, (list, tuple)) or not value:
-            raise _bad(key, value)
-        out = [_check_scalar(key, inner, v) for v in value]
+            raise _bad(name, spec, value)
+        out = [_check_scalar(name, spec, inner, v) for v in value]
         for v in out:
-            _check_range(key, spec, v, value)
+            _check_range(name, spec, v, value)
         return out
-    out = _check_scalar(key, spec.type, value)
-    _check_range(key, spec, out, value)
+    out = _check_scalar(name, spec, spec.type, value)
+    _check_range(name, spec, out, value)
     return out
 
 
-def _check_range(key: str, spec: Key, v: Any, shown: Any) -> None:
+def _check_range(name: str, spec: Key, v: Any, shown: Any) -> None:
     if spec.choices is not None and v not in spec.choices:
-        raise ConfigError(f"bad value {shown!r} for config key '{key}': expected {_accepted(key)}"
-                          f"{suggest(str(v), map(str, spec.choices))}")
-    if spec.min is not None and isinstance(v, (int, float)) and v < spec.min:
-        raise _bad(key, shown)
+        raise _bad(name, spec, shown, suggest(str(v), map(str, spec.choices)))
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _bad(name, spec, shown, " (NaN and inf are not accepted)")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if spec.min is not None and v < spec.min:
+            raise _bad(name, spec, shown)
+        if spec.max is not None and (v >= spec.max if spec.below_max else v > spec.max):
+            raise _bad(name, spec, shown)
+        if isinstance(v, int) and abs(v) > INT_MAX:
+            raise _bad(name, spec, shown, f" (at most {INT_MAX})")
+    if isinstance(v, str):
+        if len(v) > MAX_STR:
+            raise _bad(name, spec, shown, f" (at most {MAX_STR} characters)")
+        if "\x00" in v:
+            raise _bad(name, spec, shown, " (without NUL characters)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad(name, spec, shown, " (valid UTF-8)") from None
 
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def _parse_scalar(key: str, kind: str, text: str) -> Any:
+def _parse_scalar(name: str, spec: Key, kind: str, text: str) -> Any:
     try:
         if kind == "bool":
             low = text.strip().lower()
@@ -305,7 +381,10 @@ def _parse_scalar(key: str, kind: str, text: str) -> Any:
             return float(text)
         return text
     except ValueError:
-        raise _bad(key, text) from None
+        raise _bad(name, spec, text) from None
+
+
+_LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
 
 
 def parse_cli_value(key: str, text: str) -> Any:
@@ -318,18 +397,18 @@ def parse_cli_value(key: str, text: str) -> Any:
     if spec.type == "dict":
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise _bad(key, text) from None
+        except _LITERAL_ERRORS:
+            raise _bad(key, spec, text) from None
         return validate_value(key, value)
     if spec.type.startswith("list["):
         return validate_value(key, text)
-    return validate_value(key, _parse_scalar(key, spec.type, text))
+    return validate_value(key, _parse_scalar(key, spec, spec.type, text))
 
 
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except _LITERAL_ERRORS:
         return text
 
 
@@ -338,7 +417,7 @@ def apply_cfg_options(data: dict[str, Any], options: Iterable[str]) -> dict[str,
     data = _to_plain(data)
     for item in options:
         if "=" not in item:
-            raise ConfigError(f"bad --cfg-options item {item!r}: expected key=value or key.sub=value")
+            raise ConfigError(f"bad --cfg-options item {_short(item)}: expected key=value or key.sub=value")
         dotted, text = item.split("=", 1)
         parts = dotted.strip().split(".")
         top = parts[0]
@@ -348,7 +427,7 @@ def apply_cfg_options(data: dict[str, Any], options: Iterable[str]) -> dict[str,
             data[top] = parse_cli_value(top, text)
             continue
         if SCHEMA[top].type != "dict":
-            raise ConfigError(f"bad --cfg-options item {item!r}: config key '{top}' is not a dict")
+            raise ConfigError(f"bad --cfg-options item {_short(item)}: config key '{top}' is not a dict")
         node = data.setdefault(top, {})
         if node is None:
             node = data[top] = {}
