@@ -71,6 +71,7 @@ checkpoint = None
 wandb_checkpoint_id = None
 use_bf16 = False
 test_steps_per_jit = 10
+gradient_accumulation_steps = 1
 
 # ---- sweeps
 sweep_config = dict()

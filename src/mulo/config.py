@@ -135,6 +135,9 @@ SCHEMA: dict[str, Key] = {
     "wandb_checkpoint_id": Key("str", "learned optimizer from a wandb run: entity/project/run_id", optional=True),
     "use_bf16": Key("bool", "bf16 compute with float32 master state"),
     "test_steps_per_jit": Key("int", "meta-test/sweep: training steps per jitted lax.scan call", min=1),
+    "gradient_accumulation_steps": Key("int", "meta-test/sweep: split each batch of local_batch_size into this many "
+                                              "micro-batches and average their gradients (same result, less "
+                                              "memory; must divide local_batch_size)", min=1),
     # sweeps
     "sweep_config": Key("dict", "sweep: method (grid, tpe, random), parameters, metric", fields=SWEEP_FIELDS),
     "storage": Key("str", "Optuna storage URL (None: SQLite in the run directory)", optional=True),
@@ -451,6 +454,10 @@ def validate(data: Mapping[str, Any]) -> dict[str, Any]:
     if out["trunc_length"] % out["steps_per_jit"]:
         raise ConfigError(f"bad value {out['steps_per_jit']} for config key 'steps_per_jit': expected a divisor of "
                           f"trunc_length={out['trunc_length']}")
+    if out["local_batch_size"] % out["gradient_accumulation_steps"]:
+        raise ConfigError(f"bad value {out['gradient_accumulation_steps']} for config key "
+                          f"'gradient_accumulation_steps': expected a divisor of "
+                          f"local_batch_size={out['local_batch_size']}")
     return out
 
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from mulo.config import Config
 from mulo.errors import CheckpointError, ConfigError, MuloError
+from mulo.evaluate.accumulate import value_and_grad_accumulated
 from mulo.io import atomic_write_json, read_jsonl
 
 SUMMARY = "summary.json"
@@ -313,13 +314,15 @@ class LoopSettings:
     use_bf16: bool = False
     log_every: int = 1
     progress: bool = True
+    grad_accumulation: int = 1  # micro-batches per step (mulo.evaluate.accumulate); divides batch_size
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LoopSettings":
         return cls(num_steps=cfg.num_inner_steps, batch_size=cfg.local_batch_size,
                    steps_per_jit=cfg.test_steps_per_jit, test_interval=cfg.test_interval, skip_test=cfg.skip_test,
                    eval_batch_size=cfg.eval_batch_size, max_eval_examples=cfg.max_eval_examples,
-                   use_bf16=cfg.use_bf16, log_every=cfg.log_every, progress=cfg.progress)
+                   use_bf16=cfg.use_bf16, log_every=cfg.log_every, progress=cfg.progress,
+                   grad_accumulation=cfg.gradient_accumulation_steps)
 
 
 @dataclass
@@ -388,12 +391,13 @@ class TrainLoop:
         loss_fn = bf16_loss(task.loss) if settings.use_bf16 else task.loss
         eval_fn = bf16_loss(task.loss_and_accuracy) if settings.use_bf16 else task.loss_and_accuracy
         opt = optimizer
+        grad_fn = value_and_grad_accumulated(loss_fn, settings.grad_accumulation)
 
         def one_step(carry, inputs):
             state, key = carry
             batch, step = inputs
             step_key = jax.random.fold_in(key, step)
-            loss, grads = jax.value_and_grad(loss_fn)(opt.params(state), batch, step_key)
+            loss, grads = grad_fn(opt.params(state), batch, step_key)
             state = opt.update(state, grads, loss, step_key)
             return (state, key), loss
 
