@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from mulo.config import SCHEMA, Config, load_config, parse_cli_value, suggest
-from mulo import runtime
+from mulo import aliases, runtime
 from mulo.errors import ConfigError, MuloError, NotImplementedYet
 
 # subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
@@ -84,7 +84,11 @@ def _check_unknown(unknown: list[str]) -> None:
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
-    """Parse argv into (args, validated config)."""
+    """Parse argv into (args, validated config). The reference's flags, config names and run_type are accepted
+    (``mulo.aliases``), with one notice line each on stderr."""
+    argv, notices = aliases.translate(argv, list(COMMANDS))
+    for line in notices:
+        print(line, file=sys.stderr)
     parser = build_parser()
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:
