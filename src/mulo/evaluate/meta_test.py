@@ -633,7 +633,7 @@ def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
 
 def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = None) -> int:
     """``meta-test`` command handler (``api_factory``: the wandb API, default ``wandb_api``)."""
-    from mulo.rundir import make_run_dir, run_name
+    from mulo.rundir import make_run_dir, run_name, theta_label
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
     download = None
@@ -647,13 +647,14 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
                 print(f"[meta-test] ignoring --{key} {cfg[key]}: the checkpoint's learned optimizer has "
                       f"{key}={fixed[key]}")
         cfg = fixed
-    run_dir = make_run_dir(cfg, "meta-test")
+    theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
+    run_dir = make_run_dir(cfg, "meta-test", theta)
     print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
           f"steps -> {run_dir}")
     if source.info.get("checkpoint"):
         print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
               f"{source.info.get('hparams')}")
-    summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test"))
+    summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test", theta))
     n_div = sum(bool(s["diverged"]) for s in summaries)
     print(f"[meta-test] done: {len(summaries)} runs ({n_div} diverged); results in {run_dir}; "
           f"figures: python src/main.py report {run_dir}")
