@@ -32,6 +32,7 @@ hidden_size = 32
 adafac_step_mult = None
 adafac_exp_mult = 0.001
 lo_clip_grad = False
+lo_eps_scaling = "none"  # none | fan_in: the LO normaliser's epsilon, 1e-5 or 1e-5/fan_in (stored with theta)
 
 # ---- hand-designed optimizers (meta-test, sweeps)
 learning_rate = 1e-3

@@ -94,6 +94,9 @@ SCHEMA: dict[str, Key] = {
                             optional=True, min=_POS),
     "adafac_exp_mult": Key("float", "LO magnitude exponent multiplier", min=0.0),
     "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
+    "lo_eps_scaling": Key("str", "epsilon of the LO's per-tensor feature normaliser: none (1e-5 everywhere, the "
+                          "reference) or fan_in (1e-5/fan_in for matrices, so it does not swamp the tiny gradients of "
+                          "wide hidden layers); stored with theta", choices=("none", "fan_in")),
     # hand-designed optimizers
     "learning_rate": Key("float", "learning rate of hand-designed optimizers", min=_POS),
     "beta1": Key("float", "Adam beta1", min=0.0, max=1.0, below_max=True),

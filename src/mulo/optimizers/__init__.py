@@ -28,12 +28,13 @@ def _get(cfg: Any, key: str) -> Any:
 
 def build_learned(cfg: Any) -> AdafacMLPLO:
     """The learned optimizer named by ``cfg.optimizer`` with hyper-parameters from the config keys hidden_size,
-    adafac_step_mult (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp), adafac_exp_mult and lo_clip_grad.
+    adafac_step_mult (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp), adafac_exp_mult, lo_clip_grad and
+    lo_eps_scaling.
     Use it to meta-train; to meta-test, ``load_theta`` restores the LO with the hyper-parameters it was trained with."""
     name = _get(cfg, "optimizer")
     if name not in LEARNED:
         raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {LEARNED}")
-    for key in ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad"):
+    for key in ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad", "lo_eps_scaling"):
         _get(cfg, key)
     return AdafacMLPLO(name=name, hparams=hparams_from_config(name, cfg))
 

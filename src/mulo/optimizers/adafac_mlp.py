@@ -40,6 +40,8 @@ DEFAULT_STEP_MULT = {"small_fc_mlp": 0.001, "mup_small_fc_mlp": 0.01}
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 NUM_NORMALISED_FEATURES = 28
 NUM_FEATURES = NUM_NORMALISED_FEATURES + len(TIMESCALES)  # 39
+NORM_EPS = 1e-5  # ε of the per-tensor second-moment normaliser x / sqrt(ε + mean(x²)), as the reference
+EPS_SCALINGS = ("none", "fan_in")
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,13 @@ class AdafacHParams:
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    # "none": the normaliser's ε is NORM_EPS for every tensor (the reference); "fan_in": NORM_EPS / fan_in of the
+    # tensor (see ``norm_eps``), so that ε does not swamp the tiny gradients of wide hidden layers
+    eps_scaling: str = "none"
 
     def __post_init__(self):
+        if self.eps_scaling not in EPS_SCALINGS:
+            raise ConfigError(f"bad lo_eps_scaling {self.eps_scaling!r}: expected one of {', '.join(EPS_SCALINGS)}")
         if self.hidden_size < 1:
             raise ConfigError(f"hidden_size must be >= 1, got {self.hidden_size}")
         if len(self.rms_decays) != 1 or len(self.momentum_decays) != 3 or len(self.adafactor_decays) != 3:
@@ -109,6 +116,15 @@ def factored_dims(shape: Sequence[int]) -> tuple[int, int] | None:
 def decay_from_param(initial: Sequence[float], theta_decay: jax.Array) -> jax.Array:
     """β = 1 − (1 − β₀)·exp(10·θ): θ = 0 gives the initial decay β₀."""
     return 1.0 - (1.0 - jnp.asarray(initial, jnp.float32)) * jnp.exp(10.0 * theta_decay)
+
+
+def norm_eps(shape: Sequence[int], eps_scaling: str) -> float:
+    """ε of the second-moment normaliser for a tensor of ``shape``: NORM_EPS, or NORM_EPS / fan_in with
+    ``eps_scaling="fan_in"``, where fan_in is ``shape[0]`` for tensors of rank >= 2 (the (in, out) layout of haiku
+    and flax kernels; mulo.tasks' μP metadata uses the same rule) and 1 for vectors and scalars."""
+    if eps_scaling == "none" or len(shape) < 2:
+        return NORM_EPS
+    return NORM_EPS / int(shape[0])
 
 
 def time_features(iteration: jax.Array) -> jax.Array:
@@ -178,9 +194,10 @@ def _decays(theta, hp: AdafacHParams):
 # ------------------------------------------------------------------------------------ reference implementation
 
 
-def features_reference(p: jax.Array, g: jax.Array, acc: _Acc, iteration: jax.Array) -> jax.Array:
+def features_reference(p: jax.Array, g: jax.Array, acc: _Acc, iteration: jax.Array,
+                       eps: float = NORM_EPS) -> jax.Array:
     """The 39 LO inputs of every element, stacked on a trailing axis: shape (*p.shape, 39), in the reference's order.
-    ``acc`` holds the accumulators already updated with ``g``; p and g have rank >= 1."""
+    ``acc`` holds the accumulators already updated with ``g``; p and g have rank >= 1; ``eps``: the normaliser's ε."""
     stack_last = lambda xs: jnp.stack(xs, axis=-1)
     m, v = stack_last(acc.m), stack_last(acc.v)
     feats = [g[..., None], p[..., None], m, v]
@@ -201,7 +218,7 @@ def features_reference(p: jax.Array, g: jax.Array, acc: _Acc, iteration: jax.Arr
                   m * (diag + 1e-6) ** -0.5]
     stack = jnp.concatenate(feats, axis=-1)
     axes = tuple(range(p.ndim))
-    stack = stack * jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(stack), axis=axes, keepdims=True))
+    stack = stack * jax.lax.rsqrt(eps + jnp.mean(jnp.square(stack), axis=axes, keepdims=True))
     tf = jnp.broadcast_to(time_features(iteration), p.shape + (len(TIMESCALES),))
     return jnp.concatenate([stack, tf], axis=-1)
 
@@ -213,8 +230,8 @@ def mlp_reference(nn: dict, x: jax.Array) -> jax.Array:
     return h @ nn["w2"] + nn["b2"]
 
 
-def _dir_mag_reference(nn, p, g, acc, iteration):
-    out = mlp_reference(nn, features_reference(p, g, acc, iteration))
+def _dir_mag_reference(nn, p, g, acc, iteration, eps=NORM_EPS):
+    out = mlp_reference(nn, features_reference(p, g, acc, iteration, eps))
     return out[..., 0], out[..., 1]
 
 
@@ -291,17 +308,17 @@ def _row_sums_jvp(primals, tangents):
     return _row_sums(*primals), tuple(jnp.sum(t, axis=1) for t in tangents)
 
 
-def _effective_weights(w0, feats, mean_squares=None):
+def _effective_weights(w0, feats, mean_squares=None, eps=NORM_EPS):
     """(K, H): each feature's first-layer weights (summed over its rows) times its per-tensor normaliser
-    1/sqrt(1e-5 + mean(x²)). The mean over a broadcast (row/column) feature equals the mean over its factored array."""
+    1/sqrt(eps + mean(x²)). The mean over a broadcast (row/column) feature equals the mean over its factored array."""
     rows = jnp.stack([sum(w0[i] for i in idx) for _, idx in feats])
     if mean_squares is None:
         mean_squares = [jnp.mean(jnp.square(x)) for x, _ in feats]
-    norms = jax.lax.rsqrt(1e-5 + jnp.stack(mean_squares))
+    norms = jax.lax.rsqrt(eps + jnp.stack(mean_squares))
     return rows * norms[:, None]
 
 
-def _dir_mag_fused(nn, p, g, acc, iteration):
+def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
     """Same function as ``_dir_mag_reference`` without materialising per-element feature stacks or activations.
 
     Layer 1 per element is h1_j = relu(Σ_k W'[k, j]·f_k + c_j) where W' = w0 · (per-tensor normaliser) and c_j, the
@@ -314,13 +331,13 @@ def _dir_mag_fused(nn, p, g, acc, iteration):
     w0, b0, w1, b1, w2, b2 = jax.lax.optimization_barrier(tuple(nn[k] for k in ("w0", "b0", "w1", "b1", "w2", "b2")))
     h = w0.shape[1]
     full, small = _fused_inputs(p, g, acc)
-    w_full = _effective_weights(w0, full, _mean_squares([f for f, _ in full], p.shape))  # (Kf, H)
+    w_full = _effective_weights(w0, full, _mean_squares([f for f, _ in full], p.shape), eps)  # (Kf, H)
     bias = b0 + time_features(iteration) @ w0[NUM_NORMALISED_FEATURES:]  # (H,)
     # per hidden unit, the small features' contributions, one array per distinct small shape (row-type and
     # column-type) so that nothing of p's full size is materialised: offsets[g] has shape (H, *broadcastable shape)
     offsets = [bias.reshape((h,) + (1,) * p.ndim)]
     if small:
-        w_small = _effective_weights(w0, small)  # (Ks, H)
+        w_small = _effective_weights(w0, small, eps=eps)  # (Ks, H)
         by_shape: dict[tuple, jax.Array] = {}
         for k, (x, _) in enumerate(small):
             term = w_small[k].reshape((h,) + (1,) * p.ndim) * x[None]
@@ -402,9 +419,9 @@ class AdafacMLPLO:
         """The inner optimizer for meta-parameters ``theta`` (may be traced). ``update_scales``: pytree of per-tensor
         μP scales shaped like the params (used by the μLO only; None means 1 everywhere)."""
         hp = self.hparams
-        def dir_mag(nn, p, g, acc, t):
+        def dir_mag(nn, p, g, acc, t, eps):
             use_fused = self.impl == "fused" and p.size >= self.fused_min_size
-            return (_dir_mag_fused if use_fused else _dir_mag_reference)(nn, p, g, acc, t)
+            return (_dir_mag_fused if use_fused else _dir_mag_reference)(nn, p, g, acc, t, eps)
         scales = update_scales if self.uses_mup else None
 
         def init(params, num_steps: int = 0) -> AdafacState:
@@ -431,7 +448,7 @@ class AdafacMLPLO:
                 shape = p.shape
                 p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
                 acc = _update_acc(_Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
-                direction, magnitude = dir_mag(nn, p1, g1, acc, t)
+                direction, magnitude = dir_mag(nn, p1, g1, acc, t, norm_eps(shape, hp.eps_scaling))
                 step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult
                 new_p = (p1 - step * s).astype(p.dtype).reshape(shape)
                 return new_p, acc
@@ -460,4 +477,5 @@ def hparams_from_config(name: str, cfg: Any) -> AdafacHParams:
     if step_mult is None:
         step_mult = DEFAULT_STEP_MULT[name]
     return AdafacHParams(hidden_size=int(get("hidden_size")), step_mult=float(step_mult),
-                         exp_mult=float(get("adafac_exp_mult")), clip_grad=bool(get("lo_clip_grad")))
+                         exp_mult=float(get("adafac_exp_mult")), clip_grad=bool(get("lo_clip_grad")),
+                         eps_scaling=str(get("lo_eps_scaling")))
