@@ -95,3 +95,11 @@ progress = True
 # ---- runtime
 compilation_cache_dir = "~/.cache/mulo/jax"
 compilation_cache_max_gb = 4.0
+
+# ---- devices and processes (see README "Scaling out")
+data_parallel = 1
+distributed = "auto"
+coordinator_address = None
+num_processes = None
+process_id = None
+cluster_detection_method = None

@@ -163,6 +163,21 @@ SCHEMA: dict[str, Key] = {
                                         "compiled steps instead of compiling again (None: off; the "
                                         "MULO_COMPILATION_CACHE_DIR environment variable wins)", optional=True),
     "compilation_cache_max_gb": Key("float", "size of that cache, least recently used entries evicted", min=_POS),
+    # devices and processes (mulo.parallel)
+    "data_parallel": Key("int", "devices that split each batch (the mesh's batch axis); the other devices split the "
+                                "perturbation pairs (num_tasks must be a multiple of their count)", min=1,
+                         max=INT_MAX),
+    "distributed": Key("str", "jax.distributed.initialize: auto (under mpirun/srun or with a coordinator_address), "
+                              "on (always, JAX's cluster detection), off (one process)",
+                       choices=("auto", "on", "off")),
+    "coordinator_address": Key("str", "host:port of process 0 for jax.distributed (else JAX_COORDINATOR_ADDRESS or "
+                                      "the cluster's detection)", optional=True),
+    "num_processes": Key("int", "number of processes of a multi-process run (else detected)", optional=True, min=1,
+                         max=INT_MAX),
+    "process_id": Key("int", "this process's index in a multi-process run (else detected)", optional=True, min=0,
+                      max=INT_MAX),
+    "cluster_detection_method": Key("str", "JAX's cluster detection to use (e.g. mpi4py, slurm); None: mpi4py under "
+                                           "Open MPI, else JAX's automatic detection", optional=True),
 }
 
 

@@ -51,3 +51,6 @@ def apply(cfg: Any) -> None:
     if env is not None:  # read like the command-line option ("none" turns it off); empty also means off
         cache_dir = parse_cli_value("compilation_cache_dir", env) if env.strip() else None
     enable_compilation_cache(cache_dir, cfg.compilation_cache_max_gb)
+    from mulo.parallel import initialize_distributed
+
+    initialize_distributed(cfg)  # before anything touches a JAX backend

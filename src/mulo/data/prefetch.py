@@ -4,8 +4,9 @@
         for step in range(num_steps):
             batch = next(it)          # a pytree of jax.Arrays, sharded over local devices on batch_axis
 
-One producer thread reads the host iterator in order and ``jax.device_put``s each batch (with a NamedSharding over
-the local devices that splits ``batch_axis``; a single device just gets the whole batch) into a bounded queue, so
+One producer thread reads the host iterator in order and places each batch on the devices into a bounded queue:
+with ``put`` (meta-training passes ``mulo.parallel.Placement.chunk_putter``, which assembles this process's block of
+a global chunk), else split over the local devices on ``batch_axis`` (a single device gets the whole batch). So
 the order is the iterator's and no batch is returned twice. An exception in the producer is re-raised in the
 consumer at the position it happened; ``close()`` stops the thread and drops what is queued.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mulo.parallel import batch_sharding, put_on_devices  # noqa: F401 - re-exported: placement is decided there
 
 _END = object()
 
@@ -28,40 +29,17 @@ class _Failure:
         self.exc = exc
 
 
-def batch_sharding(ndim: int, batch_axis: int, devices: Sequence[jax.Device]) -> NamedSharding:
-    """Split axis ``batch_axis`` of an ``ndim``-dimensional array over ``devices``; replicate the other axes."""
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    spec = [None] * ndim
-    spec[batch_axis] = "batch"
-    return NamedSharding(mesh, PartitionSpec(*spec))
-
-
-def put_on_devices(batch: Any, batch_axis: int, devices: Sequence[jax.Device]) -> Any:
-    """``jax.device_put`` every array of ``batch``: one device gets it whole; several split ``batch_axis``."""
-    devices = list(devices)
-    if len(devices) == 1:
-        return jax.device_put(batch, devices[0])
-
-    def put(x):
-        x = np.asarray(x)
-        if x.ndim <= batch_axis or x.shape[batch_axis] % len(devices):
-            raise ValueError(f"cannot shard an array of shape {x.shape} over {len(devices)} devices on axis "
-                             f"{batch_axis}: the batch must be divisible by the number of local devices")
-        return jax.device_put(x, batch_sharding(x.ndim, batch_axis, devices))
-
-    return jax.tree.map(put, batch)
-
-
 class DevicePrefetcher:
     """Iterator over device batches, filled ahead by a background thread (see the module docstring)."""
 
     def __init__(self, host_iterator: Iterator[Any], size: int = 2, batch_axis: int = 0,
-                 devices: Sequence[jax.Device] | None = None):
+                 devices: Sequence[jax.Device] | None = None, put: Callable[[Any], Any] | None = None):
         if size < 1:
             raise ValueError(f"prefetch size must be >= 1, got {size}")
         self._source = iter(host_iterator)
         self._batch_axis = int(batch_axis)
         self._devices = list(devices) if devices is not None else jax.local_devices()
+        self._put = put or (lambda batch: put_on_devices(batch, self._batch_axis, self._devices))
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._done = False
@@ -83,7 +61,7 @@ class DevicePrefetcher:
             for batch in self._source:
                 if self._stop.is_set():
                     return
-                if not self._offer(put_on_devices(batch, self._batch_axis, self._devices)):
+                if not self._offer(self._put(batch)):
                     return
             self._offer(_END)
         except BaseException as exc:  # re-raised in the consumer

@@ -78,6 +78,11 @@ class Checkpointer:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"corrupt {path}: {_one_line(exc)}") from None
+        saved.setdefault("num_processes", 1)  # checkpoints from before multi-process runs
+        procs = saved.get("num_processes"), self.identity.get("num_processes", saved["num_processes"])
+        if procs[0] != procs[1]:
+            raise CheckpointError(f"checkpoint in {self.directory} was written by {procs[0]} process(es) and this run "
+                                  f"has {procs[1]}: resume it with {procs[0]} process(es)")
         diff = sorted(k for k in set(saved) | set(self.identity) if saved.get(k) != self.identity.get(k))
         if diff:
             shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {self.identity.get(k)!r}" for k in diff[:3])
@@ -87,14 +92,19 @@ class Checkpointer:
     # ---- save / restore -----------------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any) -> None:
-        """Save (blocking) and then move the ``latest`` pointer; a failure raises CheckpointError."""
-        atomic_write_json(self.directory / "identity.json", self.identity)
+        """Save (blocking) and then move the ``latest`` pointer; a failure raises CheckpointError. Every process of
+        a multi-process run calls it (orbax writes each process's shards and syncs); only process 0 writes the
+        identity and the pointer."""
+        main = jax.process_index() == 0
+        if main:
+            atomic_write_json(self.directory / "identity.json", self.identity)
         try:
             self._manager.save(int(step), args=self._ocp.args.StandardSave(_pack(state)), force=True)
             self._manager.wait_until_finished()
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_one_line(exc)}") from None
-        atomic_write_text(self.directory / "latest", f"{int(step)}\n")
+        if main:
+            atomic_write_text(self.directory / "latest", f"{int(step)}\n")
 
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
         """(step, state) of ``step`` (default: the latest), shaped like ``template``."""
@@ -115,7 +125,8 @@ class Checkpointer:
         if bad:
             raise CheckpointError(f"checkpoint {where} does not match this run: {len(bad)} of {len(packed)} arrays "
                                   f"differ in presence or shape (other task, LO or num_tasks?)")
-        abstract = {k: jax.ShapeDtypeStruct(x.shape, x.dtype) for k, x in packed.items()}
+        abstract = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+                    for k, x in packed.items()}  # restored straight into the template's (sharded) layout
         try:
             restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
         except Exception as exc:  # noqa: BLE001

@@ -104,6 +104,7 @@ class TruncatedEstimator:
     trunc_length: int = 50
     steps_per_jit: int = 10
     donate: bool = False  # donate the inner states to the jitted unroll (saves memory on accelerators)
+    placement: Any = None  # mulo.parallel.Placement: shard the pairs (and batch) over its mesh; None: default device
     _jit: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -111,10 +112,28 @@ class TruncatedEstimator:
             raise ValueError(f"bad gradient_estimator {self.kind!r}; expected one of {ESTIMATORS}")
         if self.trunc_length % self.steps_per_jit:
             raise ValueError(f"steps_per_jit={self.steps_per_jit} must divide trunc_length={self.trunc_length}")
-        self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=(1,) if self.donate else ())
-        self._jit["start"] = jax.jit(self._start)
-        self._jit["finish"] = jax.jit(self._finish)
-        self._jit["init"] = jax.jit(self._init)
+        donate = (1,) if self.donate else ()
+        pl = self.placement
+        if pl is None:
+            self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=donate)
+            self._jit["start"] = jax.jit(self._start)
+            self._jit["finish"] = jax.jit(self._finish)
+            self._jit["init"] = jax.jit(self._init)
+            return
+        rep, state = pl.replicated, self.state_sharding
+        self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=donate,
+                                      in_shardings=(pl.branches, pl.branches, pl.chunk, rep),
+                                      out_shardings=(pl.branches, rep))
+        self._jit["start"] = jax.jit(self._start, in_shardings=(rep, rep), out_shardings=(pl.per_pair, pl.branches))
+        self._jit["finish"] = jax.jit(self._finish, in_shardings=(pl.per_pair, pl.per_pair, pl.branches, rep),
+                                      out_shardings=(rep, state, rep, pl.per_pair))
+        self._jit["init"] = jax.jit(self._init, in_shardings=(rep, rep), out_shardings=state)
+
+    @property
+    def state_sharding(self):
+        """Sharding (a tree prefix) of this estimator's state under ``placement``."""
+        pl = self.placement
+        return PESState(pl.branches, pl.per_pair) if self.kind == "pes" else ESState(pl.branches)
 
     @property
     def num_tasks(self) -> int:

@@ -43,6 +43,7 @@ from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
+from mulo.parallel import Placement, agree, barrier, is_main_process
 
 THETA_FINAL = "theta_final"
 THETA_EXT = ".msgpack"  # mulo.optimizers.save_theta format (flax msgpack)
@@ -70,7 +71,7 @@ def _key(seed: int, *path: int) -> jax.Array:
 class MetaTrainer:
     """Estimators, outer optimizer and the jitted outer update for ``tasks`` and ``lo`` under ``cfg``."""
 
-    def __init__(self, cfg, tasks: Sequence[Any], lo: Any):
+    def __init__(self, cfg, tasks: Sequence[Any], lo: Any, placement: Placement | None = None):
         if cfg.trunc_length % cfg.steps_per_jit:
             raise ConfigError(f"steps_per_jit={cfg.steps_per_jit} must divide trunc_length={cfg.trunc_length}")
         self.cfg = cfg
@@ -79,15 +80,19 @@ class MetaTrainer:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"duplicate task in --task {','.join(names)}")
+        self.placement = placement or Placement.from_config(cfg)
+        self.placement.check(cfg.num_tasks, cfg.local_batch_size)
         schedule = TruncationSchedule.from_config(cfg)
         donate = jax.default_backend() != "cpu"
         self.estimators = [
-            TruncatedEstimator(TruncatedUnroll(t, lo, schedule, cfg.num_tasks, cfg.meta_loss_split),
+            TruncatedEstimator(TruncatedUnroll(t, lo, schedule, cfg.num_tasks, cfg.meta_loss_split,
+                                               use_bf16=cfg.use_bf16),
                                kind=cfg.gradient_estimator, std=cfg.pes_std, trunc_length=cfg.trunc_length,
-                               steps_per_jit=cfg.steps_per_jit, donate=donate)
+                               steps_per_jit=cfg.steps_per_jit, donate=donate, placement=self.placement)
             for t in self.tasks]
         self.tx, self.lr_fn = outer.from_config(cfg)
-        self._outer = jax.jit(self._outer_update)
+        rep = self.placement.replicated
+        self._outer = jax.jit(self._outer_update, out_shardings=rep)
 
     # ---- state --------------------------------------------------------------------------------------------------
 
@@ -98,11 +103,20 @@ class MetaTrainer:
         state = TrainState(jnp.zeros((), jnp.int32), theta, self.tx.init(theta), ests, jnp.zeros((), jnp.int32))
         return self.place(state)
 
-    @staticmethod
-    def place(state: TrainState) -> TrainState:
-        """Commit every array to the first local device, so that fresh, restored and jit-produced states share one
+    def state_shardings(self, state: TrainState) -> TrainState:
+        """The sharding of every leaf of ``state`` (decided by ``mulo.parallel.Placement``): estimator states split
+        over the pairs axis, everything else replicated."""
+        rep = self.placement.replicated
+        full = lambda tree, sharding: jax.tree.map(lambda _: sharding, tree)  # noqa: E731
+        ests = tuple(jax.tree.map(lambda sharding, sub: full(sub, sharding), e.state_sharding, st,
+                                  is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+                     for e, st in zip(self.estimators, state.estimators))
+        return TrainState(rep, full(state.theta, rep), full(state.opt_state, rep), ests, rep)
+
+    def place(self, state: TrainState) -> TrainState:
+        """Place every array as ``state_shardings`` says, so that fresh, restored and jit-produced states share one
         sharding and the jitted steps compile once."""
-        return jax.device_put(state, jax.local_devices()[0])
+        return self.placement.put(state, self.state_shardings(state))
 
     def identity(self) -> dict:
         cfg = self.cfg
@@ -112,26 +126,35 @@ class MetaTrainer:
                 "pes_std", "local_batch_size", "meta_loss_split", "truncation_schedule",
                 "truncation_schedule_min_length", "num_inner_steps", "random_initial_iteration_offset")
         return {**{k: cfg[k] for k in keys}, "lo": getattr(self.lo, "name", type(self.lo).__name__),
-                "lo_hparams": hp}
+                "lo_hparams": hp, "num_processes": jax.process_count()}
 
     # ---- data ---------------------------------------------------------------------------------------------------
 
-    def host_stream(self, j: int, start_step: int) -> Iterator[dict]:
-        """Chunks {split: {"x", "y"}} of shape (S, N, B, ...) for task j, from outer step ``start_step`` on."""
+    @property
+    def chunk_shape(self) -> tuple[int, int, int]:
+        return (self.cfg.steps_per_jit, self.cfg.num_tasks, self.cfg.local_batch_size)
+
+    def host_stream(self, j: int, start_step: int, part: tuple[slice, ...] | None = None) -> Iterator[dict]:
+        """Chunks {split: {"x", "y"}} of shape (S, N, B, ...) for task j, from outer step ``start_step`` on; only
+        the block ``part`` of each (this process's devices' share) when given."""
         cfg, est = self.cfg, self.estimators[j]
-        shape = (cfg.steps_per_jit, cfg.num_tasks, cfg.local_batch_size)
         splits = est.unroll.data_splits
         dataset = self.tasks[j].dataset
         for step in itertools.count(start_step):
             seed = data_seed(cfg.seed, j, step)
-            its = {sp: dataset.batches(sp, shape, seed) for sp in splits}
+            kw = {} if part is None else {"part": part}  # the whole chunk: any dataset with batches(split, shape, seed)
+            its = {sp: dataset.batches(sp, self.chunk_shape, seed, **kw) for sp in splits}
             for _ in range(est.num_chunks):
                 yield {sp: next(its[sp]) for sp in splits}
 
     def streams(self, start_step: int) -> list:
         from mulo.data.prefetch import DevicePrefetcher
 
-        return [DevicePrefetcher(self.host_stream(j, start_step), size=self.cfg.prefetch_batches, batch_axis=2)
+        part = self.placement.local_block(self.chunk_shape)
+        if part == tuple(slice(0, n) for n in self.chunk_shape):
+            part = None
+        put = self.placement.chunk_putter(self.chunk_shape)
+        return [DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches, put=put)
                 for j in range(len(self.tasks))]
 
     # ---- one outer step -----------------------------------------------------------------------------------------
@@ -153,7 +176,8 @@ class MetaTrainer:
         lr = self.lr_fn(s - int(state.skipped))  # the schedule counts applied updates
         theta, opt_state, skipped, norm, finite = self._outer(state.theta, state.opt_state, tuple(grads),
                                                               state.skipped)
-        new_state = TrainState(jnp.asarray(s + 1, jnp.int32), theta, opt_state, tuple(new_ests), skipped)
+        step = self.placement.put(np.asarray(s + 1, np.int32), self.placement.replicated)
+        new_state = TrainState(step, theta, opt_state, tuple(new_ests), skipped)
         per_task = jax.device_get(per_task)
         metrics: dict[str, Any] = {}
         for task, m in zip(self.tasks, per_task):
@@ -215,15 +239,17 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after: int | None = None,
-          on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True) -> dict:
+          on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True,
+          placement: Placement | None = None) -> dict:
     """Meta-train in ``run_dir``; returns a summary dict (final step, θ file, whether it was interrupted).
 
     ``stop_after``: behave as if interrupted after that many outer steps (tests). ``on_step(step, metrics)`` is called
-    after every step (the SIGTERM test uses it to signal readiness)."""
+    after every step (the SIGTERM test uses it to signal readiness). ``placement``: the device mesh (default: every
+    device, as the config's ``data_parallel`` says)."""
     from mulo.runlog import RunLogger
 
     run_dir = Path(run_dir)
-    trainer = MetaTrainer(cfg, tasks, lo)
+    trainer = MetaTrainer(cfg, tasks, lo, placement)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoints_to_keep, trainer.identity())
     latest = ckpt.latest_step()
     if latest is not None:
@@ -231,11 +257,13 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
             raise CheckpointError(f"{run_dir} already has meta-training checkpoints (latest step {latest}): pass "
                                   f"--auto_resume true to continue that run, or set another name_suffix or output_dir")
         ckpt.check_identity()
+    main = is_main_process()  # process 0 writes metrics, wandb and θ files; every process checkpoints (orbax)
     state = trainer.init_state()
     if latest is not None:
         _, state = ckpt.restore(state)
         state = trainer.place(state)
-        _trim_metrics(run_dir / "metrics.jsonl", int(state.step))
+        if main:
+            _trim_metrics(run_dir / "metrics.jsonl", int(state.step))
     start = int(state.step)
     hp = lo.hparams
     theta_extra = {"run_dir": str(run_dir), "tasks": list(cfg.task), "lo_hparams": asdict(hp) if is_dataclass(hp)
@@ -244,16 +272,18 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
     def save(step_state: TrainState) -> None:
         step = int(step_state.step)
         ckpt.save(step, step_state)
-        _save_theta(run_dir / "theta" / f"theta_step{step}", lo, step_state.theta, {**theta_extra, "step": step})
+        if main:
+            _save_theta(run_dir / "theta" / f"theta_step{step}", lo, step_state.theta, {**theta_extra, "step": step})
 
     interrupted = None
     streams = trainer.streams(start)
-    logger = RunLogger(run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train")
+    logger = (RunLogger(run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train") if main
+              else _NullLogger())
     bar = None
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.num_outer_steps, initial=start, disable=not cfg.progress, desc="meta-train",
+        bar = tqdm(total=cfg.num_outer_steps, initial=start, disable=not (cfg.progress and main), desc="meta-train",
                    dynamic_ncols=True)
         inner_per_step = 2 * cfg.num_tasks * cfg.trunc_length * len(tasks)
         with (_StopFlag() if handle_signals else _NoSignals()) as flag:
@@ -268,11 +298,13 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
                 bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}", skipped=metrics["skipped_steps"])
                 if on_step is not None:
                     on_step(s + 1, metrics)
-                stop = flag.signal is not None or (stop_after is not None and s + 1 >= stop_after)
+                stop = agree(flag.signal is not None) or (stop_after is not None and s + 1 >= stop_after)
                 if (s + 1) % cfg.save_iter == 0 or stop or s + 1 == cfg.num_outer_steps:
                     save(state)
                 if stop:
-                    interrupted = signal.Signals(flag.signal).name if flag.signal is not None else "stop_after"
+                    interrupted = (signal.Signals(flag.signal).name if flag.signal is not None
+                                   else "stop_after" if stop_after is not None and s + 1 >= stop_after
+                                   else "a signal to another process")
                     break
     finally:
         if bar is not None:
@@ -282,10 +314,20 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
         logger.close()
         ckpt.close()
     final = None
-    if interrupted is None:
+    if interrupted is None and main:
         final = _save_theta(run_dir / THETA_FINAL, lo, state.theta, {**theta_extra, "step": int(state.step)})
     return {"step": int(state.step), "theta_file": str(final) if final else None, "interrupted": interrupted,
             "run_dir": str(run_dir), "state": state}
+
+
+class _NullLogger:
+    """What processes other than 0 log to: nothing."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _NoSignals:
