@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
+        runtime.library_dirs()  # before mmengine/yapf, matplotlib, keras or wandb are imported
         args, cfg = parse(argv)
         runtime.apply(cfg)
         return int(_handler(args.command)(cfg, args) or 0)
@@ -122,3 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # an output that became unwritable mid-run (disk full, removed, read-only)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - XLA's out-of-memory error is the user's size, not a bug
+        from mulo.memory import is_out_of_memory, out_of_memory_line
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: {out_of_memory_line(exc)}", file=sys.stderr)
+        return 2

@@ -16,6 +16,38 @@ from typing import Any
 
 MIN_COMPILE_SECONDS = 1.0  # cheaper compilations are not worth a file
 CACHE_ENV = "MULO_COMPILATION_CACHE_DIR"  # wins over the config key (tests point it at a temporary directory)
+CACHE_ROOT = "~/.cache/mulo"
+# Libraries that would write under the home directory (~/.keras, ~/.config/matplotlib, ~/.cache/wandb, ...) are
+# pointed at CACHE_ROOT/<sub> when the variable is unset; a value the user set is kept.
+LIBRARY_DIRS = {"KERAS_HOME": "keras", "MPLCONFIGDIR": "matplotlib", "WANDB_CACHE_DIR": "wandb/cache",
+                "WANDB_CONFIG_DIR": "wandb/config", "WANDB_DATA_DIR": "wandb/data", "WANDB_DIR": "wandb/runs"}
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run")  # what wandb itself accepts in WANDB_MODE
+
+
+def library_dirs(environ: Any = None) -> dict[str, str]:
+    """Set the unset LIBRARY_DIRS variables (before those libraries are imported); returns what was set. Runs write
+    their wandb files into the run directory (``mulo.runlog``); WANDB_DIR only catches what a library writes
+    outside a run."""
+    environ = os.environ if environ is None else environ
+    root = Path(CACHE_ROOT).expanduser()
+    out = {}
+    for var, sub in LIBRARY_DIRS.items():
+        if not environ.get(var):
+            environ[var] = out[var] = str(root / sub)
+    return out
+
+
+def check_environment(environ: Any = None) -> None:
+    """Environment variables mulo reads must hold accepted values (one-line ConfigError)."""
+    from mulo.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    mode = environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"bad value {mode!r} for environment variable WANDB_MODE: expected one of "
+                          f"online, offline, disabled")
+
+
 
 
 def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | None:
@@ -45,6 +77,8 @@ def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | Non
 def apply(cfg: Any) -> None:
     """Apply the config's runtime keys (called once by the CLI before dispatching)."""
     from mulo.config import parse_cli_value
+
+    check_environment()
 
     cache_dir = cfg.compilation_cache_dir
     env = os.environ.get(CACHE_ENV)

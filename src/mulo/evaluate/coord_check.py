@@ -139,8 +139,9 @@ def train_losses(task: Any, optimizer: Any, steps: int, batch_size: int, seed: i
 
 def run(cfg: Any, args: Any = None) -> int:
     """CLI handler of ``coord-check``."""
+    from mulo import preflight
     from mulo.evaluate.meta_test import optimizer_source
-    from mulo.rundir import make_run_dir
+    from mulo.rundir import claim, run_dir_path, write_config
     from mulo.tasks import TaskSettings, get_tasks, with_width
 
     if len(cfg.task) != 1:
@@ -151,7 +152,17 @@ def run(cfg: Any, args: Any = None) -> int:
     names = [with_width(cfg.task[0], w, d_head=settings.d_head) for w in widths]
     tasks = get_tasks(names, settings)
     source = optimizer_source(cfg)  # hand-designed from the config; learned from --checkpoint/--wandb_checkpoint_id
-    run_dir = make_run_dir(cfg, "coord-check")
+    run_dir = run_dir_path(cfg, "coord-check")
+    preflight.check_data(tasks[:1], ["train"])
+    preflight.check_loops(cfg, tasks, source.make, "coord-check", batch_size=cfg.local_batch_size,
+                          steps_per_jit=1)
+    with claim(run_dir, "coord-check"):
+        write_config(run_dir, cfg)
+        return _run(cfg, tasks, widths, source, run_dir)
+
+
+def _run(cfg: Any, tasks: Any, widths: list[int], source: Any, run_dir: Path) -> int:
+    """Record, plot and print the coordinate check into ``run_dir``."""
     records = coord_data(tasks, source.make, steps=cfg.coord_steps,
                          batch_size=cfg.local_batch_size, seed=cfg.seed)
     result = {"task": cfg.task[0], "optimizer": cfg.optimizer, "optimizer_info": source.info,

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 
 from mulo.config import SCHEMA, Config
 from mulo.errors import ConfigError, MuloError
-from mulo.evaluate.meta_test import HAND_DESIGNED, LoopSettings, TrainLoop, _jsonable, build_tasks
+from mulo.evaluate.meta_test import (HAND_DESIGNED, LoopSettings, TrainLoop, _jsonable, build_tasks, final_loss_text,
+                                     run_summary)
 from mulo.io import atomic_write_json, atomic_write_text
 
 METHODS = ("grid", "tpe", "random")
@@ -129,6 +130,29 @@ def storage_url(cfg: Config, run_dir: Path) -> str:
     return cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
+def check_storage(url: str | None) -> None:
+    """A ``--storage`` URL must parse and name an installed database driver, and a SQLite file must be creatable;
+    checked at once, before anything is created (a malformed URL used to be retried for ~9 s)."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except ImportError as exc:
+        raise ConfigError(f"cannot open Optuna storage {url!r}: missing database driver ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError, NoSuchModuleError, ValueError ...
+        msg = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"bad value {url!r} for config key 'storage': expected a database URL such as "
+                          f"sqlite:////path/study.db or postgresql://user@host/db ({type(exc).__name__}: {msg})"
+                          ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        from mulo.rundir import check_writable
+
+        check_writable(Path(parsed.database).expanduser().parent, "the storage's SQLite folder")
+
+
 def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
     """Create or load the study (several workers may race to create it)."""
     import optuna
@@ -148,6 +172,9 @@ def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
         except ImportError as exc:
             raise ConfigError(f"cannot open Optuna storage {url!r}: missing database driver ({exc})") from None
         except Exception as exc:  # races between workers creating tables, a bad URL, an unreachable server
+            if type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):  # malformed: retrying cannot help
+                last = exc
+                break
             last = exc
             time.sleep(0.5 * (i + 1))
     msg = " ".join(str(last).split())[:200]
@@ -258,8 +285,8 @@ def run_trial(cfg: Config, params: Mapping[str, Any], trial_dir: Path, group: st
     finally:
         logger.close()
     objective = result.tail_mean(cfg.sweep_objective_frac)
-    summary = {**result.summary(), "params": dict(params), "objective": objective,
-               "objective_def": f"mean train loss over the last {cfg.sweep_objective_frac:g} of the steps"}
+    summary = {**run_summary(result, cfg.sweep_objective_frac), "params": dict(params), "objective": objective,
+               "objective_def": final_loss_text(cfg.sweep_objective_frac)}
     atomic_write_json(trial_dir / "summary.json", _jsonable(summary))
     return summary
 
@@ -322,25 +349,38 @@ def write_results(study: Any, cfg: Config, run_dir: Path, base_config: str | Non
 # the command
 
 
-def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None = None,
-              study_name: str | None = None, max_trials_here: int | None = None) -> dict | None:
-    """Run (or join, or resume) the sweep; return the best trial (dict) once this worker stops.
-
-    ``max_trials_here`` limits the trials this call runs (tests use it to stop a worker early)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def check_sweep(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """(method, space) after every check that needs no file: optimizer, one task (its name), the search space, the
+    trial budget, the storage URL."""
     if cfg.optimizer not in HAND_DESIGNED:
         raise ConfigError(f"sweeps tune hand-designed optimizers ({', '.join(HAND_DESIGNED)}), not "
                           f"{cfg.optimizer!r}")
     if len(cfg.task) != 1:
         raise ConfigError(f"a sweep trains one task, got {len(cfg.task)}: {','.join(cfg.task)}")
     method, space = parse_sweep_config(cfg)
-    build_tasks(cfg)  # validates the task name (and its data) before any trial
+    build_tasks(cfg)  # validates the task name before any trial
     if method != "grid" and cfg.sweep_trials is None:
         raise ConfigError(f"a {method} sweep needs a trial budget: set sweep_trials")
+    check_storage(cfg.storage)
+    return method, space
+
+
+def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None = None,
+              study_name: str | None = None, max_trials_here: int | None = None,
+              on_ready: Any = None) -> dict | None:
+    """Run (or join, or resume) the sweep; return the best trial (dict) once this worker stops.
+
+    ``max_trials_here`` limits the trials this call runs (tests use it to stop a worker early); ``on_ready()`` is
+    called once the study is open and its settings match, before the first trial (the CLI writes config.py then).
+    Each trial's directory is locked while the trial writes it."""
+    from mulo.rundir import claim
+
+    import optuna
+    from optuna.trial import TrialState
+
+    run_dir = Path(run_dir)
+    method, space = check_sweep(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     budget = _Budget(cfg.sweep_trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial outcomes are printed by us; no tracebacks
     name = study_name or cfg.study_name or run_dir.name
@@ -348,6 +388,8 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     sampler = make_sampler(method, space, cfg.seed)
     study = open_study(url, name, sampler)
     check_study_settings(study, cfg)
+    if on_ready is not None:
+        on_ready()
     requeued = requeue_dead_trials(study)
     if requeued:
         print(f"[sweep] re-queued trials {requeued} whose worker stopped before finishing them")
@@ -379,7 +421,8 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
         trial_name = f"trial{trial.number:04d}"
         print(f"[sweep] {trial_name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
         try:
-            summary = run_trial(cfg, params, run_dir / "trials" / trial_name, group=name, name=trial_name)
+            with claim(run_dir / "trials" / trial_name, f"sweep {trial_name}") as trial_dir:
+                summary = run_trial(cfg, params, trial_dir, group=name, name=trial_name)
         except (MuloError, KeyboardInterrupt) as exc:
             trial.set_user_attr("aborted", True)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
@@ -406,11 +449,52 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     return write_results(study, cfg, run_dir, base_config)
 
 
-def main(cfg: Config, args: Any = None) -> int:
-    """``sweep`` command handler."""
-    from mulo.rundir import make_run_dir, run_name
+STUDY_RECORD = "study.json"
+SETUP_WAIT_S = 60  # workers started together take turns at the run directory's lock while they set up
 
-    run_dir = make_run_dir(cfg, "sweep")
+
+def claim_study(run_dir: Path, url: str, name: str) -> None:
+    """A sweep's run directory belongs to one study: record it on first use (``study.json``); a sweep of another
+    study (other storage or name) aimed at the same directory stops. Workers of the same study share it."""
+    import json
+
+    from mulo.rundir import OutputError
+
+    mine = {"storage": url, "study_name": name}
+    path = run_dir / STUDY_RECORD
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            theirs = None
+        if isinstance(theirs, dict) and {k: theirs.get(k) for k in mine} != mine:
+            raise ConfigError(f"run directory {run_dir} holds the sweep study {theirs.get('study_name')!r} in "
+                              f"{theirs.get('storage')!r}, not {name!r} in {url!r}: use the same --storage and "
+                              f"--study_name to join it, or another name_suffix or output_dir")
+        if isinstance(theirs, dict):
+            return
+    try:
+        atomic_write_json(path, mine)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def main(cfg: Config, args: Any = None) -> int:
+    """``sweep`` command handler. Everything that needs no file is checked first (sweep config, task name, storage
+    URL, run name and output_dir, data, memory of a trial); nothing is created when a check fails."""
+    from mulo import preflight, startup
+    from mulo.optimizers import build_optimizer
+    from mulo.rundir import claim, run_dir_path, run_name, write_config
+
+    run_dir = run_dir_path(cfg, "sweep")
+    check_sweep(cfg)
+    tasks = build_tasks(cfg)
+    preflight.check_data(tasks, ["train"] + ([] if cfg.skip_test else ["test"]))
+    preflight.check_loops(cfg, tasks, lambda t: build_optimizer(cfg, t), "a sweep trial")
+    name = cfg.study_name or run_name(cfg, "sweep")
+    with claim(run_dir, "sweep setup", wait=SETUP_WAIT_S):
+        claim_study(run_dir, storage_url(cfg, run_dir), name)
     base = getattr(args, "config", None)
-    run_sweep(cfg, run_dir, base_config=base, study_name=cfg.study_name or run_name(cfg, "sweep"))
+    startup.announce("sweep", cfg, run_dir, runs_under="trials/trial<k>")
+    run_sweep(cfg, run_dir, base_config=base, study_name=name, on_ready=lambda: write_config(run_dir, cfg))
     return 0
