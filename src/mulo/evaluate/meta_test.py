@@ -549,7 +549,8 @@ def _reusable(path: Path, ident: dict) -> dict | None:
 
 
 def _move_aside(path: Path) -> None:
-    """An unfinished or different earlier run in ``path`` is kept, renamed, rather than deleted or appended to."""
+    """An unfinished or different earlier run in ``path`` is kept, renamed, rather than deleted or appended to. Only
+    called by the process that holds the run directory's lock, so the run moved aside has no live writer."""
     if path.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = path.with_name(f"{path.name}.old-{stamp}")
@@ -632,8 +633,13 @@ def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
 
 
 def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = None) -> int:
-    """``meta-test`` command handler (``api_factory``: the wandb API, default ``wandb_api``)."""
-    from mulo.rundir import make_run_dir, run_name, theta_label
+    """``meta-test`` command handler (``api_factory``: the wandb API, default ``wandb_api``).
+
+    Everything is checked before the run directory is created: task names, the optimizer and its checkpoint, the
+    run name and output_dir, the data, the memory a training step needs. The run directory is then locked for the
+    whole run (``mulo.rundir.claim``), so a second meta-test aimed at it stops instead of interleaving."""
+    from mulo import preflight
+    from mulo.rundir import claim, run_dir_path, run_name, theta_label, write_config
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
     download = None
@@ -648,13 +654,17 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
                       f"{key}={fixed[key]}")
         cfg = fixed
     theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
-    run_dir = make_run_dir(cfg, "meta-test", theta)
-    print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
-          f"steps -> {run_dir}")
-    if source.info.get("checkpoint"):
-        print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
-              f"{source.info.get('hparams')}")
-    summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test", theta))
+    run_dir = run_dir_path(cfg, "meta-test", theta)
+    preflight.check_data(tasks, ["train"] + ([] if cfg.skip_test else ["test"]))
+    preflight.check_loops(cfg, tasks, source.make, "meta-test")
+    with claim(run_dir, "meta-test"):
+        write_config(run_dir, cfg)
+        print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
+              f"steps -> {run_dir}")
+        if source.info.get("checkpoint"):
+            print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
+                  f"{source.info.get('hparams')}")
+        summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test", theta))
     n_div = sum(bool(s["diverged"]) for s in summaries)
     print(f"[meta-test] done: {len(summaries)} runs ({n_div} diverged); results in {run_dir}; "
           f"figures: python src/main.py report {run_dir}")
