@@ -340,18 +340,53 @@ class _NoSignals:
         return False
 
 
-def run(cfg, args=None) -> int:
-    """CLI handler of ``meta-train``."""
-    import sys
+def _check_resume(cfg, tasks: Sequence[Any], lo: Any, run_dir: Path) -> None:
+    """Existing checkpoints in ``run_dir`` are continued only with --auto_resume and a matching identity: checked
+    before config.py is written (train() checks it too, but a refused rerun must not rewrite the run's config)."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return
+    ckpt = Checkpointer(ckpt_dir, cfg.checkpoints_to_keep, MetaTrainer(cfg, tasks, lo).identity())
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return
+        if not cfg.auto_resume:
+            raise CheckpointError(f"{run_dir} already has meta-training checkpoints (latest step {latest}): pass "
+                                  f"--auto_resume true to continue that run, or set another name_suffix or output_dir")
+        ckpt.check_identity()
+    finally:
+        ckpt.close()
 
+
+def run(cfg, args=None) -> int:
+    """CLI handler of ``meta-train``. Everything is checked before the run directory is created or anything is
+    compiled (tasks, LO, outer schedule, run name and output_dir, data, memory of a step); then, holding the run
+    directory's lock (``mulo.rundir.claim``), whether existing checkpoints may be continued. config.py is written
+    only for a run that starts or continues."""
+    import sys
+    from contextlib import nullcontext
+
+    from mulo import preflight
+    from mulo.memory import check_fits
     from mulo.optimizers import build_learned
-    from mulo.rundir import make_run_dir
+    from mulo.rundir import claim, run_dir_path, write_config
     from mulo.tasks import TaskSettings, get_tasks
 
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
     lo = build_learned(cfg)
-    run_dir = make_run_dir(cfg, "meta-train")
-    result = train(cfg, tasks, lo, run_dir)
+    outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
+    run_dir = run_dir_path(cfg, "meta-train")
+    splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
+    preflight.check_data(tasks, splits)
+    check_fits(preflight.meta_train_footprint(cfg, tasks, lo, splits), "meta-train")
+    main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
+    with claim(run_dir, "meta-train") if main else nullcontext():
+        if main:
+            _check_resume(cfg, tasks, lo, run_dir)
+            write_config(run_dir, cfg)
+        barrier("mulo-run-dir")
+        result = train(cfg, tasks, lo, run_dir)
     if result["interrupted"]:
         print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
               f"{run_dir / 'checkpoints'}; continue with --auto_resume true", file=sys.stderr)
