@@ -492,12 +492,35 @@ def _read_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         cfg = MMConfig.fromfile(str(path))
+        _check_imports(path)
     except ConfigError:
         raise
-    except Exception as exc:  # mmengine raises many kinds (SyntaxError, FileNotFoundError, KeyError, ...)
-        msg = " ".join(str(exc).split())
+    except (Exception, SystemExit) as exc:  # mmengine raises many kinds (SyntaxError, FileNotFoundError, ...)
+        msg = _clip(" ".join(str(exc).split()), 300)
         raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {msg}") from None
     return _to_plain(cfg.to_dict())
+
+
+def _check_imports(path: Path) -> None:
+    """MMEngine reads a config without ``_base_`` with lazy imports, so ``import nonexistent`` passed silently: every
+    top-level import of the file must name an importable module."""
+    import importlib.util
+
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ConfigError(f"cannot read config file {path}: line {node.lineno}: no module named {name!r}")
 
 
 def load_config(path: str | os.PathLike | None, cli: Mapping[str, Any] | None = None,
