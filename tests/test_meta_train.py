@@ -73,7 +73,7 @@ def test_interrupt_and_resume_is_bit_exact(tmp_path):
     assert sorted(p.name for p in (tmp_path / "resumed" / "theta").iterdir())[0].startswith("theta_step")
 
 
-def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tmp_path):
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tmp_path, capsys):
     cfg = _cfg(num_outer_steps=4, checkpoints_to_keep=3)
     train(cfg, _tasks()[:1], ToyLO(), tmp_path, handle_signals=False)
     ckpt = tmp_path / "checkpoints"
@@ -82,13 +82,20 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tm
     for f in (ckpt / "4").rglob("*"):  # corrupt every data file of the newest checkpoint
         if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name and f.suffix != ".txt":
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot (restore|read)"):
-        train(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
-              handle_signals=False)
-    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4]
     template = MetaTrainer(cfg, _tasks()[:1], ToyLO()).init_state()
     step, state = Checkpointer(ckpt, 3, MetaTrainer(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 2)
     assert step == 2 and int(state.step) == 2
+    with pytest.raises(CheckpointError, match="corrupt"):  # asked for by step: no fallback
+        Checkpointer(ckpt, 3, MetaTrainer(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 4)
+    # --auto_resume falls back to the newest loadable checkpoint, says so in one line, keeps the corrupt one aside
+    capsys.readouterr()
+    result = train(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
+                   handle_signals=False)
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "resuming from step 2" in warning[0] and "/4 is corrupt" in warning[0]
+    assert result["step"] == 6 and [p.name[:10] for p in ckpt.iterdir() if p.name.startswith("corrupt")] == \
+        ["corrupt-4-"]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]  # 3-4 redone once
 
 
 def test_nonfinite_meta_gradient_is_skipped_and_counted(tmp_path):

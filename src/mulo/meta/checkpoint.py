@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +27,23 @@ import jax
 
 from mulo.errors import CheckpointError
 from mulo.io import atomic_write_json, atomic_write_text
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose files cannot be read (an older one may still be)."""
+
+
+@contextmanager
+def _quiet_absl():
+    """orbax logs its failures through absl as WARNING/ERROR lines; the CheckpointError says it in one line."""
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -107,19 +127,53 @@ class Checkpointer:
             atomic_write_text(self.directory / "latest", f"{int(step)}\n")
 
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
-        """(step, state) of ``step`` (default: the latest), shaped like ``template``."""
+        """(step, state) of ``step``, shaped like ``template``. Without ``step``: the newest *loadable* checkpoint;
+        newer ones that are corrupt or incomplete are said in one warning line each and moved aside
+        (``corrupt-<step>-<time>``, never deleted), so the run continues from the one before and later saves do not
+        collide with them. A checkpoint of another run (arrays of other shapes) is an error, not a fallback."""
         self.check_identity()
-        step = self.latest_step() if step is None else int(step)
-        if step is None:
+        if step is not None:
+            return int(step), self._restore_step(template, int(step))
+        steps = self.steps()
+        if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        first: CorruptCheckpoint | None = None
+        for s in reversed(steps):
+            try:
+                state = self._restore_step(template, s)
+            except CorruptCheckpoint as exc:
+                first = first or exc
+                continue
+            if first is not None:
+                newer = [t for t in steps if t > s]
+                print(f"warning: {first}; resuming from step {s}, the newest loadable checkpoint (the corrupt "
+                      f"{'ones are' if len(newer) > 1 else 'one is'} kept as corrupt-<step>-<time>)", file=sys.stderr)
+                self._move_aside(newer)
+            return s, state
+        raise CheckpointError(f"no loadable checkpoint in {self.directory} (all {len(steps)} corrupt; newest: "
+                              f"{first})")
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if jax.process_index() != 0:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for s in steps:
+            src = self.directory / str(s)
+            if src.exists():
+                os.replace(src, self.directory / f"corrupt-{s}-{stamp}")
+        self._manager.reload()
+
+    def _restore_step(self, template: Any, step: int) -> Any:
         packed = _pack(template)
         where = self.directory / str(step)
         try:
-            stored = self._manager.item_metadata(step)
+            with _quiet_absl():
+                stored = self._manager.item_metadata(step)
             stored = dict(getattr(stored, "tree", stored) or {})
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot read checkpoint {where} (corrupt or incomplete; older checkpoints are "
-                                  f"kept): {_one_line(exc)}") from None
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {_one_line(exc)}") from None
+        if packed and not stored:  # the array metadata is gone: a damaged checkpoint, not another run's
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: its array metadata is missing")
         bad = [k for k in set(stored) | set(packed) if k not in stored or k not in packed
                or tuple(getattr(stored[k], "shape", ())) != tuple(packed[k].shape)]
         if bad:
@@ -128,11 +182,11 @@ class Checkpointer:
         abstract = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
                     for k, x in packed.items()}  # restored straight into the template's (sharded) layout
         try:
-            restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+            with _quiet_absl():
+                restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot restore checkpoint {where} (corrupt or from another run; older "
-                                  f"checkpoints are kept): {_one_line(exc)}") from None
-        return step, _unpack(template, restored)
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {_one_line(exc)}") from None
+        return _unpack(template, restored)
 
     def close(self) -> None:
         self._manager.close()
