@@ -1,7 +1,8 @@
 """One small logger for every command: metrics.jsonl always, wandb too unless it is disabled.
 
 ``wandb_mode`` comes from the config (offline by default); the ``WANDB_MODE`` environment variable wins, so CI and
-tests can turn wandb off without touching configs.
+tests can turn wandb off without touching configs. wandb itself prints nothing (``silent``): a command prints one line
+saying where its runs go (``mulo.startup.wandb_line``), not ~20 lines per seed or trial.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class RunLogger:
             self._wandb_run = wandb.init(
                 project=cfg.wandb_project, entity=cfg.wandb_entity, group=group, name=name, job_type=job_type,
                 mode=mode, dir=str(self.run_dir), config={**cfg.to_dict(), **(extra_config or {})},
-                id=resume_id, resume="allow" if resume_id else None, reinit="create_new")
+                id=resume_id, resume="allow" if resume_id else None, reinit="create_new",
+                settings=wandb.Settings(silent=True))  # the command says once where its runs go (mulo.startup)
 
     @property
     def wandb_run(self):

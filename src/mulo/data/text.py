@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from mulo.data.sampling import check_split, num_items, split_rng
+from mulo.data.tf_env import import_seqio, import_tf, import_tfds
 from mulo.errors import DataError
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped with the package (see assets/README.md)
@@ -57,7 +58,7 @@ class TinyShakespeare:
                 if not self.path.is_file():
                     raise DataError(f"Tiny Shakespeare not found at {self.path}: download {TINYSHAKESPEARE_URL} "
                                     f"there or set tinyshakespeare_path")
-                import seqio
+                seqio = import_seqio()
 
                 text = self.path.read_text(encoding="utf-8")
                 vocab = seqio.ByteVocabulary()
@@ -142,7 +143,7 @@ class LM1B:
             raise DataError(f"{self.name} needs a SentencePiece model: set vocab_path (the reference used "
                             f"{T5_VOCAB_URL}, 32k pieces)")
         if self._vocab is None:
-            import seqio
+            seqio = import_seqio()
 
             self._vocab = seqio.SentencePieceVocabulary(str(self.vocab_path), extra_ids=LM1B_EXTRA_IDS)
         return self._vocab
@@ -150,8 +151,7 @@ class LM1B:
     def _dataset(self, split: str, seed: int | None):
         check_split(self.name, split)
         vocab = self.vocabulary()
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        tf, tfds = import_tf(), import_tfds()
 
         read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
         try:
@@ -172,8 +172,7 @@ class LM1B:
         return ds, tokenize
 
     def batches(self, split: str, shape: tuple[int, ...], seed: int) -> Iterator[dict]:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        tf, tfds = import_tf(), import_tfds()
 
         shape = tuple(int(s) for s in shape)
         count = num_items(shape)
@@ -188,8 +187,7 @@ class LM1B:
                    "y": tokens[:, 1:].reshape(shape + (self.seq_len,))}
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[dict]:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        tf, tfds = import_tf(), import_tfds()
 
         ds, tokenize = self._dataset(split, None)
         if max_examples is not None:

@@ -367,7 +367,7 @@ def run(cfg, args=None) -> int:
     import sys
     from contextlib import nullcontext
 
-    from mulo import preflight
+    from mulo import preflight, startup
     from mulo.memory import check_fits
     from mulo.optimizers import build_learned
     from mulo.rundir import claim, run_dir_path, write_config
@@ -386,6 +386,9 @@ def run(cfg, args=None) -> int:
             _check_resume(cfg, tasks, lo, run_dir)
             write_config(run_dir, cfg)
         barrier("mulo-run-dir")
+        if main:
+            startup.announce("meta-train", cfg, run_dir)
+            print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
         result = train(cfg, tasks, lo, run_dir)
     if result["interrupted"]:
         print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
