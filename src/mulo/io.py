@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -65,14 +66,40 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Every complete JSON line of a metrics file; an incomplete last line (a crash mid-write) is skipped."""
+def read_jsonl(path: str | os.PathLike, bad: list[int] | None = None) -> list[dict]:
+    """Every complete JSON object line of a metrics file. An incomplete last line (a crash mid-write) is skipped;
+    so is a damaged line anywhere (not JSON, not an object, not UTF-8), whose 1-based number is appended to ``bad``
+    when given, so the caller can warn."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+            try:
+                line = raw.decode("utf-8").strip()
+                record = json.loads(line) if line else None
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError
+                record = False
+            if record is None:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+            elif bad is not None:
+                bad.append(number)
     return out
+
+
+@contextmanager
+def private_tempdir(prefix: str = "mulo-") -> Iterator[Path]:
+    """Point ``tempfile`` at a fresh directory for the duration of the block and remove it afterwards, for library
+    calls that leave temporary directories behind (TFDS's dataset-info download leaves an empty one per call)."""
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    old = tempfile.tempdir
+    tempfile.tempdir = str(path)
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = old
+        shutil.rmtree(path, ignore_errors=True)

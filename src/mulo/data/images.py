@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,6 +23,7 @@ import numpy as np
 
 from mulo.data.sampling import check_split, epoch_indices, num_items, split_rng
 from mulo.errors import DataError
+from mulo.io import private_tempdir
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TRAIN_FRACTION = 0.8
@@ -69,8 +71,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array (MNIST format: magic 0 0 dtype ndim, big-endian
     int32 dims, then the data)."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: {_one_line(exc)}): download it again; "
+                        f"{IMAGE_SOURCES['fashionmnist-28x28x1'].how_to_get}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
@@ -126,17 +132,15 @@ def _one_line(exc: BaseException) -> str:
 def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: bool, how_to_get: str,
                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """A whole TFDS image split as (uint8 NHWC, int32 labels), filled chunk by chunk (no float copy)."""
+    import tensorflow_datasets as tfds
     from absl import logging as absl_logging
-
-    from mulo.data.tf_env import import_tfds
-
-    tfds = import_tfds()
 
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # a missing dataset is reported as one line below, not as warnings
     try:
-        ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True,
-                       shuffle_files=False)
+        with private_tempdir("mulo-tfds-"):  # TFDS leaves an empty temporary directory per dataset-info lookup
+            ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True,
+                           shuffle_files=False)
     except Exception as exc:  # tfds raises AssertionError / DatasetNotFoundError / FileNotFoundError ...
         where = data_dir or "the TFDS default data_dir"
         raise DataError(f"TFDS dataset {tfds_name} ({split}) not available in {where}: {how_to_get} "

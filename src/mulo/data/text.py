@@ -24,6 +24,7 @@ import numpy as np
 from mulo.data.sampling import check_split, num_items, split_rng
 from mulo.data.tf_env import import_seqio, import_tf, import_tfds
 from mulo.errors import DataError
+from mulo.io import private_tempdir
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped with the package (see assets/README.md)
 DEFAULT_TINYSHAKESPEARE = ASSETS / "tinyshakespeare" / "input.txt"
@@ -60,7 +61,13 @@ class TinyShakespeare:
                                     f"there or set tinyshakespeare_path")
                 seqio = import_seqio()
 
-                text = self.path.read_text(encoding="utf-8")
+                try:
+                    text = self.path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{self.path} is not a UTF-8 text file (byte {exc.start} cannot be decoded): "
+                                    f"set tinyshakespeare_path to Tiny Shakespeare's input.txt") from None
+                except OSError as exc:
+                    raise DataError(f"cannot read {self.path}: {exc.strerror or exc}") from None
                 vocab = seqio.ByteVocabulary()
                 assert vocab.vocab_size == self.vocab_size
                 self._tokens = np.asarray(vocab.encode(text), np.int32)
@@ -155,8 +162,9 @@ class LM1B:
 
         read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
         try:
-            ds = tfds.load("lm1b", split=self.SPLITS[split], data_dir=self.data_dir, download=self.download,
-                           shuffle_files=seed is not None, read_config=read_config)
+            with private_tempdir("mulo-tfds-"):  # TFDS leaves an empty temporary directory per dataset-info lookup
+                ds = tfds.load("lm1b", split=self.SPLITS[split], data_dir=self.data_dir, download=self.download,
+                               shuffle_files=seed is not None, read_config=read_config)
         except Exception as exc:
             where = self.data_dir or "the TFDS default data_dir"
             msg = " ".join(str(exc).split())[:300]

@@ -97,7 +97,11 @@ def _run_dir_of(path: Path) -> Path:
 def _follow_pointer(pointer: Path) -> Path:
     """A ``latest`` pointer: a step number (meta-train's checkpoints/latest), a path, or a symlink."""
     if pointer.is_symlink():
-        return pointer.resolve()
+        try:
+            return pointer.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link, or one that points to itself (a loop)
+            raise CheckpointError(f"checkpoint pointer {pointer} is a broken symbolic link (missing target or a "
+                                  f"loop): point it at a theta file or pass the run directory") from None
     try:
         text = pointer.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -362,23 +366,6 @@ def tail_mean(losses: Sequence[float], frac: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def final_loss_text(frac: float) -> str:
-    return f"mean train loss over the last {frac:g} of the steps"
-
-
-def run_summary(result: "RunResult", frac: float) -> dict:
-    """What a run's ``summary.json`` holds (meta-test and sweep trials alike). ``final_train_loss`` has one
-    definition everywhere (the printed line, the sweep objective, the report): the mean train loss over the last
-    ``frac`` (``sweep_objective_frac``) of the steps, None for a diverged run; ``last_train_loss`` is the last
-    minibatch's."""
-    out = result.summary()
-    out["last_train_loss"] = out.pop("final_train_loss")
-    out["final_train_loss"] = None if result.diverged else result.tail_mean(frac)
-    out["tail_train_loss"] = result.tail_mean(frac)  # the same, inf for a diverged run (the sweep's objective)
-    out["final_train_loss_def"] = final_loss_text(frac)
-    return out
-
-
 def _chunks(num_steps: int, steps_per_jit: int, eval_steps: set[int]) -> Iterator[tuple[int, int]]:
     """(start, length) segments covering [0, num_steps), at most ``steps_per_jit`` long, that end at every
     evaluation step."""
@@ -582,7 +569,6 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
                    group: str | None = None) -> list[dict]:
     """Train every task for every seed; write metrics, summaries and the manifest; return the summaries."""
     from mulo.runlog import RunLogger
-    from mulo.startup import compiling_line
 
     run_dir = Path(run_dir)
     settings = LoopSettings.from_config(cfg)
@@ -605,20 +591,19 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
             _move_aside(out)
             if loop is None:
                 loop = TrainLoop(task, source.make(task), settings)
-                print(compiling_line("meta-test", task.name), flush=True)
-            logger = RunLogger(out, cfg, group=group, name=f"{task.name}-seed{seed}",
+            logger = RunLogger(out, cfg, group=f"{group}/{task.name}", name=f"{task.name}-seed{seed}",
                                job_type="meta-test", extra_config={"task_name": task.name, "run_seed": seed,
                                                                    "optimizer_info": source.info})
             try:
                 result = loop.run(seed, logger.log, desc=f"{task.name} seed {seed}")
             finally:
                 logger.close()
-            summary = {**run_summary(result, cfg.sweep_objective_frac), "optimizer": source.name,
-                       "settings": _jsonable(ident)}
+            summary = {**result.summary(), "optimizer": source.name, "tail_train_loss":
+                       result.tail_mean(cfg.sweep_objective_frac), "settings": _jsonable(ident)}
             atomic_write_json(out / SUMMARY, _jsonable(summary))
             summaries.append(summary)
             state = "DIVERGED at step %d" % result.diverged_step if result.diverged else \
-                f"final train loss {summary['final_train_loss']:.4f}"
+                f"final train loss {result.final_train_loss:.4f}"
             print(f"[meta-test] {task.name} seed {seed}: {state} ({result.wall_time:.1f}s)")
             manifest["runs"].append({"task": task.name, "seed": seed, "dir": str(out.relative_to(run_dir)),
                                      "diverged": result.diverged})
@@ -657,7 +642,7 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     Everything is checked before the run directory is created: task names, the optimizer and its checkpoint, the
     run name and output_dir, the data, the memory a training step needs. The run directory is then locked for the
     whole run (``mulo.rundir.claim``), so a second meta-test aimed at it stops instead of interleaving."""
-    from mulo import preflight, startup
+    from mulo import preflight
     from mulo.rundir import claim, run_dir_path, run_name, theta_label, write_config
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
@@ -678,7 +663,6 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     preflight.check_loops(cfg, tasks, source.make, "meta-test")
     with claim(run_dir, "meta-test"):
         write_config(run_dir, cfg)
-        startup.announce("meta-test", cfg, run_dir, runs_under="<task>/seed<k>")
         print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
               f"steps -> {run_dir}")
         if source.info.get("checkpoint"):

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,39 @@ def _as_float(v: Any) -> float:
         return math.nan
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _read_summary(path: Path) -> dict | None:
+    """A run's summary.json, or None (with a warning naming the file) when it is damaged."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _warn(f"skipping the run in {path.parent}: {path.name} is damaged ({type(exc).__name__})")
+        return None
+    if not isinstance(summary, dict):
+        _warn(f"skipping the run in {path.parent}: {path.name} is not a JSON object")
+        return None
+    return summary
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """A run's metrics records; damaged lines are skipped with one warning naming the file."""
+    if not path.is_file():
+        return []
+    bad: list[int] = []
+    try:
+        records = read_jsonl(path, bad)
+    except OSError as exc:
+        _warn(f"cannot read {path}: {exc.strerror or exc}; its run has no curve")
+        return []
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        _warn(f"{path}: skipped {len(bad)} damaged line(s) (line {shown})")
+    return [r for r in records if isinstance(r.get("step"), int)]
+
+
 def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
     """Every finished (task, seed) run of the given meta-test run directories."""
     dirs = [Path(d) for d in run_dirs]
@@ -105,9 +139,11 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
         name = None
         if manifest.is_file():
             try:
-                name = json.loads(manifest.read_text(encoding="utf-8")).get("optimizer")
-            except ValueError:
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+                name = data.get("optimizer") if isinstance(data, dict) else None
+            except (OSError, ValueError):
                 name = None
+            name = name if isinstance(name, str) else None
         labels[d] = name or d.name
     counts = defaultdict(int)
     for v in labels.values():
@@ -119,16 +155,23 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
             seed_dir = summary_path.parent
             if not re.fullmatch(r"seed\d+", seed_dir.name):
                 continue  # runs moved aside (seed3.old-...)
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            records = read_jsonl(seed_dir / METRICS) if (seed_dir / METRICS).is_file() else []
+            summary = _read_summary(summary_path)
+            if summary is None:
+                continue
+            records = _read_metrics(seed_dir / METRICS)
             pairs = [(r["step"], _as_float(r["train_loss"])) for r in records if "train_loss" in r]
             steps = np.array([p[0] for p in pairs], dtype=np.int64)
             losses = np.array([p[1] for p in pairs], dtype=np.float64)
             diverged = bool(summary.get("diverged"))
             final = None if diverged or not len(losses) else _tail(losses, frac)
             tests = [_as_float(r["test_loss"]) for r in records if "test_loss" in r]
-            runs.append(Run(label=labels[d], task=summary.get("task", seed_dir.parent.name),
-                            seed=int(summary.get("seed", seed_dir.name[4:])), diverged=diverged,
+            try:
+                seed = int(summary.get("seed", seed_dir.name[4:]))
+            except (TypeError, ValueError):
+                seed = int(seed_dir.name[4:])
+            task = summary.get("task")
+            runs.append(Run(label=labels[d], task=task if isinstance(task, str) else seed_dir.parent.name,
+                            seed=seed, diverged=diverged,
                             diverged_step=summary.get("diverged_step"), steps=steps, train_loss=losses,
                             test_loss=tests[-1] if tests and not diverged else None, final=final))
     if not runs:
