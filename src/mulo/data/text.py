@@ -59,8 +59,6 @@ class TinyShakespeare:
                 if not self.path.is_file():
                     raise DataError(f"Tiny Shakespeare not found at {self.path}: download {TINYSHAKESPEARE_URL} "
                                     f"there or set tinyshakespeare_path")
-                seqio = import_seqio()
-
                 try:
                     text = self.path.read_text(encoding="utf-8")
                 except UnicodeDecodeError as exc:
@@ -68,6 +66,7 @@ class TinyShakespeare:
                                     f"set tinyshakespeare_path to Tiny Shakespeare's input.txt") from None
                 except OSError as exc:
                     raise DataError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+                seqio = import_seqio()
                 vocab = seqio.ByteVocabulary()
                 assert vocab.vocab_size == self.vocab_size
                 self._tokens = np.asarray(vocab.encode(text), np.int32)
