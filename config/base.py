@@ -32,6 +32,7 @@ hidden_size = 32
 adafac_step_mult = None
 adafac_exp_mult = 0.001
 lo_clip_grad = False
+lo_impl = "fused"  # reference | fused | pallas (same function)
 lo_eps_scaling = "none"  # none | fan_in: the LO normaliser's epsilon, 1e-5 or 1e-5/fan_in (stored with theta)
 
 # ---- hand-designed optimizers (meta-test, sweeps)
@@ -95,6 +96,7 @@ progress = True
 # ---- runtime
 compilation_cache_dir = "~/.cache/mulo/jax"
 compilation_cache_max_gb = 4.0
+jax_default_matmul_precision = "float32"  # float32 | tensorfloat32 | bfloat16
 
 # ---- devices and processes (see README "Scaling out")
 data_parallel = 1

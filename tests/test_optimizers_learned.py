@@ -269,11 +269,12 @@ def test_scalar_uses_unfactored_path_like_a_length_one_vector():
 
 def test_build_learned_from_config():
     base = {"hidden_size": 8, "adafac_step_mult": None, "adafac_exp_mult": 0.002, "lo_clip_grad": True,
-            "lo_eps_scaling": "none"}
+            "lo_impl": "reference", "lo_eps_scaling": "none"}
     mu = build_learned({**base, "optimizer": "mup_small_fc_mlp"})
     sp = build_learned({**base, "optimizer": "small_fc_mlp"})
     assert mu.hparams.step_mult == 0.01 and sp.hparams.step_mult == 0.001
     assert mu.hparams.hidden_size == 8 and mu.hparams.exp_mult == 0.002 and mu.hparams.clip_grad
+    assert mu.impl == sp.impl == "reference"
     assert build_learned({**base, "optimizer": "small_fc_mlp", "adafac_step_mult": 0.05}).hparams.step_mult == 0.05
     with pytest.raises(ConfigError):
         build_learned({**base, "optimizer": "adam"})

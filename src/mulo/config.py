@@ -94,6 +94,7 @@ SCHEMA: dict[str, Key] = {
                             optional=True, min=_POS),
     "adafac_exp_mult": Key("float", "LO magnitude exponent multiplier", min=0.0),
     "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
+    "lo_impl": Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel, hidden layer 2 on tensor cores; interpreted on CPU)", choices=("reference", "fused", "pallas")),
     "lo_eps_scaling": Key("str", "epsilon of the LO's per-tensor feature normaliser: none (1e-5 everywhere, the "
                           "reference) or fan_in (1e-5/fan_in for matrices, so it does not swamp the tiny gradients of "
                           "wide hidden layers); stored with theta", choices=("none", "fan_in")),
@@ -136,7 +137,7 @@ SCHEMA: dict[str, Key] = {
     "checkpoint": Key("str", "learned optimizer: run directory, its latest checkpoint, or a theta file",
                       optional=True),
     "wandb_checkpoint_id": Key("str", "learned optimizer from a wandb run: entity/project/run_id", optional=True),
-    "use_bf16": Key("bool", "bf16 compute with float32 master state"),
+    "use_bf16": Key("bool", "meta-train, meta-test, sweeps: the task's forward/backward in bf16; params, the LO's features and all optimizer state stay float32"),
     "test_steps_per_jit": Key("int", "meta-test/sweep: training steps per jitted lax.scan call", min=1),
     "gradient_accumulation_steps": Key("int", "meta-test/sweep: split each batch of local_batch_size into this many "
                                               "micro-batches and average their gradients (same result, less "
@@ -163,6 +164,7 @@ SCHEMA: dict[str, Key] = {
                                         "compiled steps instead of compiling again (None: off; the "
                                         "MULO_COMPILATION_CACHE_DIR environment variable wins)", optional=True),
     "compilation_cache_max_gb": Key("float", "size of that cache, least recently used entries evicted", min=_POS),
+    "jax_default_matmul_precision": Key("str", "precision of float32 matmuls (jax_default_matmul_precision): float32 (exact), tensorfloat32 (TF32 tensor cores on NVIDIA GPUs), bfloat16 (one bf16 pass); never left to the backend's default", choices=("float32", "tensorfloat32", "bfloat16")),
     # devices and processes (mulo.parallel)
     "data_parallel": Key("int", "devices that split each batch (the mesh's batch axis); the other devices split the "
                                 "perturbation pairs (num_tasks must be a multiple of their count)", min=1,

@@ -74,6 +74,14 @@ def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | Non
     return path
 
 
+def set_matmul_precision(name: str) -> None:
+    """Every float32 matmul at the precision the config states (config key jax_default_matmul_precision): exact
+    float32, TF32 or one bf16 pass; never left to the backend's default (TF32 on NVIDIA GPUs)."""
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", name)
+
+
 def apply(cfg: Any) -> None:
     """Apply the config's runtime keys (called once by the CLI before dispatching)."""
     from mulo.config import parse_cli_value
@@ -85,6 +93,7 @@ def apply(cfg: Any) -> None:
     if env is not None:  # read like the command-line option ("none" turns it off); empty also means off
         cache_dir = parse_cli_value("compilation_cache_dir", env) if env.strip() else None
     enable_compilation_cache(cache_dir, cfg.compilation_cache_max_gb)
+    set_matmul_precision(cfg.jax_default_matmul_precision)
     from mulo.parallel import initialize_distributed
 
     initialize_distributed(cfg)  # before anything touches a JAX backend

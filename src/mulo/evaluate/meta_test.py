@@ -266,7 +266,7 @@ def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
                           f"directory, its 'latest' or a theta file) or --wandb_checkpoint_id entity/project/run_id")
     from mulo.optimizers import load_theta
 
-    lo, theta, extra = load_theta(path)
+    lo, theta, extra = load_theta(path, impl=cfg.lo_impl)  # θ brings the hyper-parameters, the config the impl
     if getattr(lo, "name", cfg.optimizer) != cfg.optimizer:
         raise CheckpointError(f"checkpoint {path} holds a {lo.name!r} learned optimizer, but --optimizer is "
                               f"{cfg.optimizer!r}")
@@ -282,24 +282,8 @@ def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
 # bf16
 
 
-def _is_float(x: Any) -> bool:
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Cast the floating-point leaves of ``tree`` to ``dtype``; integer leaves (labels, token ids) stay as they are."""
-    return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
-
-
-def bf16_loss(loss_fn: Callable) -> Callable:
-    """``loss_fn`` computed in bf16 (params and float inputs cast down inside) with a float32 result, so gradients
-    with respect to the float32 master params are float32. Integer labels are never cast (§9.5)."""
-
-    def wrapped(params, batch, *rest):
-        out = loss_fn(cast_floats(params, jnp.bfloat16), cast_floats(batch, jnp.bfloat16), *rest)
-        return jax.tree.map(lambda x: x.astype(jnp.float32), out)
-
-    return wrapped
+# one definition for meta-train and meta-test (mulo.tasks.precision); the names stay importable from here
+from mulo.tasks.precision import bf16_loss, cast_floats  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------------------------------

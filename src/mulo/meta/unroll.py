@@ -10,7 +10,8 @@ One inner step of slot i (reference §4.3):
 * if the slot finished its episode at the previous step (``inner_step >= length``), it is reset: new optimizee params,
   new LO state, a new episode length, ``inner_step = 0``. The step's data is consumed but unused and the step emits
   loss 0 and **mask 0**;
-* otherwise one training step: (ℓ, ∇) = value_and_grad(task.loss)(params, batch), LO update, ``inner_step += 1``,
+* otherwise one training step: (ℓ, ∇) = value_and_grad(task.loss)(params, batch) (in bf16 with ``use_bf16``,
+  ``mulo.tasks.precision``; params, gradients and the LO stay float32), LO update, ``inner_step += 1``,
   mask 1. The meta-loss of the step is ``task.normalizer`` of: ℓ (``meta_loss_split="train"``, the pre-update
   training-batch loss), or the post-update loss on the same batch (``same_data``) or on a meta-valid batch
   (``meta_valid``).
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mulo.meta.truncation import TruncationSchedule
+from mulo.tasks.precision import task_loss
 
 META_LOSS_SPLITS = ("train", "same_data", "meta_valid")
 
@@ -69,6 +71,7 @@ class TruncatedUnroll:
     schedule: TruncationSchedule
     num_tasks: int
     meta_loss_split: str = "train"
+    use_bf16: bool = False  # the task's forward/backward in bf16 (config key use_bf16)
 
     def __post_init__(self):
         if self.meta_loss_split not in META_LOSS_SPLITS:
@@ -96,13 +99,14 @@ class TruncatedUnroll:
         opt = self._opt(theta)
         k_loss, k_upd, k_meta = jax.random.split(key, 3)
         params = opt.params(state.opt_state)
-        loss, grads = jax.value_and_grad(self.task.loss)(params, batch["train"], k_loss)
+        loss_fn = task_loss(self.task.loss, self.use_bf16)
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch["train"], k_loss)
         opt_state = opt.update(state.opt_state, grads, loss, k_upd)
         if self.meta_loss_split == "train":
             meta = loss
         else:
             split = "train" if self.meta_loss_split == "same_data" else "meta_valid"
-            meta = self.task.loss(opt.params(opt_state), batch[split], k_meta)
+            meta = loss_fn(opt.params(opt_state), batch[split], k_meta)
         new = InnerState(opt_state, state.inner_step + 1, state.length)
         return new, self.task.normalizer(meta), loss
 

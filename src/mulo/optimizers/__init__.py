@@ -36,7 +36,7 @@ def build_learned(cfg: Any) -> AdafacMLPLO:
         raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {LEARNED}")
     for key in ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad", "lo_eps_scaling"):
         _get(cfg, key)
-    return AdafacMLPLO(name=name, hparams=hparams_from_config(name, cfg))
+    return AdafacMLPLO(name=name, hparams=hparams_from_config(name, cfg), impl=_get(cfg, "lo_impl"))  # lo_impl
 
 
 def build_optimizer(cfg: Any, task: Any) -> Optimizer:

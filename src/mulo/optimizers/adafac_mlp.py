@@ -370,6 +370,8 @@ def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
 
 
 IMPLEMENTATIONS = {"reference": _dir_mag_reference, "fused": _dir_mag_fused}
+# the config key lo_impl; "pallas" updates each matrix with the kernel of adafac_pallas (other tensors: fused)
+LO_IMPLS = ("reference", "fused", "pallas")
 
 
 # ---------------------------------------------------------------------------------------- the learned optimizer
@@ -381,16 +383,17 @@ class AdafacMLPLO:
 
     name: str
     hparams: AdafacHParams = field(default_factory=AdafacHParams)
-    impl: str = "fused"  # "fused" | "reference": how the per-parameter MLP is computed (same function)
-    # with impl="fused", tensors with fewer elements than this use the reference path: they cost little to run either
-    # way, and each fused tensor adds a large kernel (seconds of compilation)
+    impl: str = "fused"  # one of LO_IMPLS (config key lo_impl): how the per-parameter MLP is computed (same function)
+    # with impl="fused" or "pallas", tensors with fewer elements than this use the reference path: they cost little to
+    # run either way, and each fused tensor adds a large kernel (seconds of compilation)
     fused_min_size: int = 4096
 
     def __post_init__(self):
         if self.name not in LO_NAMES:
             raise ConfigError(f"unknown learned optimizer {self.name!r}; expected one of {LO_NAMES}")
-        if self.impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {tuple(IMPLEMENTATIONS)}, got {self.impl!r}")
+        if self.impl not in LO_IMPLS:
+            raise ConfigError(f"bad value {self.impl!r} for config key 'lo_impl': expected one of "
+                              f"{', '.join(LO_IMPLS)}")
 
     @property
     def uses_mup(self) -> bool:
@@ -419,8 +422,10 @@ class AdafacMLPLO:
         """The inner optimizer for meta-parameters ``theta`` (may be traced). ``update_scales``: pytree of per-tensor
         μP scales shaped like the params (used by the μLO only; None means 1 everywhere)."""
         hp = self.hparams
+        from mulo.optimizers import adafac_pallas  # imports Pallas only when an LO is used
+
         def dir_mag(nn, p, g, acc, t, eps):
-            use_fused = self.impl == "fused" and p.size >= self.fused_min_size
+            use_fused = self.impl != "reference" and p.size >= self.fused_min_size
             return (_dir_mag_fused if use_fused else _dir_mag_reference)(nn, p, g, acc, t, eps)
         scales = update_scales if self.uses_mup else None
 
@@ -448,6 +453,12 @@ class AdafacMLPLO:
                 shape = p.shape
                 p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
                 acc = _update_acc(_Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
+                if (self.impl == "pallas" and p1.size >= self.fused_min_size and adafac_pallas.applies(p1.shape)
+                        and hp.eps_scaling == "none"):  # the kernel has the reference's ε
+                    new_p, new_m, new_v = adafac_pallas.update_matrix(
+                        nn, p1.astype(jnp.float32), g1, _Acc(m, v, row, col, diag), acc, (b_m, b_v, b_f), t, hp, s,
+                        precision=jax.config.jax_default_matmul_precision)
+                    return new_p.astype(p.dtype).reshape(shape), acc._replace(m=new_m, v=new_v)
                 direction, magnitude = dir_mag(nn, p1, g1, acc, t, norm_eps(shape, hp.eps_scaling))
                 step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult
                 new_p = (p1 - step * s).astype(p.dtype).reshape(shape)
