@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mulo import pretrained
 from mulo.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -134,8 +135,9 @@ SCHEMA: dict[str, Key] = {
     "num_runs": Key("int", "seeds per task at meta-test", min=1),
     "test_interval": Key("int", "evaluate the test split every this many steps", min=1),
     "skip_test": Key("bool", "do not evaluate the test split"),
-    "checkpoint": Key("str", "learned optimizer: run directory, its latest checkpoint, or a theta file",
-                      optional=True),
+    "checkpoint": Key("str", "learned optimizer: run directory, its latest checkpoint, a theta file, hf:OWNER/NAME "
+                      "(Hugging Face hub, e.g. hf:btherien/mulo), a folder with the hub's config.json and "
+                      "model.safetensors, or " + pretrained.help_text(), optional=True),
     "wandb_checkpoint_id": Key("str", "learned optimizer from a wandb run: entity/project/run_id", optional=True),
     "use_bf16": Key("bool", "meta-train, meta-test, sweeps: the task's forward/backward in bf16; params, the LO's features and all optimizer state stay float32"),
     "test_steps_per_jit": Key("int", "meta-test/sweep: training steps per jitted lax.scan call", min=1),

@@ -260,13 +260,22 @@ def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
         dest = Path(download_dir) if download_dir is not None else Path(cfg.output_dir) / "wandb_checkpoints"
         path = fetch_wandb_checkpoint(cfg.wandb_checkpoint_id, dest, api_factory)
     elif cfg.checkpoint:
-        path = resolve_checkpoint(cfg.checkpoint)
+        from mulo.optimizers.sources import is_named
+
+        # hf:OWNER/NAME, pretrained:NAME or a hub-layout folder: mulo.optimizers.sources loads it below
+        path = None if is_named(cfg.checkpoint) else resolve_checkpoint(cfg.checkpoint)
     else:
         raise ConfigError(f"optimizer {cfg.optimizer!r} is a learned optimizer: pass --checkpoint (a meta-train run "
                           f"directory, its 'latest' or a theta file) or --wandb_checkpoint_id entity/project/run_id")
     from mulo.optimizers import load_theta
 
-    lo, theta, extra = load_theta(path, impl=cfg.lo_impl)  # θ brings the hyper-parameters, the config the impl
+    if path is None:
+        from mulo.optimizers.sources import load_source
+
+        lo, theta, extra = load_source(cfg.checkpoint, impl=cfg.lo_impl)
+        path = extra["path"]  # the θ or weights file read
+    else:
+        lo, theta, extra = load_theta(path, impl=cfg.lo_impl)  # θ brings the hyper-parameters, the config the impl
     if getattr(lo, "name", cfg.optimizer) != cfg.optimizer:
         raise CheckpointError(f"checkpoint {path} holds a {lo.name!r} learned optimizer, but --optimizer is "
                               f"{cfg.optimizer!r}")
@@ -607,13 +616,14 @@ LO_KEYS = ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad")
 
 
 def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
-    """``cfg`` with the LO keys (hidden_size, adafac_step_mult, adafac_exp_mult, lo_clip_grad) set from the
-    checkpoint's hyper-parameters, so the run name and the saved config.py say what was actually used."""
+    """``cfg`` with the LO keys (hidden_size, adafac_step_mult, adafac_exp_mult, lo_clip_grad, lo_eps_scaling) set
+    from the checkpoint's hyper-parameters, so the run name and the saved config.py say what was actually used."""
     hp = source.info.get("hparams") or {}
     changes = {cfg_key: hp[hp_key] for cfg_key, hp_key in (("hidden_size", "hidden_size"),
                                                            ("adafac_step_mult", "step_mult"),
                                                            ("adafac_exp_mult", "exp_mult"),
-                                                           ("lo_clip_grad", "clip_grad")) if hp_key in hp}
+                                                           ("lo_clip_grad", "clip_grad"),
+                                                           ("lo_eps_scaling", "eps_scaling")) if hp_key in hp}
     try:
         return cfg.replace(**changes)
     except ConfigError:

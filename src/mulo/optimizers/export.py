@@ -7,6 +7,8 @@ for hidden matrices, 1 for everything else, e.g. ``mulo.tasks.base.update_scales
     from mulo.optimizers import as_optax
 
     tx = as_optax("checkpoints/my_run/theta_final.msgpack", update_scales=scales)
+    tx = as_optax("pretrained:cpu_mulo_m_fmnist", update_scales=scales)  # shipped with mulo
+    tx = as_optax("hf:btherien/mulo", update_scales=scales)  # the paper's μLO_M, from the Hugging Face hub
     opt_state = tx.init(params)
 
     @jax.jit
@@ -26,6 +28,7 @@ from typing import Any
 import jax
 import optax
 
+from mulo.optimizers import sources
 from mulo.optimizers.theta_io import load_theta
 
 
@@ -33,13 +36,16 @@ def as_optax(lo_checkpoint: str | os.PathLike | tuple, update_scales: Any = None
              num_steps: int | None = None) -> optax.GradientTransformation:
     """An optax transformation running a learned optimizer.
 
-    lo_checkpoint: a θ file path (written by ``save_theta``) or a ``(lo, theta)`` pair.
+    lo_checkpoint: a θ file path (written by ``save_theta``), a named source (``pretrained:NAME``,
+      ``hf:OWNER/NAME``, a folder in the hub layout: ``mulo.optimizers.sources``) or a ``(lo, theta)`` pair.
     update_scales: pytree of per-tensor μP update scales, shaped like the params (μLO only; None = 1 everywhere,
       which is right for SP models and for the SP LO, which ignores it).
     num_steps: the planned training length (stored in the state; this LO does not use it as a feature).
     Its ``update(grads, state, params)`` requires ``params``; the returned updates are ``new_params - params``.
     """
-    if isinstance(lo_checkpoint, (str, os.PathLike)):
+    if isinstance(lo_checkpoint, (str, os.PathLike)) and sources.is_named(lo_checkpoint):
+        lo, theta, _ = sources.load_source(lo_checkpoint)
+    elif isinstance(lo_checkpoint, (str, os.PathLike)):
         lo, theta, _ = load_theta(lo_checkpoint)
     else:
         lo, theta = lo_checkpoint

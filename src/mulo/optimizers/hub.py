@@ -1,0 +1,213 @@
+"""Learned optimizers from the Hugging Face hub: the μLO paper's released μLO_M (``hf:btherien/mulo``).
+
+The hub format is PyLO's (the authors' PyTorch library): a ``PyTorchModelHubMixin`` model
+``MetaMLP(input_size=39, hidden_size=32, hidden_layers=1)`` stored as two files,
+
+* ``config.json``: ``{"input_size": 39, "hidden_size": 32, "hidden_layers": 1}``;
+* ``model.safetensors``: ``network.input.{weight,bias}`` (H×39, H), ``network.linear_0.{weight,bias}`` (H×H, H),
+  ``network.output.{weight,bias}`` (2×H, 2), float32, in torch's (out, in) layout.
+
+The MLP reads the same 39 features in the same order as ours (g, p, m×3, v, m·rsqrt(v)×3, rsqrt(v), fac_g×3, row×3,
+col×3, rsqrt(row)×3, rsqrt(col)×3, fac_m×3, then the 11 time features of iteration 0, 1, ...), so θ's MLP weights
+are the transposes: ``w0 = input.weight.T`` etc. The learned decay parameters are not in the file: PyLO passes them
+as constants (``PYLO_DECAYS``), θ offsets of the initial decays through β = 1 − (1 − β₀)·exp(10θ), which is exactly
+how our θ stores them. step_mult 0.01 and exp_mult 0.001 are PyLO's values for it. Reading uses safetensors' numpy
+API (no torch).
+
+Downloads go through ``huggingface_hub`` into its cache (``HF_HOME`` / ``HF_HUB_CACHE``): a file already in the
+cache is used without any network call; a failed download (offline, unknown repository) is one CheckpointError line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mulo.errors import CheckpointError
+from mulo.optimizers.adafac_mlp import NUM_FEATURES, AdafacHParams, AdafacMLPLO
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
+# PyLO's decay parameters of the released μLO_M (AdafacLO_naive's defaults): θ offsets of the initial decays
+PYLO_DECAYS = {
+    "momentum_decays": (0.15216392, 0.14245212, 0.06812963),
+    "rms_decays": (0.01079706,),
+    "adafactor_decays": (0.18621896, -0.10864615, -0.06185547),
+}
+PYLO_STEP_MULT = 0.01
+PYLO_EXP_MULT = 0.001
+
+# hub tensor name -> (our θ["nn"] key, transposed?)
+LAYOUT = {
+    "network.input.weight": ("w0", True), "network.input.bias": ("b0", False),
+    "network.linear_0.weight": ("w1", True), "network.linear_0.bias": ("b1", False),
+    "network.output.weight": ("w2", True), "network.output.bias": ("b2", False),
+}
+
+
+def _expected_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
+    """Shapes in the hub file (torch's (out, in) layout) for hidden size ``hidden``."""
+    return {"network.input.weight": (hidden, NUM_FEATURES), "network.input.bias": (hidden,),
+            "network.linear_0.weight": (hidden, hidden), "network.linear_0.bias": (hidden,),
+            "network.output.weight": (2, hidden), "network.output.bias": (2,)}
+
+
+def hub_hidden_size(config: Any, origin: str) -> int:
+    """The hidden size of a hub ``config.json``; any other architecture than MetaMLP(39, H, 1) is refused."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{origin}: {CONFIG_FILE} is not a JSON object")
+    want = {"input_size": NUM_FEATURES, "hidden_layers": 1}
+    for key, value in want.items():
+        if config.get(key) != value:
+            raise CheckpointError(f"{origin}: {CONFIG_FILE} has {key}={config.get(key)!r}; the Adafactor-MLP LO "
+                                  f"needs MetaMLP(input_size={NUM_FEATURES}, hidden_size=H, hidden_layers=1)")
+    hidden = config.get("hidden_size")
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+        raise CheckpointError(f"{origin}: {CONFIG_FILE} has hidden_size={hidden!r}; expected a positive integer")
+    return hidden
+
+
+def theta_from_hub(tensors: dict[str, np.ndarray], config: Any, origin: str = "hub model",
+                   name: str = "mup_small_fc_mlp") -> tuple[AdafacMLPLO, dict]:
+    """(lo, θ) from the hub's tensors and config. A missing, extra or wrongly shaped tensor is one CheckpointError
+    line naming it."""
+    hidden = hub_hidden_size(config, origin)
+    want = _expected_shapes(hidden)
+    missing = sorted(set(want) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{origin}: {WEIGHTS_FILE} lacks {', '.join(missing)} (expected the keys "
+                              f"{', '.join(want)})")
+    extra = sorted(set(tensors) - set(want))
+    if extra:
+        raise CheckpointError(f"{origin}: {WEIGHTS_FILE} has unexpected tensors {', '.join(extra)}")
+    nn = {}
+    for key, shape in want.items():
+        x = np.asarray(tensors[key])
+        if x.shape != shape:
+            raise CheckpointError(f"{origin}: {key} has shape {x.shape}, expected {shape} for "
+                                  f"MetaMLP({NUM_FEATURES}, {hidden}, 1)")
+        if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
+            raise CheckpointError(f"{origin}: {key} is not a finite float tensor")
+        ours, transpose = LAYOUT[key]
+        nn[ours] = np.ascontiguousarray((x.T if transpose else x).astype(np.float32))
+    theta = {k: np.asarray(v, np.float32) for k, v in PYLO_DECAYS.items()}
+    theta["nn"] = nn
+    hp = AdafacHParams(hidden_size=hidden, step_mult=PYLO_STEP_MULT, exp_mult=PYLO_EXP_MULT)
+    return AdafacMLPLO(name=name, hparams=hp), theta
+
+
+def read_hub_folder(folder: str | os.PathLike, origin: str | None = None) -> tuple[AdafacMLPLO, dict]:
+    """(lo, θ) from a folder holding ``config.json`` and ``model.safetensors`` (a hub snapshot or a local copy)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    origin = origin or str(folder)
+    for f in HUB_FILES:
+        if not (folder / f).is_file():
+            raise CheckpointError(f"{origin}: no {f} in {folder}")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{origin}: cannot read {CONFIG_FILE} ({type(e).__name__}: {e})") from None
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{origin}: {WEIGHTS_FILE} is corrupt or unreadable ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return theta_from_hub(tensors, config, origin)
+
+
+def parse_repo(spec: str) -> tuple[str, str | None]:
+    """``OWNER/NAME`` or ``OWNER/NAME@REVISION`` -> (repo_id, revision or None)."""
+    repo, _, revision = spec.partition("@")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
+        raise CheckpointError(f"bad Hugging Face model {spec!r}: expected hf:OWNER/NAME or hf:OWNER/NAME@REVISION")
+    return repo, (revision or None)
+
+
+def reachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
+    """None if a TCP connection to the hub's host opens within ``timeout`` s, else why not. huggingface_hub itself
+    retries a failed connection five times with back-off (~25 s of warnings) before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {url.hostname}:{port}: {e.strerror or e}"
+    return None
+
+
+def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+             endpoint: str | None = None, fetch: Callable[..., str] | None = None) -> Path:
+    """The local folder holding the hub model's ``config.json`` and ``model.safetensors``.
+
+    Each file is looked up in the hub cache first (``local_files_only``: no network call when it is there), and
+    downloaded otherwise, after a quick check that the hub can be reached at all. ``fetch`` is
+    ``huggingface_hub.hf_hub_download`` (tests pass a fake, which skips the reachability check)."""
+    probe = fetch is None
+    if fetch is None:
+        from huggingface_hub import hf_hub_download as fetch
+    kwargs = dict(revision=revision, cache_dir=None if cache_dir is None else str(cache_dir))
+    if endpoint is not None:
+        kwargs["endpoint"] = endpoint
+    paths = []
+    with _quiet_hub():
+        for filename in HUB_FILES:
+            try:
+                path = fetch(repo_id, filename, local_files_only=True, **kwargs)
+            except Exception:  # not cached (huggingface_hub raises LocalEntryNotFoundError and friends)
+                why = reachable(endpoint) if probe else None
+                try:
+                    if why is not None:
+                        raise ConnectionError(why)
+                    path = fetch(repo_id, filename, **kwargs)
+                except Exception as e:  # offline, unknown repository or file, HTTP error: one line
+                    reason = (str(e).strip().splitlines() or [""])[0][:200]
+                    raise CheckpointError(f"cannot download {filename} of {repo_id} from the Hugging Face hub "
+                                          f"({type(e).__name__}: {reason}); offline? Connect (or check HF_ENDPOINT, "
+                                          f"HF_HUB_OFFLINE), or copy {' and '.join(HUB_FILES)} into a folder and "
+                                          f"pass that folder as --checkpoint") from None
+            paths.append(Path(path))
+    folders = {p.parent for p in paths}
+    if len(folders) != 1:
+        raise CheckpointError(f"the hub cache holds {repo_id}'s files in different folders: {sorted(folders)}")
+    return folders.pop()
+
+
+class _quiet_hub:
+    """Silence huggingface_hub's warnings (retries, cache notes) while we call it: failures become one line here."""
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("huggingface_hub")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
+def load_hub(spec: str, **download_kwargs) -> tuple[AdafacMLPLO, dict, Path]:
+    """(lo, θ, local folder) of ``OWNER/NAME[@REVISION]`` on the Hugging Face hub (downloaded once, then from the
+    cache)."""
+    repo_id, revision = parse_repo(spec)
+    folder = download(repo_id, revision, **download_kwargs)
+    return (*read_hub_folder(folder, origin=f"hf:{spec}"), folder)

@@ -1,0 +1,68 @@
+"""Where a learned optimizer comes from, by name: ``hf:OWNER/NAME[@REVISION]`` (the Hugging Face hub),
+``pretrained:NAME`` (``mulo.pretrained``: a θ file shipped in ``pretrained/`` or a hub model), or a folder in the hub
+layout (``config.json`` + ``model.safetensors``). Meta-test, coord-check and ``as_optax`` go through ``load_source``;
+plain θ files and meta-train run directories are resolved by their callers as before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mulo.errors import CheckpointError
+from mulo.optimizers import hub
+from mulo.pretrained import PRETRAINED, PRETRAINED_DIR, names
+
+HF_PREFIX = "hf:"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def is_hub_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and all((p / f).is_file() for f in hub.HUB_FILES)
+
+
+def is_named(spec: Any) -> bool:
+    """True for the sources ``load_source`` resolves (hf:, pretrained:, a hub-layout folder)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    s = os.fspath(spec)
+    return s.startswith((HF_PREFIX, PRETRAINED_PREFIX)) or is_hub_folder(s)
+
+
+def pretrained_location(name: str) -> str:
+    """``hf:...`` or the path of the shipped θ file of ``pretrained:NAME``; an unknown name is one line."""
+    for p in PRETRAINED:
+        if p.name == name:
+            return p.location if p.location.startswith(HF_PREFIX) else str(PRETRAINED_DIR / p.location)
+    raise CheckpointError(f"unknown pretrained learned optimizer {name!r}; expected one of {', '.join(names())}")
+
+
+def load_source(spec: str | os.PathLike, impl: str = "fused", **download_kwargs) -> tuple[Any, Any, dict]:
+    """(lo, θ, extra) of a named source; ``extra["source"]`` says where it came from (and ``path``, the file or
+    folder read). ``download_kwargs`` go to ``mulo.optimizers.hub.download`` (cache_dir, endpoint, fetch)."""
+    from dataclasses import replace
+
+    from mulo.optimizers.theta_io import load_theta
+
+    s = os.fspath(spec)
+    if s.startswith(PRETRAINED_PREFIX):
+        location = pretrained_location(s[len(PRETRAINED_PREFIX):])
+        if location.startswith(HF_PREFIX):
+            lo, theta, extra = load_source(location, impl=impl, **download_kwargs)
+        else:
+            lo, theta, extra = load_theta(location, impl=impl)
+            extra = {**extra, "path": location}
+        return lo, theta, {**extra, "source": s}
+    if s.startswith(HF_PREFIX):
+        lo, theta, folder = hub.load_hub(s[len(HF_PREFIX):], **download_kwargs)
+    elif is_hub_folder(s):
+        lo, theta = hub.read_hub_folder(s)
+        folder = Path(s)
+    else:
+        raise CheckpointError(f"{s!r} is not a named learned optimizer: expected hf:OWNER/NAME, pretrained:NAME "
+                              f"({', '.join(names())}) or a folder with {' and '.join(hub.HUB_FILES)}")
+    # "path": the weights file read (meta-test names its run after its hash)
+    return replace(lo, impl=impl), theta, {"source": s, "path": str((folder / hub.WEIGHTS_FILE).resolve()),
+                                           "format": "hub (PyLO MetaMLP)"}
