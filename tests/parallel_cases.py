@@ -56,7 +56,10 @@ def sharded_vs_single(out: Path) -> dict:
     from mulo.meta.checkpoint import Checkpointer
     from mulo.parallel import Placement
 
+    from mulo import runtime
+
     assert jax.device_count() == 4, jax.devices()
+    runtime.apply(load_config(None))  # the tests' compilation cache (MULO_COMPILATION_CACHE_DIR): reruns load
     cfg = load_config(None, cli={**TINY, "num_outer_steps": 4})
     runs = {
         "single": (Placement.create(devices=jax.devices()[:1]), None),
@@ -94,12 +97,23 @@ def sharded_vs_single(out: Path) -> dict:
         return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
                    for x, y in zip(a, b))
 
+    theta0 = _leaves(trainer.lo.init_theta(__import__("mulo.meta.train", fromlist=["_key"])._key(cfg.seed, 0)))
+
     def reldiff(a, b):
-        return max(float(np.max(np.abs(x - y)) / max(np.max(np.abs(x)), 1e-30)) for x, y in zip(a, b) if x.size)
+        """||a - b|| relative to how far θ moved from its initial value."""
+        num = np.sqrt(sum(float(np.sum((x.astype(np.float64) - y) ** 2)) for x, y in zip(a, b)))
+        den = np.sqrt(sum(float(np.sum((x.astype(np.float64) - z) ** 2)) for x, z in zip(a, theta0)))
+        return num / den
+
+    from mulo.io import read_jsonl
+
+    grad_norms = {n: [r["meta_grad_norm"] for r in read_jsonl(out / n / "metrics.jsonl")] for n in runs}
 
     return {
         "state": {n: maxdiff(states["single"], states[n]) for n in ("pairs4", "pairs2x2")},
         "theta_rel": {n: reldiff(thetas["single"], thetas[n]) for n in ("pairs4", "pairs2x2")},
+        "grad_norm_rel": {n: max(abs(a - b) / abs(a) for a, b in zip(grad_norms["single"], grad_norms[n]))
+                          for n in ("pairs4", "pairs2x2")},
         "state_exact": {n: all(np.array_equal(x, y) for x, y in zip(states["single"], states[n]))
                         for n in ("pairs4", "pairs2x2")},
         "resume_exact": all(np.array_equal(x, y) for x, y in zip(states["pairs4"], states["resumed"])),

@@ -284,3 +284,27 @@ def put_on_devices(batch: Any, batch_axis: int, devices: Sequence[jax.Device]) -
 def local_device_pool() -> list[jax.Device]:
     """The devices this process runs independent jobs on (meta-test seeds, sweep trials): its own."""
     return _ordered(jax.local_devices())
+
+
+def on_each_device(devices: Sequence[jax.Device], work: Callable[[jax.Device, Callable[[], bool]], None]) -> None:
+    """Run ``work(device, failed)`` in one thread per device, each under ``jax.default_device(device)`` (so what it
+    creates and runs lands there); ``failed()`` tells a worker that another one raised, so it stops taking work. The
+    first exception is re-raised here once every thread has finished."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(device):
+        with jax.default_device(device):
+            try:
+                work(device, lambda: bool(errors))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(d,), name=f"mulo-device-{d.id}", daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

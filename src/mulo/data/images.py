@@ -243,13 +243,18 @@ class ImageDataset:
         return (images.astype(np.float32) - self._mean) * self._inv_std
 
     # -- Dataset protocol
-    def batches(self, split: str, shape: tuple[int, ...], seed: int) -> Iterator[dict]:
+    def batches(self, split: str, shape: tuple[int, ...], seed: int,
+                part: tuple[slice, ...] | None = None) -> Iterator[dict]:
+        """Endless batches of ``shape`` (e.g. (S, N, B)); ``part`` (slices of ``shape``) yields only that block of
+        each, gathering and normalising only its images (a process's own devices' shard in a multi-process run)."""
         x, y = self.raw(split)
         shape = tuple(int(s) for s in shape)
         rng = split_rng(seed, split, self.name)
         for idx in epoch_indices(len(x), num_items(shape), rng):
-            yield {"x": self.normalize(x[idx]).reshape(shape + self.image_shape),
-                   "y": y[idx].reshape(shape)}
+            idx = idx.reshape(shape)
+            if part is not None:
+                idx = idx[tuple(part)]
+            yield {"x": self.normalize(x[idx.reshape(-1)]).reshape(idx.shape + self.image_shape), "y": y[idx]}
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[dict]:
         x, y = self.raw(split)

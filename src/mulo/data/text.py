@@ -84,17 +84,20 @@ class TinyShakespeare:
                             f"{self.seq_len + 1}")
         return part
 
-    def batches(self, split: str, shape: tuple[int, ...], seed: int) -> Iterator[dict]:
+    def batches(self, split: str, shape: tuple[int, ...], seed: int,
+                part: tuple[slice, ...] | None = None) -> Iterator[dict]:
+        """Endless batches of ``shape``; ``part`` (slices of ``shape``) yields only that block of each."""
         tokens = self.split_tokens(split)
         shape = tuple(int(s) for s in shape)
         count = num_items(shape)
         rng = split_rng(seed, split, self.name)
         offsets = np.arange(self.seq_len + 1)
         while True:
-            starts = rng.integers(0, len(tokens) - self.seq_len, size=count)
-            windows = tokens[starts[:, None] + offsets]
-            yield {"x": windows[:, :-1].reshape(shape + (self.seq_len,)),
-                   "y": windows[:, 1:].reshape(shape + (self.seq_len,))}
+            starts = rng.integers(0, len(tokens) - self.seq_len, size=count).reshape(shape)
+            if part is not None:
+                starts = starts[tuple(part)]
+            windows = tokens[starts[..., None] + offsets]
+            yield {"x": windows[..., :-1], "y": windows[..., 1:]}
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[dict]:
         tokens = self.split_tokens(split)
@@ -178,7 +181,9 @@ class LM1B:
 
         return ds, tokenize
 
-    def batches(self, split: str, shape: tuple[int, ...], seed: int) -> Iterator[dict]:
+    def batches(self, split: str, shape: tuple[int, ...], seed: int,
+                part: tuple[slice, ...] | None = None) -> Iterator[dict]:
+        """Endless batches of ``shape``; ``part`` yields only that block of each (tokenised whole, then cut)."""
         tf, tfds = import_tf(), import_tfds()
 
         shape = tuple(int(s) for s in shape)
@@ -190,8 +195,9 @@ class LM1B:
               .batch(count, drop_remainder=True).prefetch(2))
         for tokens in tfds.as_numpy(ds):
             tokens = np.asarray(tokens, np.int32)
-            yield {"x": tokens[:, :-1].reshape(shape + (self.seq_len,)),
-                   "y": tokens[:, 1:].reshape(shape + (self.seq_len,))}
+            batch = {"x": tokens[:, :-1].reshape(shape + (self.seq_len,)),
+                     "y": tokens[:, 1:].reshape(shape + (self.seq_len,))}
+            yield batch if part is None else {k: v[tuple(part)] for k, v in batch.items()}
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[dict]:
         tf, tfds = import_tf(), import_tfds()

@@ -359,6 +359,23 @@ def tail_mean(losses: Sequence[float], frac: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def final_loss_text(frac: float) -> str:
+    return f"mean train loss over the last {frac:g} of the steps"
+
+
+def run_summary(result: "RunResult", frac: float) -> dict:
+    """What a run's ``summary.json`` holds (meta-test and sweep trials alike). ``final_train_loss`` has one
+    definition everywhere (the printed line, the sweep objective, the report): the mean train loss over the last
+    ``frac`` (``sweep_objective_frac``) of the steps, None for a diverged run; ``last_train_loss`` is the last
+    minibatch's."""
+    out = result.summary()
+    out["last_train_loss"] = out.pop("final_train_loss")
+    out["final_train_loss"] = None if result.diverged else result.tail_mean(frac)
+    out["tail_train_loss"] = result.tail_mean(frac)  # the same, inf for a diverged run (the sweep's objective)
+    out["final_train_loss_def"] = final_loss_text(frac)
+    return out
+
+
 def _chunks(num_steps: int, steps_per_jit: int, eval_steps: set[int]) -> Iterator[tuple[int, int]]:
     """(start, length) segments covering [0, num_steps), at most ``steps_per_jit`` long, that end at every
     evaluation step."""
@@ -559,50 +576,123 @@ def _move_aside(path: Path) -> None:
 
 
 def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, run_dir: str | os.PathLike,
-                   group: str | None = None) -> list[dict]:
-    """Train every task for every seed; write metrics, summaries and the manifest; return the summaries."""
-    from mulo.runlog import RunLogger
+                   group: str | None = None, devices: Sequence[Any] | None = None) -> list[dict]:
+    """Train every task for every seed; write metrics, summaries and the manifest; return the summaries (in task,
+    seed order).
+
+    The (task, seed) runs are independent, so with several local devices (``devices``, default
+    ``mulo.parallel.local_device_pool()``) each device takes the next unfinished run: one worker thread per device
+    under ``jax.default_device``, each with its own compiled loop per task. A run computes exactly what it computes
+    alone on one device; only the order in which runs finish changes."""
+    import threading
+
+    from mulo.parallel import barrier, local_device_pool
 
     run_dir = Path(run_dir)
     settings = LoopSettings.from_config(cfg)
     group = group or run_dir.name
     manifest = {"optimizer": source.name, "optimizer_info": source.info, "tasks": [t.name for t in tasks],
                 "seeds": run_seeds(cfg), "num_steps": cfg.num_inner_steps, "runs": []}
-    summaries = []
-    for task in tasks:
-        loop = None
-        for seed in run_seeds(cfg):
-            out = seed_dir(run_dir, task.name, seed)
-            ident = _settings_id(cfg, source, task.name, seed)
-            old = _reusable(out, ident)
-            if old is not None:
-                print(f"[meta-test] {task.name} seed {seed}: already finished in {out}, reusing it")
-                summaries.append(old)
-                manifest["runs"].append({"task": task.name, "seed": seed, "dir": str(out.relative_to(run_dir)),
-                                         "diverged": old["diverged"]})
-                continue
-            _move_aside(out)
-            if loop is None:
-                loop = TrainLoop(task, source.make(task), settings)
-            logger = RunLogger(out, cfg, group=f"{group}/{task.name}", name=f"{task.name}-seed{seed}",
-                               job_type="meta-test", extra_config={"task_name": task.name, "run_seed": seed,
-                                                                   "optimizer_info": source.info})
+    jobs = [(task, seed) for task in tasks for seed in run_seeds(cfg)]
+    done: dict[int, tuple[dict, dict]] = {}  # job index -> (summary, manifest entry)
+    lock = threading.Lock()
+
+    def entry(task, seed, diverged):
+        return {"task": task.name, "seed": seed, "dir": str(seed_dir(run_dir, task.name, seed).relative_to(run_dir)),
+                "diverged": diverged}
+
+    def write_manifest():
+        manifest["runs"] = [done[i][1] for i in sorted(done)]
+        atomic_write_json(run_dir / MANIFEST, _jsonable(manifest))
+
+    pending = []
+    for i, (task, seed) in enumerate(jobs):
+        old = _reusable(seed_dir(run_dir, task.name, seed), _settings_id(cfg, source, task.name, seed))
+        if old is None:
+            pending.append(i)
+            continue
+        print(f"[meta-test] {task.name} seed {seed}: already finished in {seed_dir(run_dir, task.name, seed)}, "
+              f"reusing it")
+        done[i] = (old, entry(task, seed, old["diverged"]))
+
+    loops: dict[tuple, TrainLoop] = {}
+
+    def run_job(i: int, device: Any) -> None:
+        from mulo.runlog import RunLogger
+        from mulo.startup import compiling_line
+
+        task, seed = jobs[i]
+        out = seed_dir(run_dir, task.name, seed)
+        ident = _settings_id(cfg, source, task.name, seed)
+        _move_aside(out)
+        key = (task.name, getattr(device, "id", None))
+        with lock:
+            first = key not in loops
+            if first:
+                loops[key] = TrainLoop(task, source.make(task), settings)
+        if first:
+            where = f" on {device}" if device is not None else ""
+            print(compiling_line("meta-test", task.name + where), flush=True)
+        logger = RunLogger(out, cfg, group=group, name=f"{task.name}-seed{seed}",
+                           job_type="meta-test", extra_config={"task_name": task.name, "run_seed": seed,
+                                                               "optimizer_info": source.info})
+        try:
+            result = loops[key].run(seed, logger.log, desc=f"{task.name} seed {seed}")
+        finally:
+            logger.close()
+        summary = {**run_summary(result, cfg.sweep_objective_frac), "optimizer": source.name,
+                   "settings": _jsonable(ident)}
+        atomic_write_json(out / SUMMARY, _jsonable(summary))
+        state = "DIVERGED at step %d" % result.diverged_step if result.diverged else \
+            f"final train loss {summary['final_train_loss']:.4f}"
+        print(f"[meta-test] {task.name} seed {seed}: {state} ({result.wall_time:.1f}s)")
+        with lock:
+            done[i] = (summary, entry(task, seed, result.diverged))
+            if jax.process_index() == 0:
+                write_manifest()
+
+    procs, me = jax.process_count(), jax.process_index()
+    mine = pending[me::procs]  # several processes: each takes every procs-th unfinished run
+    devices = list(local_device_pool() if devices is None else devices)
+    if len(devices) <= 1 or len(mine) <= 1:
+        for i in mine:
+            run_job(i, None)
+    else:
+        _run_on_devices(mine, devices, run_job)
+    if procs > 1:
+        barrier("mulo-meta-test-runs")
+        if me != 0:
+            return [done[i][0] for i in sorted(done)]
+        for i in set(pending) - set(mine):  # the other processes' runs, from their summaries
+            task, seed = jobs[i]
+            summary = _reusable(seed_dir(run_dir, task.name, seed), _settings_id(cfg, source, task.name, seed))
+            if summary is None:
+                raise MuloError(f"meta-test: {task.name} seed {seed} left no summary in "
+                                f"{seed_dir(run_dir, task.name, seed)}")
+            done[i] = (summary, entry(task, seed, summary["diverged"]))
+    write_manifest()
+    return [done[i][0] for i in sorted(done)]
+
+
+def _run_on_devices(jobs: Sequence[int], devices: Sequence[Any], run_job: Callable[[int, Any], None]) -> None:
+    """Run ``run_job(job, device)`` for every job, each device's worker taking the next job (``on_each_device``)."""
+    import queue
+
+    from mulo.parallel import on_each_device
+
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+
+    def work(device, failed):
+        while not failed():
             try:
-                result = loop.run(seed, logger.log, desc=f"{task.name} seed {seed}")
-            finally:
-                logger.close()
-            summary = {**result.summary(), "optimizer": source.name, "tail_train_loss":
-                       result.tail_mean(cfg.sweep_objective_frac), "settings": _jsonable(ident)}
-            atomic_write_json(out / SUMMARY, _jsonable(summary))
-            summaries.append(summary)
-            state = "DIVERGED at step %d" % result.diverged_step if result.diverged else \
-                f"final train loss {result.final_train_loss:.4f}"
-            print(f"[meta-test] {task.name} seed {seed}: {state} ({result.wall_time:.1f}s)")
-            manifest["runs"].append({"task": task.name, "seed": seed, "dir": str(out.relative_to(run_dir)),
-                                     "diverged": result.diverged})
-            atomic_write_json(run_dir / MANIFEST, _jsonable(manifest))
-    atomic_write_json(run_dir / MANIFEST, _jsonable(manifest))
-    return summaries
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            run_job(job, device)
+
+    on_each_device(list(devices)[:len(jobs)], work)
 
 
 def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
@@ -636,7 +726,10 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     Everything is checked before the run directory is created: task names, the optimizer and its checkpoint, the
     run name and output_dir, the data, the memory a training step needs. The run directory is then locked for the
     whole run (``mulo.rundir.claim``), so a second meta-test aimed at it stops instead of interleaving."""
-    from mulo import preflight
+    from contextlib import nullcontext
+
+    from mulo import preflight, startup
+    from mulo.parallel import barrier, is_main_process
     from mulo.rundir import claim, run_dir_path, run_name, theta_label, write_config
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
@@ -655,14 +748,20 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     run_dir = run_dir_path(cfg, "meta-test", theta)
     preflight.check_data(tasks, ["train"] + ([] if cfg.skip_test else ["test"]))
     preflight.check_loops(cfg, tasks, source.make, "meta-test")
-    with claim(run_dir, "meta-test"):
-        write_config(run_dir, cfg)
-        print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), {cfg.num_inner_steps} "
-              f"steps -> {run_dir}")
-        if source.info.get("checkpoint"):
-            print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
-                  f"{source.info.get('hparams')}")
+    main_process = is_main_process()  # in a multi-process run, process 0 owns the run directory
+    with claim(run_dir, "meta-test") if main_process else nullcontext():
+        if main_process:
+            write_config(run_dir, cfg)
+            startup.announce("meta-test", cfg, run_dir, runs_under="<task>/seed<k>")
+            print(f"[meta-test] {source.name} on {len(tasks)} task(s) x {cfg.num_runs} seed(s), "
+                  f"{cfg.num_inner_steps} steps -> {run_dir}")
+            if source.info.get("checkpoint"):
+                print(f"[meta-test] learned optimizer from {source.info['checkpoint']} with hyper-parameters "
+                      f"{source.info.get('hparams')}")
+        barrier("mulo-meta-test-run-dir")
         summaries = meta_test_runs(cfg, tasks, source, run_dir, group=run_name(cfg, "meta-test", theta))
+    if not main_process:
+        return 0
     n_div = sum(bool(s["diverged"]) for s in summaries)
     print(f"[meta-test] done: {len(summaries)} runs ({n_div} diverged); results in {run_dir}; "
           f"figures: python src/main.py report {run_dir}")

@@ -440,12 +440,32 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
         print(f"[sweep] {trial_name}: objective {value:.5g}" + (" (diverged)" if summary["diverged"] else ""))
         return value
 
-    run_here = 0
-    while not finished_all() and (max_trials_here is None or run_here < max_trials_here):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    # One trial at a time per local device: with several devices, one worker thread each (its trials run on its
+    # device); several processes or machines share the study through --storage.
+    import threading
+
+    from mulo.parallel import local_device_pool, on_each_device
+
+    lock, started = threading.Lock(), [0]
+
+    def take() -> bool:
+        with lock:
+            if finished_all() or (max_trials_here is not None and started[0] >= max_trials_here):
+                return False
+            started[0] += 1
+            return True
+
+    def work(device=None, failed=lambda: False):
+        while not failed() and take():
             study.optimize(objective, n_trials=1, callbacks=[budget], catch=(TrialFailed,))
-        run_here += 1
+
+    devices = local_device_pool()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(devices) > 1:
+            on_each_device(devices, work)
+        else:
+            work()
     return write_results(study, cfg, run_dir, base_config)
 
 

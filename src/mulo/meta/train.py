@@ -376,6 +376,7 @@ def run(cfg, args=None) -> int:
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
     lo = build_learned(cfg)
     outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
+    Placement.from_config(cfg).check(cfg.num_tasks, cfg.local_batch_size)  # pairs and batch split over the devices
     run_dir = run_dir_path(cfg, "meta-train")
     splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
     preflight.check_data(tasks, splits)
@@ -390,6 +391,8 @@ def run(cfg, args=None) -> int:
             startup.announce("meta-train", cfg, run_dir)
             print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
         result = train(cfg, tasks, lo, run_dir)
+    if not is_main_process():
+        return 0
     if result["interrupted"]:
         print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
               f"{run_dir / 'checkpoints'}; continue with --auto_resume true", file=sys.stderr)
