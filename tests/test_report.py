@@ -62,9 +62,9 @@ def test_report_writes_figures_and_a_table_of_the_means(run_dirs, tmp_path):
     text = (out / "report.md").read_text()
     rows = {}
     for line in text.splitlines():
-        if line.startswith("| muadam |") or line.startswith("| sgd |"):
+        if line.startswith("| muadam lr=0.03 |") or line.startswith("| sgd lr=1e+38 |"):  # labels carry the lr
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows.setdefault(cells[0], cells[1:])  # first table per family: final train loss
+            rows.setdefault(cells[0].split()[0], cells[1:])  # first table per family: final train loss
     tasks = TASKS.split(",")
     for i, task in enumerate(tasks):
         mean, se, div = expected(run_dirs[0], task)
@@ -78,14 +78,15 @@ def test_report_writes_figures_and_a_table_of_the_means(run_dirs, tmp_path):
         assert mean is None and div == 2
         assert rows["sgd"][i] == "diverged (2/2)"
     results = json.loads((out / "results.json").read_text())
-    cell = next(r for r in results if r["optimizer"] == "muadam" and r["width"] == 16)
+    cell = next(r for r in results if r["optimizer"] == "muadam lr=0.03" and r["width"] == 16)
     assert cell["final_train_loss_mean"] == pytest.approx(expected(run_dirs[0], tasks[0])[0], rel=1e-9)
     assert cell["seeds"] == 2 and cell["diverged"] == 0
 
 
-def test_report_cli_writes_into_the_first_run_dir(run_dirs, capsys, tmp_path):
+def test_report_cli_writes_into_its_own_directory(run_dirs, capsys, tmp_path):
     assert cli_main(["report", *map(str, run_dirs)]) == 0
-    assert (run_dirs[0] / "report" / "report.md").is_file()
+    own = run_dirs[0].parent / f"report_{run_dirs[0].name}+1more"
+    assert (own / "report.md").is_file() and not (run_dirs[0] / "report").exists()
     assert "final train loss" in capsys.readouterr().out
     # --output_dir given on the command line is the report directory
     assert cli_main(["report", *map(str, run_dirs), "--output_dir", str(tmp_path / "elsewhere")]) == 0
@@ -137,7 +138,7 @@ def test_report_puts_mup_and_sp_runs_of_a_family_in_one_figure(tmp_path):
                                                          "loss_vs_width_mlp-wW-d3_fashionmnist-28x28x1.png"]
     text = (out / "report.md").read_text()
     assert "| mup_small_fc_mlp | 1.5000 ± 0.5000 | 0.6000 ± 0.1000 |" in text
-    assert "| small_fc_mlp | 2.2500 ± 0.2500 | 2.2000 ± 0.0000 (1/2 diverged) |" in text
+    assert "| small_fc_mlp | 2.2500 ± 0.2500 | 2.2000 (1 seed; 1/2 diverged) |" in text
 
 
 def test_y_axis_turns_log_when_losses_span_more_than_20x():

@@ -1,0 +1,110 @@
+"""The meta-training part of ``report``: a meta-train run directory's meta-loss over outer steps, per task, smoothed.
+
+    python src/main.py report checkpoints/meta-train_<...> [meta-test run directories ...]
+
+A meta-train run directory is recognised by its ``metrics.jsonl`` holding ``meta_loss`` records (mulo.meta.train
+logs ``meta_loss`` = the mean over tasks and ``meta_loss/<task>`` per task). For each one the report draws
+``meta_loss_<run>.png`` (each task's meta-loss smoothed by a running mean over ~5% of the steps, the raw values
+faint behind it) and a table of the meta-loss at the start and the end of the run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+METRICS = "metrics.jsonl"
+PREFIX = "meta_loss/"
+
+
+def is_meta_train_dir(path: Path, read_metrics: Callable[[Path], list[dict]]) -> bool:
+    return (path / METRICS).is_file() and any("meta_loss" in r for r in read_metrics(path / METRICS))
+
+
+def meta_loss_curves(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (steps, meta-losses)} from the records, plus ``mean`` (the logged mean over tasks) when there are
+    several tasks; non-finite values are dropped."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for key, value in r.items():
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else ("mean" if key == "meta_loss" else None)
+            if name is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            series.setdefault(name, []).append((int(r["step"]), float(value)))
+    if len(series) == 2 and "mean" in series:  # one task: its curve is the mean
+        del series["mean"]
+    out = {}
+    for name, pairs in series.items():
+        pairs.sort()
+        out[name] = (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+    return out
+
+
+def smoothing_window(n: int) -> int:
+    return max(1, round(n / 20))
+
+
+def running_mean(y: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the last ``k`` values at each point (fewer at the start)."""
+    if k <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(np.asarray(y, dtype=np.float64), 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, idx - k)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_meta_loss(name: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> dict:
+    """One line per task (smoothed), raw values faint behind; the legend outside the axes. Returns what it drew."""
+    from mulo.evaluate.figures import legend_clear_of_axes, legend_outside, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels = []
+    for i, (task, (x, y)) in enumerate(sorted(curves.items(), key=lambda kv: (kv[0] == "mean", kv[0]))):
+        color = "black" if task == "mean" else f"C{i % 10}"
+        k = smoothing_window(len(y))
+        ax.plot(x, y, color=color, alpha=0.2, lw=0.8)
+        label = "mean over tasks" if task == "mean" else task
+        ax.plot(x, running_mean(y, k), color=color, lw=2.0 if task == "mean" else 1.4, label=label)
+        labels.append(label)
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("meta-loss (smoothed)")
+    ax.set_title(f"meta-training: {name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    legend_outside(fig, *ax.get_legend_handles_labels())
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    clear = legend_clear_of_axes(fig)
+    plt.close(fig)
+    return {"title": f"meta-training: {name}", "labels": labels, "legend_clear": clear}
+
+
+def markdown(name: str, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """A table per meta-train run: mean meta-loss over the first and the last 10% of the logged steps."""
+    lines = [f"## Meta-training: {name}", "",
+             "Meta-loss: mean over the first and the last 10% of the logged outer steps.", "",
+             "| task | steps | first 10% | last 10% |", "|---|---|---|---|"]
+    for task, (x, y) in sorted(curves.items(), key=lambda kv: (kv[0] == "mean", kv[0])):
+        n = max(1, math.ceil(0.1 * len(y)))
+        lines.append(f"| {'mean over tasks' if task == 'mean' else task} | {int(x[0])}–{int(x[-1])} | "
+                     f"{float(np.mean(y[:n])):.4f} | {float(np.mean(y[-n:])):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure_name(run_name: str) -> str:
+    return "meta_loss_" + re.sub(r"[^A-Za-z0-9._+=-]", "_", run_name) + ".png"
+
+
+def meta_train_section(run_dir: Path, out: Path, read_metrics: Callable[[Path], list[dict]]) -> tuple[str, str | None]:
+    """(markdown, figure file name or None) for one meta-train run directory."""
+    curves = meta_loss_curves(read_metrics(run_dir / METRICS))
+    if not curves:
+        return f"## Meta-training: {run_dir.name}\n\nNo finite meta-loss logged yet.\n", None
+    fig = figure_name(run_dir.name)
+    plot_meta_loss(run_dir.name, curves, out / fig)
+    return markdown(run_dir.name, curves), fig
