@@ -1,21 +1,34 @@
 # mulo: `make test` runs the test suite, `make demo` the quickstart. Both create .venv and install everything first.
+# On a machine with an NVIDIA GPU (nvidia-smi works) JAX's CUDA 12 build of the pinned version is installed instead of
+# the CPU one; force either with `make install ACCEL=cuda` or `make install ACCEL=cpu`.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+JAX_VERSION := $(shell sed -n 's/^jax\[cpu\]==\([0-9.]*\).*/\1/p' requirements.txt)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
 .PHONY: test demo install data clean
+.SECONDARY:  # keep the .accel-* marker
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml $(VENV)/.accel-$(ACCEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	if [ "$(ACCEL)" = cuda ]; then $(BIN)/python -m pip install -q "jax[cuda12]==$(JAX_VERSION)"; fi
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# which JAX build the venv has: changing ACCEL reinstalls
+$(VENV)/.accel-%:
+	case "$*" in cpu|cuda) ;; *) echo "error: ACCEL must be cpu or cuda, not '$*'" >&2; exit 2;; esac
+	mkdir -p $(VENV)
+	rm -f $(VENV)/.accel-*
+	touch $@
 
 data: $(STAMP)
 	bash scripts/ensure_data.sh $(BIN)/python
