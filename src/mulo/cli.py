@@ -32,6 +32,34 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 # Subcommands that take run directories instead of requiring --config.
 POSITIONAL_RUN_DIRS = {"report"}
 
+# The config keys each subcommand reads, in the order --help lists them (first); every other key follows under
+# "other config keys" (accepted everywhere, used by other subcommands). Keys not in SCHEMA are skipped.
+_WHAT = ("optimizer", "task", "seed", "name_suffix", "output_dir")
+_TASK = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult", "d_head")
+_DATA = ("local_batch_size", "data_dir", "tfds_download", "fashion_mnist_dir", "tinyshakespeare_path", "vocab_path",
+         "prefetch_batches")
+_EVAL = ("eval_batch_size", "max_eval_examples")
+_LO = ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad", "lo_impl")
+_HAND = ("learning_rate", "beta1", "beta2", "weight_decay", "sgd_momentum", "warmup_steps", "cosine_decay",
+         "end_lr_ratio")
+_LOOP = ("num_inner_steps", "test_interval", "skip_test", "use_bf16", "test_steps_per_jit", "gradient_accumulation_steps",
+         "sweep_objective_frac")
+_LOG = ("wandb_mode", "wandb_project", "wandb_entity", "log_every", "progress")
+_RUNTIME = ("compilation_cache_dir", "compilation_cache_max_gb")
+COMMAND_KEYS: dict[str, tuple[str, ...]] = {
+    "meta-train": _WHAT + ("num_outer_steps", "num_inner_steps", "num_tasks", "steps_per_jit", "trunc_length",
+                           "pes_std", "gradient_estimator", "truncation_schedule", "truncation_schedule_min_length",
+                           "random_initial_iteration_offset", "meta_loss_split", "meta_learning_rate", "schedule",
+                           "meta_weight_decay", "meta_grad_clip", "save_iter", "checkpoints_to_keep", "auto_resume")
+                  + _LO + _TASK + _DATA + ("use_bf16",) + _LOG + _RUNTIME,
+    "meta-test": _WHAT + ("num_runs", "checkpoint", "wandb_checkpoint_id") + _LOOP + _HAND + _LO + _TASK + _DATA
+                 + _EVAL + _LOG + _RUNTIME,
+    "sweep": _WHAT + ("sweep_config", "sweep_trials", "storage", "study_name") + _LOOP + _HAND + _TASK + _DATA + _EVAL
+             + _LOG + _RUNTIME,
+    "coord-check": _WHAT + ("widths", "coord_steps", "learning_rate") + _TASK + _DATA + _RUNTIME,
+    "report": ("output_dir", "sweep_objective_frac"),
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
@@ -58,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False, usage=usage,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="Every config key is an option; lists are comma-separated, booleans true/false, "
-                                  "optional values accept none.")
+                                  "optional values accept none. The reference implementation's flags are accepted "
+                                  "too (" + ", ".join(f"--{f}" for f in aliases.FLAGS) + "; see README "
+                                  "'Coming from the reference code').")
         if name in POSITIONAL_RUN_DIRS:
             p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="meta-test run directories")
             p.add_argument("--config", help="MMEngine config file (optional here)")
@@ -66,12 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--config", required=True, help="MMEngine config file (e.g. config/meta_train/...py)")
         p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                        help="nested overrides, e.g. schedule.peak_value=3e-3")
-        keys = p.add_argument_group("config keys (defaults in config/base.py)")
-        for key, spec in SCHEMA.items():
-            kwargs = dict(dest=f"key__{key}", default=argparse.SUPPRESS, metavar=_metavar(key), help=spec.help)
-            if spec.type == "bool":
-                kwargs.update(nargs="?", const="true")
-            keys.add_argument(f"--{key}", **kwargs)
+        first = list(dict.fromkeys(k for k in COMMAND_KEYS.get(name, ()) if k in SCHEMA))
+        groups = [(p.add_argument_group(f"config keys {name} reads (defaults in config/base.py)"), first),
+                  (p.add_argument_group("other config keys (accepted; read by other subcommands)"),
+                   [k for k in SCHEMA if k not in first])]
+        for keys, names in groups:
+            for key in names:
+                spec = SCHEMA[key]
+                kwargs = dict(dest=f"key__{key}", default=argparse.SUPPRESS, metavar=_metavar(key), help=spec.help)
+                if spec.type == "bool":
+                    kwargs.update(nargs="?", const="true")
+                keys.add_argument(f"--{key}", **kwargs)
     return parser
 
 
