@@ -1,6 +1,12 @@
 """Meta-training throughput: inner steps/s of PES meta-training (= 2 · num_tasks · K / seconds per outer step).
 
     python scripts/bench.py meta-train [--widths 32,128] [--repeats 5] [--write]
+    python scripts/bench.py meta-train --devices 1,2,4 [--widths 128] [--write]   # scaling over devices
+
+``--devices``: the same outer step with the perturbation pairs sharded over the first n devices
+(``mulo.parallel.Placement``), for each n; on a CPU the devices are forced host devices
+(``--xla_force_host_platform_device_count``), which share this machine's cores, so the speed-up is bounded by the
+core count. ``--write`` then replaces the "Meta-training scaling over devices" section instead.
 
 Setting (fixed, comparable with the public reference engine): muMLP depth 3 on 32×32×3 *random* data (1000 classes;
 a pre-generated pool, so data generation is not timed), batch 128, num_tasks 8, K = 20, steps_per_jit 10, the
@@ -51,7 +57,7 @@ class RandomImages:
 
 
 def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, batch: int,
-                impl: str | None = None) -> tuple[float, float]:
+                impl: str | None = None, devices: int | None = None) -> tuple[float, float]:
     import jax
 
     from mulo.config import load_config
@@ -70,9 +76,12 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
         from mulo.optimizers.theta_io import learned_from_hparams
 
         lo = learned_from_hparams(lo.name, lo.hparams, impl=impl)
-    trainer = MetaTrainer(cfg, [task], lo)
+    from mulo.parallel import Placement
+
+    placement = Placement.create(devices=jax.devices()[:devices]) if devices else None
+    trainer = MetaTrainer(cfg, [task], lo, placement)
     state = trainer.init_state()
-    streams = [iter(_device_stream(trainer, 0))]
+    streams = trainer.streams(0)
     state, m = trainer.step(state, streams)  # warm-up: compile
     times = []
     for _ in range(repeats):
@@ -80,14 +89,10 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
         state, m = trainer.step(state, streams)  # reads metrics back: synchronised
         times.append(time.perf_counter() - t0)
     rates = 2 * num_tasks * trunc / np.asarray(times)
+    for it in streams:
+        it.close()
     jax.clear_caches()
     return float(rates.mean()), float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0
-
-
-def _device_stream(trainer, j):
-    from mulo.data.prefetch import DevicePrefetcher
-
-    return DevicePrefetcher(trainer.host_stream(j, 0), size=2, batch_axis=2)
 
 
 def machine() -> str:
@@ -125,10 +130,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lo_impl", default=None, help="the LO's implementation (fused|reference; default: "
                                                           "build_learned's)")
+    parser.add_argument("--devices", default=None, help="comma list of device counts: the scaling table")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     parser.add_argument("--note", default="", help="a line added under the table (e.g. 'machine shared, noisy')")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.devices:
+        return scaling(args, argv)
     rows = []
     for w in [int(x) for x in args.widths.split(",")]:
         mean, se = bench_width(w, args.repeats, args.num_tasks, args.trunc_length, args.steps_per_jit, args.batch,
@@ -148,14 +156,48 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_section(path: Path, body: str) -> None:
+def scaling(args, argv) -> int:
+    counts = [int(x) for x in args.devices.split(",")]
+    if "jax" not in sys.modules and not os.environ.get("JAX_PLATFORMS", "").startswith(("cuda", "gpu", "tpu")):
+        flag = f"--xla_force_host_platform_device_count={max(counts)}"  # used only where the backend is the CPU
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    import jax
+
+    if jax.device_count() < max(counts):
+        raise SystemExit(f"--devices {args.devices}: only {jax.device_count()} device(s) here")
+    rows = []
+    for w in [int(x) for x in args.widths.split(",")]:
+        for n in counts:
+            mean, se = bench_width(w, args.repeats, args.num_tasks, args.trunc_length, args.steps_per_jit,
+                                   args.batch, args.lo_impl, devices=n)
+            rows.append((w, n, mean, se))
+            print(f"width {w}, {n} device(s): {mean:.1f} ± {se:.1f} inner steps/s", flush=True)
+    out = ["| width | devices | inner steps/s (mean ± s.e.) | speed-up vs 1 device |", "|---|---|---|---|"]
+    base = {w: mean for w, n, mean, _ in rows if n == min(counts)}
+    for w, n, mean, se in rows:
+        out.append(f"| {w} | {n} | {mean:.0f} ± {se:.0f} | {mean / base[w]:.2f}× |")
+    text = "\n".join(out)
+    print(text)
+    if args.write:
+        cmd = "python scripts/bench.py meta-train " + " ".join(argv if argv is not None else sys.argv[1:])
+        kind = jax.devices()[0].device_kind
+        section = (f"Setting: as the throughput table (PES, muMLP depth 3, random 32×32×3 data, batch {args.batch}, "
+                   f"num_tasks {args.num_tasks}, K {args.trunc_length}), with the {args.num_tasks} perturbation "
+                   f"pairs sharded over the first n devices ({kind}).\n\nMachine: {machine()}. Command: "
+                   f"`{cmd.strip()}`.\n\n{text}\n" + (f"\n{args.note}\n" if args.note else ""))
+        write_section(ROOT / "BENCHMARKS.md", section, "Meta-training scaling over devices")
+    return 0
+
+
+def write_section(path: Path, body: str, title: str = "Meta-training throughput") -> None:
     from mulo.io import atomic_write_text
 
     text = path.read_text()
-    pattern = re.compile(r"(## Meta-training throughput[^\n]*\n\n)(.*?)(?=\n## |\Z)", re.S)
+    pattern = re.compile(r"(## " + re.escape(title) + r"[^\n]*\n\n)(.*?)(?=\n## |\Z)", re.S)
     if not pattern.search(text):
-        raise SystemExit("BENCHMARKS.md has no '## Meta-training throughput' section")
-    atomic_write_text(path, pattern.sub(lambda m: m.group(1) + body, text, count=1))
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n"
+    atomic_write_text(path, pattern.sub(lambda m: m.group(1) + body, text, count=1) if pattern.search(text)
+                      else text + body)
 
 
 if __name__ == "__main__":

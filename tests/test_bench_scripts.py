@@ -33,3 +33,10 @@ def test_bench_bound_prints_the_lower_bound():
     out = _bench("bound", "--width", "16", "--repeats", "2")
     bounds = [float(x) for x in re.findall(r"muLO step >= ([\d.]+)x Adam", out)]
     assert len(bounds) == 2 and bounds[0] > bounds[1] > 1.0, out
+
+
+def test_bench_meta_train_scaling_table_over_forced_devices():
+    out = _bench("meta-train", "--devices", "1,2", "--widths", "8", "--num_tasks", "2", "--trunc_length", "4",
+                 "--steps_per_jit", "2", "--batch", "8", "--repeats", "2", "--lo_impl", "reference")
+    rows = re.findall(r"\|\s*8\s*\|\s*(\d)\s*\|\s*[\d.]+ ± [\d.]+\s*\|\s*([\d.]+)×\s*\|", out)
+    assert [n for n, _ in rows] == ["1", "2"] and float(rows[0][1]) == 1.0, out
