@@ -109,8 +109,9 @@ def _pad_to(x, rows: int | None, cols: int | None):
     return x if pr == pc == 0 else jnp.pad(x, ((0, pr), (0, pc)))
 
 
-def _block(n: int, cap: int) -> int:
-    return min(cap, pl.next_power_of_2(n))
+def _block(n: int, cap: int, least: int = 1) -> int:
+    """A power-of-two tile edge (Triton's block shapes) for an axis of n: n rounded up, capped, at least ``least``."""
+    return max(least, min(cap, pl.next_power_of_2(n)))
 
 
 def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precision: str | None = None,
@@ -151,7 +152,7 @@ def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precisio
         jnp.asarray(scale, jnp.float32), b2[0], b2[1]]))
 
     # pass 2: the kernel, on tiles of (br, bc); the tensor is zero-padded to whole tiles (pads are sliced off)
-    br, bc = _block(rows, block_rows), _block(cols, block_cols)
+    br, bc = _block(rows, block_rows), _block(cols, block_cols, least=16)  # a GPU matmul needs N >= 16
     rp, cp = math.ceil(rows / br) * br, math.ceil(cols / bc) * bc
     big = [_pad_to(x, rp, cp) for x in (p, g, *acc.m, acc.v[0])]
     in_dtype, prec = matmul_inputs(precision)
