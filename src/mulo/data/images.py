@@ -86,7 +86,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: IDX header says {dims} but holds {data.size} values")
+        raise DataError(f"{path} is damaged: its IDX header says {dims} but it holds {data.size} values")
     return data.reshape(dims)
 
 
