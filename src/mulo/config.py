@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
 from mulo.errors import ConfigError
+from mulo.registry import OPTIMIZER_CHOICES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = REPO_ROOT / "config" / "base.py"
@@ -39,7 +40,7 @@ class Key:
     type: str  # int | float | str | bool | dict | list[str] | list[int] | list[float]
     help: str
     optional: bool = False
-    choices: tuple | None = None
+    choices: tuple | None = None  # or a sequence resolved when read (mulo.registry.LazyNames)
     min: float | None = None
     max: float | None = None  # inclusive, or exclusive with below_max
     below_max: bool = False
@@ -66,8 +67,8 @@ SWEEP_FIELDS: dict[str, Key] = {
 
 SCHEMA: dict[str, Key] = {
     # what to run
-    "optimizer": Key("str", "optimizer: sgd, adam, adamw, muadam, small_fc_mlp, mup_small_fc_mlp",
-                     choices=("sgd", "adam", "adamw", "muadam", "small_fc_mlp", "mup_small_fc_mlp")),
+    "optimizer": Key("str", "optimizer: a hand-designed one (sgd, adam, adamw, muadam) or a learned one (registered "
+                            "in mulo.registry: small_fc_mlp, mup_small_fc_mlp, ...)", choices=OPTIMIZER_CHOICES),
     "task": Key("list[str]", "task name(s), e.g. mumlp-w128-d3_fashionmnist-28x28x1; a comma list = multi-task"),
     "seed": Key("int", "random seed (init, data order, perturbations)", min=0),
     "name_suffix": Key("str", "appended to the run name"),

@@ -22,6 +22,7 @@ from typing import Iterator
 from mulo.config import Config, dump_text
 from mulo.errors import MuloError
 from mulo.io import atomic_write_json, atomic_write_text
+from mulo.registry import LEARNED_OPTIMIZERS
 
 LOCK_FILE = ".mulo.lock"
 OWNER_FILE = ".mulo.owner.json"  # who holds the lock (the lock file itself is truncated by each contender)
@@ -35,7 +36,6 @@ class RunDirBusy(MuloError):
 class OutputError(MuloError):
     """An output location cannot be created or written."""
 
-LEARNED = ("small_fc_mlp", "mup_small_fc_mlp")
 _WIDTH = re.compile(r"-w(\d+)-")
 
 
@@ -69,10 +69,11 @@ def run_name(cfg: Config, kind: str, theta: str | None = None) -> str:
     * a learned optimizer's θ (``theta``, see ``theta_label``) when the user gave no ``name_suffix`` of their own.
 
     E.g. ``meta-train_mup_small_fc_mlp32_mumlp-w128-d3_...``, ``meta-test_muadam_lr0.1_mumlp-w64-d3_...``."""
-    opt = cfg.optimizer + (str(cfg.hidden_size) if cfg.optimizer in LEARNED else "")
-    if cfg.optimizer not in LEARNED and kind != "sweep":
+    spec = LEARNED_OPTIMIZERS.get(cfg.optimizer)  # None: hand-designed
+    opt = cfg.optimizer + (str(cfg[spec.label_key]) if spec is not None and spec.label_key else "")
+    if spec is None and kind != "sweep":
         opt += f"_lr{cfg.learning_rate:g}"
-    elif cfg.optimizer in LEARNED and theta and not cfg.name_suffix:
+    elif spec is not None and theta and not cfg.name_suffix:
         opt += f"_{theta}"
     name = f"{kind}_{opt}_{tasks_label(list(cfg.task))}{cfg.name_suffix}"
     return re.sub(r"[^A-Za-z0-9._+=-]", "_", name)

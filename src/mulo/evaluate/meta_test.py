@@ -49,11 +49,11 @@ from mulo.config import Config
 from mulo.errors import CheckpointError, ConfigError, MuloError
 from mulo.evaluate.accumulate import value_and_grad_accumulated
 from mulo.io import atomic_write_json, read_jsonl
+from mulo.registry import HAND_DESIGNED
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 MANIFEST = "meta_test.json"
-HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # locating a learned optimizer's theta file
@@ -702,18 +702,21 @@ def build_tasks(cfg: Config, names: Sequence[str] | None = None) -> list[Any]:
     return get_tasks(list(names if names is not None else cfg.task), TaskSettings.from_config(cfg))
 
 
-LO_KEYS = ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad")
+def lo_keys(name: str) -> dict[str, str]:
+    """Config key -> hyper-parameter of the learned optimizer ``name`` (its registration, ``mulo.registry``): the
+    keys its θ file overrides; {} for a hand-designed optimizer."""
+    from mulo.registry import LEARNED_OPTIMIZERS
+
+    spec = LEARNED_OPTIMIZERS.get(name)
+    return dict(spec.config_keys) if spec is not None else {}
 
 
 def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
-    """``cfg`` with the LO keys (hidden_size, adafac_step_mult, adafac_exp_mult, lo_clip_grad, lo_eps_scaling) set
-    from the checkpoint's hyper-parameters, so the run name and the saved config.py say what was actually used."""
+    """``cfg`` with the LO's config keys (the Adafactor-MLP LOs: hidden_size, adafac_step_mult, adafac_exp_mult,
+    lo_clip_grad, lo_eps_scaling) set from the checkpoint's hyper-parameters, so the run name and the saved config.py
+    say what was actually used."""
     hp = source.info.get("hparams") or {}
-    changes = {cfg_key: hp[hp_key] for cfg_key, hp_key in (("hidden_size", "hidden_size"),
-                                                           ("adafac_step_mult", "step_mult"),
-                                                           ("adafac_exp_mult", "exp_mult"),
-                                                           ("lo_clip_grad", "clip_grad"),
-                                                           ("lo_eps_scaling", "eps_scaling")) if hp_key in hp}
+    changes = {cfg_key: hp[hp_key] for cfg_key, hp_key in lo_keys(source.name).items() if hp_key in hp}
     try:
         return cfg.replace(**changes)
     except ConfigError:
@@ -739,7 +742,7 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     source = optimizer_source(cfg, download, api_factory or wandb_api)
     if source.info.get("checkpoint"):
         fixed = checkpoint_config(cfg, source)
-        for key in LO_KEYS:  # say so when the command line asked for something the checkpoint overrides
+        for key in lo_keys(source.name):  # say so when the command line asked for something the checkpoint overrides
             if args is not None and hasattr(args, f"key__{key}") and cfg[key] != fixed[key]:
                 print(f"[meta-test] ignoring --{key} {cfg[key]}: the checkpoint's learned optimizer has "
                       f"{key}={fixed[key]}")

@@ -10,9 +10,13 @@ from mulo.optimizers.adafac_mlp import AdafacHParams, AdafacMLPLO, hparams_from_
 from mulo.optimizers.export import as_optax
 from mulo.optimizers.hand_designed import adam, adamw, from_optax, lr_schedule, muadam, sgd
 from mulo.optimizers.theta_io import learned_from_hparams, load_theta, save_theta
+from mulo.registry import HAND_DESIGNED, is_learned, learned_names, learned_spec
 
-HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
-LEARNED = ("small_fc_mlp", "mup_small_fc_mlp")
+
+def __getattr__(name: str):
+    if name == "LEARNED":  # the registered learned optimizers (mulo.registry), looked up when asked for
+        return learned_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -26,17 +30,18 @@ def _get(cfg: Any, key: str) -> Any:
         raise ConfigError(f"config key {key!r} is missing") from None
 
 
-def build_learned(cfg: Any) -> AdafacMLPLO:
-    """The learned optimizer named by ``cfg.optimizer`` with hyper-parameters from the config keys hidden_size,
-    adafac_step_mult (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp), adafac_exp_mult, lo_clip_grad and
-    lo_eps_scaling.
+def build_learned(cfg: Any) -> Any:
+    """The learned optimizer named by ``cfg.optimizer`` (a registered one, ``mulo.registry``) with hyper-parameters
+    from its config keys (the Adafactor-MLP LOs: hidden_size, adafac_step_mult (None: 0.01 for mup_small_fc_mlp,
+    0.001 for small_fc_mlp), adafac_exp_mult, lo_clip_grad and lo_eps_scaling) and the implementation ``lo_impl``.
     Use it to meta-train; to meta-test, ``load_theta`` restores the LO with the hyper-parameters it was trained with."""
     name = _get(cfg, "optimizer")
-    if name not in LEARNED:
-        raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {LEARNED}")
-    for key in ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad", "lo_eps_scaling"):
+    if not is_learned(name):
+        raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {learned_names()}")
+    spec = learned_spec(name)
+    for key in spec.config_keys:
         _get(cfg, key)
-    return AdafacMLPLO(name=name, hparams=hparams_from_config(name, cfg), impl=_get(cfg, "lo_impl"))  # lo_impl
+    return spec.from_config(cfg, impl=_get(cfg, "lo_impl"))
 
 
 def build_optimizer(cfg: Any, task: Any) -> Optimizer:
@@ -47,11 +52,11 @@ def build_optimizer(cfg: Any, task: Any) -> Optimizer:
     and ``lo.opt_fn(theta, task.update_scales)``.
     """
     name = _get(cfg, "optimizer")
-    if name in LEARNED:
+    if is_learned(name):
         raise ConfigError(f"optimizer {name!r} is a learned optimizer: build it with mulo.optimizers.load_theta("
                           f"<theta file>) and lo.opt_fn(theta, task.update_scales)")
     if name not in HAND_DESIGNED:
-        raise ConfigError(f"unknown optimizer {name!r}; expected one of {HAND_DESIGNED + LEARNED}")
+        raise ConfigError(f"unknown optimizer {name!r}; expected one of {HAND_DESIGNED + learned_names()}")
     lr = lr_schedule(_get(cfg, "learning_rate"), warmup_steps=_get(cfg, "warmup_steps"),
                      cosine_decay=_get(cfg, "cosine_decay"), end_lr_ratio=_get(cfg, "end_lr_ratio"),
                      num_steps=_get(cfg, "num_inner_steps"))

@@ -490,3 +490,24 @@ def hparams_from_config(name: str, cfg: Any) -> AdafacHParams:
     return AdafacHParams(hidden_size=int(get("hidden_size")), step_mult=float(step_mult),
                          exp_mult=float(get("adafac_exp_mult")), clip_grad=bool(get("lo_clip_grad")),
                          eps_scaling=str(get("lo_eps_scaling")))
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+
+# config key -> hyper-parameter: the keys a θ file overrides at meta-test (its run name and config.py say so)
+CONFIG_KEYS = {"hidden_size": "hidden_size", "adafac_step_mult": "step_mult", "adafac_exp_mult": "exp_mult",
+               "lo_clip_grad": "clip_grad", "lo_eps_scaling": "eps_scaling"}
+
+
+def _register(name: str, is_mup: bool, help: str) -> None:
+    from mulo.registry import LearnedSpec, register_learned
+
+    register_learned(LearnedSpec(
+        name=name, is_mup=is_mup, help=help, config_keys=CONFIG_KEYS, label_key="hidden_size",
+        build=lambda hparams, impl: AdafacMLPLO(name=name, hparams=(
+            hparams if isinstance(hparams, AdafacHParams) else AdafacHParams.from_dict(hparams)), impl=impl),
+        hparams_from_config=lambda cfg: hparams_from_config(name, cfg).to_dict()))
+
+
+_register("small_fc_mlp", False, "the Adafactor-MLP LO in standard parametrisation")
+_register("mup_small_fc_mlp", True, "the μLO: the Adafactor-MLP LO, each step times the task's μP update scale")

@@ -24,22 +24,19 @@ from flax import serialization
 
 from mulo.errors import CheckpointError, ConfigError
 from mulo.io import atomic_write_bytes
-from mulo.optimizers.adafac_mlp import LO_NAMES, AdafacHParams, AdafacMLPLO
+from mulo.registry import learned_spec
 
 FORMAT = "mulo-theta"
 VERSION = 1
 
 
-def learned_from_hparams(name: str, hparams: dict | AdafacHParams, impl: str = "fused") -> AdafacMLPLO:
-    """The learned optimizer ``name`` with the given hyper-parameters (a dict as stored in θ files, or the
-    dataclass)."""
-    if name not in LO_NAMES:
-        raise ConfigError(f"unknown learned optimizer {name!r}; expected one of {LO_NAMES}")
-    hp = hparams if isinstance(hparams, AdafacHParams) else AdafacHParams.from_dict(hparams)
-    return AdafacMLPLO(name=name, hparams=hp, impl=impl)
+def learned_from_hparams(name: str, hparams: Any, impl: str = "fused") -> Any:
+    """The registered learned optimizer ``name`` (``mulo.registry``) with the given hyper-parameters (a dict as
+    stored in θ files, or the LO's own hyper-parameter object)."""
+    return learned_spec(name).build(hparams, impl)
 
 
-def save_theta(path: str | os.PathLike, lo: AdafacMLPLO, theta: Any, extra: dict | None = None) -> None:
+def save_theta(path: str | os.PathLike, lo: Any, theta: Any, extra: dict | None = None) -> None:
     """Write ``theta`` with ``lo``'s name and hyper-parameters (and JSON-able ``extra`` metadata) atomically."""
     header = {"lo_name": lo.name, "hparams": lo.hparams.to_dict(), "extra": extra or {}}
     tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x), dtype=np.float32), theta)
@@ -54,7 +51,7 @@ def _json(obj):
     raise TypeError(f"extra metadata must be JSON-serialisable, got {type(obj).__name__}")
 
 
-def load_theta(path: str | os.PathLike, impl: str = "fused") -> tuple[AdafacMLPLO, Any, dict]:
+def load_theta(path: str | os.PathLike, impl: str = "fused") -> tuple[Any, Any, dict]:
     """(lo, theta, extra) from a θ file written by ``save_theta``. Raises CheckpointError (one line) if the file is
     missing, corrupt, of an unknown format or version, or its θ does not match its hyper-parameters."""
     path = os.fspath(path)
@@ -81,7 +78,8 @@ def load_theta(path: str | os.PathLike, impl: str = "fused") -> tuple[AdafacMLPL
     got_shapes = jax.tree.map(lambda x: tuple(np.shape(x)), theta)
     want_shapes = jax.tree.map(lambda x: tuple(x.shape), expected)
     if got_shapes != want_shapes:
-        raise CheckpointError(f"theta file {path!r}: its meta-parameters do not match {lo.name} with "
-                              f"hidden_size={lo.hparams.hidden_size}")
+        hp = lo.hparams.to_dict()
+        shown = f"hidden_size={hp['hidden_size']}" if "hidden_size" in hp else f"hyper-parameters {hp}"
+        raise CheckpointError(f"theta file {path!r}: its meta-parameters do not match {lo.name} with {shown}")
     theta = jax.tree.map(lambda x: np.asarray(x, np.float32), theta)
     return lo, theta, extra
