@@ -83,13 +83,19 @@ def test_sharded_outer_steps_match_single_device_and_resume_bit_exactly(tmp_path
     assert r["resume_exact"] and r["resumed_meta_loss_exact"], r  # interrupted + --auto_resume, sharded
 
 
-def test_pairs_that_do_not_split_over_the_devices_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "src/main.py", *QS, "--num_tasks", "3", "--output_dir", str(tmp_path)],
-                          env=_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "num_tasks=3" in lines[0] and "2 device" in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
+def test_meta_train_cli_on_two_devices_and_pairs_that_do_not_split(tmp_path):
+    """The issue's reproduction (2 forced host devices crashed the first outer step), and an uneven split."""
+    bad = subprocess.run([sys.executable, "src/main.py", *QS, "--num_tasks", "3", "--output_dir", str(tmp_path)],
+                         env=_env(2), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "num_tasks=3" in lines[0] and "2 device" in lines[0], bad.stderr
+    assert "Traceback" not in bad.stderr and not any(tmp_path.iterdir())
+    ok = subprocess.run([sys.executable, "src/main.py", *QS, "--output_dir", str(tmp_path)], env=_env(2), cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    (run,) = _run_dirs(tmp_path)
+    assert (run / "theta_final.msgpack").is_file() and (run / "checkpoints" / "latest").read_text().strip() == "2"
 
 
 # ---- several processes ----------------------------------------------------------------------------------------------
