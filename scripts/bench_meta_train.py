@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trunc_length", type=int, default=20)
     parser.add_argument("--steps_per_jit", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lo_impl", default=None, help="the LO's implementation (fused|reference; default: "
+    parser.add_argument("--lo_impl", default=None, help="the LO's implementation (fused|reference|pallas; default: "
                                                           "build_learned's)")
     parser.add_argument("--devices", default=None, help="comma list of device counts: the scaling table")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")

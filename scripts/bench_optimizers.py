@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--widths", default="128,1024,4096" if on_gpu else "128,1024")
     parser.add_argument("--batches", default="128,4096" if on_gpu else "128")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--impls", default="fused", help="learned-optimizer MLP implementations: fused,reference")
+    parser.add_argument("--impls", default="fused", help="learned-optimizer MLP implementations: some of fused,reference,pallas (lo_impl)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls after the warm-up (>= 2)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
