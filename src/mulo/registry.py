@@ -63,19 +63,23 @@ class LearnedSpec:
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """One task family: ``{model}-w{width}-d{depth}_{dataset}`` for each of its ``models`` (model name -> μP or
-    not) on a dataset of ``dataset_kind`` ("image" or "text", ``mulo.data.names``).
+    """One task family: ``{model}-w{width}-d{depth}[options]_{dataset}`` for each of its ``models`` (model name ->
+    μP or not) on a dataset of ``dataset_kind`` ("image" or "text", ``mulo.data.names``; None: ``check`` decides).
 
-    * ``build(spec, settings, dataset)`` -> the Task;
-    * ``check(spec, settings_d_head)`` raises ``TaskError`` for a name the family cannot build (e.g. a width that is
-      not a multiple of d_head), or is None.
+    * ``build(spec, settings, dataset)`` -> the Task (``spec``: a ``mulo.tasks.names.TaskSpec``);
+    * ``check(spec, d_head)`` raises ``TaskError`` (one line) for a name the family cannot build (e.g. a width that
+      is not a multiple of d_head), or is None;
+    * ``takes_options``: whether the model part may go on after the depth (``-p4-h2``: ``spec.options``);
+    * ``plural``: how error lines call the family's models ("MLPs take an image dataset, ...").
     """
 
     name: str
     models: Mapping[str, bool]
-    dataset_kind: str
+    dataset_kind: str | None
     build: Callable[[Any, Any, Any], Any]
     check: Callable[[Any, int], None] | None = None
+    takes_options: bool = False
+    plural: str = ""
     help: str = ""
 
 
@@ -90,6 +94,7 @@ class Registry(Generic[T]):
         self._packages = packages
         self._marker = marker
         self._entries: dict[str, T] = {}
+        self._order: dict[str, tuple[str, int]] = {}
         self._discovered = False
         self._lock = threading.RLock()
 
@@ -101,7 +106,10 @@ class Registry(Generic[T]):
             if old is not None and old is not entry:
                 raise RegistryError(f"{self.kind} {name!r} is already registered ({_where(old)}); choose another "
                                     f"name")
-            self._entries[name] = entry
+            # listed by the defining module, then in registration order: the same order whichever module happened
+            # to be imported first
+            self._order[name] = (str(getattr(getattr(entry, "build", None), "__module__", "")), len(self._order))
+            self._entries = dict(sorted({**self._entries, name: entry}.items(), key=lambda kv: self._order[kv[0]]))
             return entry
 
     def _discover(self) -> None:

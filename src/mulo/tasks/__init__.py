@@ -6,6 +6,7 @@
     task.update_scales   # muP update scale per parameter (hidden_lr_mult / fan_in on hidden matrices, else 1)
 
 Names are parsed (``mulo.tasks.names``): ``{model}-w{width}-d{depth}_{dataset}``; any positive width and depth.
+A new family is one new module here that calls ``mulo.registry.register_task_family`` (found on first use).
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mulo.tasks.base import MupMultipliers, ParamMeta, Task, update_scale, update_scales
-from mulo.tasks.names import (GRAMMAR, IMAGE_DATASETS, MODELS, TEXT_PATTERNS, TaskSpec, parse_task_name,
-                              split_task_names)
+from mulo.tasks.names import GRAMMAR, IMAGE_DATASETS, TEXT_PATTERNS, TaskSpec, parse_task_name, split_task_names
 from mulo.tasks.settings import TaskSettings
 
 
-def _build(spec: TaskSpec, settings: TaskSettings, dataset: Any) -> Task:
-    from mulo.tasks.mlp import MLPTask
-    from mulo.tasks.transformer import TransformerTask
+def __getattr__(name: str):
+    if name == "MODELS":  # the registered task models (mulo.registry), looked up when asked for
+        from mulo.registry import task_models
 
-    cls = MLPTask if spec.family == "mlp" else TransformerTask
-    return cls(spec, settings, dataset)
+        return task_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build(spec: TaskSpec, settings: TaskSettings, dataset: Any) -> Task:
+    return spec.task_family.build(spec, settings, dataset)  # the family's registered constructor
 
 
 def get_task(name: str, settings: TaskSettings | None = None) -> Task:

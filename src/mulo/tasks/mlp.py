@@ -88,3 +88,14 @@ class MLPTask(HaikuTask):
                          role_fn=lambda m, n, s: mlp_role(m, n, s, num_layers),
                          loss_fn=classification_loss,
                          normalizer_max=1.5 * math.log(self.num_classes))
+
+
+def _register() -> None:
+    from mulo.registry import TaskFamily, register_task_family
+
+    register_task_family(TaskFamily(name="mlp", models={"mumlp": True, "mlp": False}, dataset_kind="image",
+                                    build=MLPTask, plural="MLPs",
+                                    help="MLP classifier: depth hidden layers of width ReLU units, then the readout"))
+
+
+_register()

@@ -3,14 +3,18 @@
     {model}-w{width}-d{depth}_{dataset}
 
 * model: ``mumlp`` / ``mlp`` (muP / standard MLP on images), ``mutransformer`` / ``transformer`` (muP / standard
-  decoder-only LM on text);
+  decoder-only LM on text), ``muvit`` / ``vit`` (muP / standard vision transformer on images; its model part may
+  end in ``-p{patch}`` and / or ``-h{heads}``, see ``mulo.tasks.vit``);
 * width: any positive integer (transformers: a multiple of ``d_head``);
 * depth: any positive integer, the number of hidden layers (MLP) or transformer blocks;
 * dataset: an image dataset (``fashionmnist-28x28x1``, ``cifar10-32x32x3``, ``imagenet-32x32x3``,
   ``imagenet-64x64x3``) for MLPs, or a text dataset (``lm1b-s{seq}-v32k``, ``tinyshakespeare-s{seq}-vbyte``) for
   transformers.
 
-A bad name raises ``TaskError`` with one line saying which part is wrong and what is accepted.
+The models are those of the registered task families (``mulo.registry.register_task_family``, called by
+``mulo.tasks.mlp``, ``mulo.tasks.transformer``, ... where each family is defined): a family says which dataset kind
+it takes and checks its own names. A bad name raises ``TaskError`` with one line saying which part is wrong and what
+is accepted.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from mulo.data.names import IMAGE_DATASETS, TEXT_PATTERNS, accepted, dataset_kind, parse_text_dataset  # noqa: F401
 from mulo.errors import TaskError
+from mulo.registry import TaskFamily, model_family, task_models
 
-MLP_MODELS = ("mumlp", "mlp")
-TRANSFORMER_MODELS = ("mutransformer", "transformer")
-MODELS = MLP_MODELS + TRANSFORMER_MODELS
-MUP_MODELS = ("mumlp", "mutransformer")
-
-IMAGE_DATASETS = ("fashionmnist-28x28x1", "cifar10-32x32x3", "imagenet-32x32x3", "imagenet-64x64x3")
-TEXT_PATTERNS = ("lm1b-s{seq}-v32k", "tinyshakespeare-s{seq}-vbyte")
-_TEXT = re.compile(r"^(lm1b)-s(\d+)-v32k$|^(tinyshakespeare)-s(\d+)-vbyte$")
-_MODEL = re.compile(r"^([a-z]+)-w([^-]*)-d([^-]*)$")
+_MODEL = re.compile(r"^([a-z]+)-w([^-]*)-d([^-]*)((?:-[^-]*)*)$")
 
 GRAMMAR = "{model}-w{width}-d{depth}_{dataset}"
+
+
+def __getattr__(name: str):
+    # the registered model names (mulo.registry), looked up when asked for
+    if name == "MODELS":
+        return task_models()
+    if name == "MUP_MODELS":
+        return tuple(m for m in task_models() if model_family(m).models[m])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -41,35 +48,30 @@ class TaskSpec:
     width: int
     depth: int
     dataset: str
+    options: str = ""  # what follows the depth in the model part, e.g. "-p4-h3" (families with takes_options)
 
     @property
     def name(self) -> str:
-        return f"{self.model}-w{self.width}-d{self.depth}_{self.dataset}"
+        return f"{self.model}-w{self.width}-d{self.depth}{self.options}_{self.dataset}"
+
+    @property
+    def task_family(self) -> TaskFamily:
+        """The registered family of the model (``mulo.registry``)."""
+        family = model_family(self.model)
+        if family is None:
+            raise TaskError(f"no task family registers the model {self.model!r}")
+        return family
 
     @property
     def is_mup(self) -> bool:
-        return self.model in MUP_MODELS
+        return self.task_family.models[self.model]
 
     @property
     def family(self) -> str:
-        return "mlp" if self.model in MLP_MODELS else "transformer"
+        return self.task_family.name
 
     def with_width(self, width: int) -> "TaskSpec":
         return replace(self, width=int(width))
-
-
-def _accepted_datasets() -> str:
-    return ", ".join(IMAGE_DATASETS + TEXT_PATTERNS)
-
-
-def parse_text_dataset(dataset: str) -> tuple[str, int] | None:
-    """``("lm1b" | "tinyshakespeare", seq)`` for a text dataset name, else None."""
-    m = _TEXT.match(dataset)
-    if not m:
-        return None
-    kind = m.group(1) or m.group(3)
-    seq = int(m.group(2) or m.group(4))
-    return kind, seq
 
 
 def _positive(name: str, part: str, text: str) -> int:
@@ -80,39 +82,51 @@ def _positive(name: str, part: str, text: str) -> int:
 
 
 def parse_task_name(name: str, d_head: int = 64) -> TaskSpec:
-    """Parse and validate one task name; raise ``TaskError`` (one line) naming the bad part."""
+    """Parse and validate one task name; raise ``TaskError`` (one line) naming the bad part. The model names, the
+    dataset kind each takes and their own checks come from the registered task families (``mulo.registry``)."""
     name = name.strip()
     if name.count("_") != 1:
         raise TaskError(f"bad task name {name!r}: expected {GRAMMAR}, e.g. mumlp-w128-d3_fashionmnist-28x28x1 or "
                         f"mutransformer-w256-d2_tinyshakespeare-s64-vbyte")
     model_part, dataset = name.split("_")
+    models = ", ".join(task_models())
     m = _MODEL.match(model_part)
     if not m:
         raise TaskError(f"bad model part {model_part!r} in task name {name!r}: expected {{model}}-w{{width}}-d{{depth}} "
-                        f"with model one of {', '.join(MODELS)}")
-    model, width_text, depth_text = m.groups()
-    if model not in MODELS:
-        raise TaskError(f"bad model {model!r} in task name {name!r}: expected one of {', '.join(MODELS)}")
+                        f"with model one of {models}")
+    model, width_text, depth_text, options = m.groups()
+    family = model_family(model)
+    if family is None:
+        raise TaskError(f"bad model {model!r} in task name {name!r}: expected one of {models}")
     width = _positive(name, "width", width_text)
     depth = _positive(name, "depth", depth_text)
 
-    text = parse_text_dataset(dataset)
-    if dataset not in IMAGE_DATASETS and text is None:
-        raise TaskError(f"bad dataset {dataset!r} in task name {name!r}: expected one of {_accepted_datasets()} "
+    kind = dataset_kind(dataset)
+    if kind is None:
+        raise TaskError(f"bad dataset {dataset!r} in task name {name!r}: expected one of {accepted()} "
                         f"(seq a positive integer)")
+    text = parse_text_dataset(dataset)
     if text is not None and text[1] < 1:
         raise TaskError(f"bad sequence length in dataset {dataset!r} of task name {name!r}: expected a positive "
                         f"integer")
-    if model in MLP_MODELS and text is not None:
-        raise TaskError(f"bad dataset {dataset!r} for model {model!r} in task name {name!r}: MLPs take an image "
-                        f"dataset, one of {', '.join(IMAGE_DATASETS)}")
-    if model in TRANSFORMER_MODELS and text is None:
-        raise TaskError(f"bad dataset {dataset!r} for model {model!r} in task name {name!r}: transformers take a "
-                        f"text dataset, one of {', '.join(TEXT_PATTERNS)}")
-    if model in TRANSFORMER_MODELS and width % d_head:
-        raise TaskError(f"bad width {width} in task name {name!r}: a transformer's width must be a multiple of "
-                        f"d_head={d_head} (heads = width / d_head)")
-    return TaskSpec(model=model, width=width, depth=depth, dataset=dataset)
+    if family.dataset_kind is not None and kind != family.dataset_kind:
+        article = "an" if family.dataset_kind[0] in "aeiou" else "a"
+        raise TaskError(f"bad dataset {dataset!r} for model {model!r} in task name {name!r}: {family.plural} take "
+                        f"{article} {family.dataset_kind} dataset, one of {accepted(family.dataset_kind)}")
+    if options and not family.takes_options:
+        takers = [f"{f.plural} ({', '.join(f.models)})" for _, f in _families() if f.takes_options]
+        raise TaskError(f"bad part {options!r} in task name {name!r}: only {' and '.join(takers) or 'no model'} "
+                        f"take parts after the depth")
+    spec = TaskSpec(model=model, width=width, depth=depth, dataset=dataset, options=options)
+    if family.check is not None:
+        family.check(spec, d_head)
+    return spec
+
+
+def _families():
+    from mulo.registry import TASK_FAMILIES
+
+    return TASK_FAMILIES.items()
 
 
 def split_task_names(names: str | list[str] | tuple[str, ...]) -> list[str]:

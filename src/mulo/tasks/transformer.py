@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mulo.errors import TaskError
 from mulo.tasks.common import HaikuTask, token_loss
 from mulo.tasks.names import TaskSpec
 
@@ -152,3 +153,22 @@ class TransformerTask(HaikuTask):
         super().__init__(spec, settings, dataset, forward, role_fn=transformer_role,
                          loss_fn=lambda logits, y: token_loss(logits, y, PAD_ID),
                          normalizer_max=1.5 * math.log(self.vocab_size))
+
+
+def check_width(spec: TaskSpec, d_head: int) -> None:
+    """A transformer's width is a whole number of heads of ``d_head``."""
+    if spec.width % d_head:
+        raise TaskError(f"bad width {spec.width} in task name {spec.name!r}: a transformer's width must be a multiple "
+                        f"of d_head={d_head} (heads = width / d_head)")
+
+
+def _register() -> None:
+    from mulo.registry import TaskFamily, register_task_family
+
+    register_task_family(TaskFamily(name="transformer", models={"mutransformer": True, "transformer": False},
+                                    dataset_kind="text", build=TransformerTask, check=check_width,
+                                    plural="transformers",
+                                    help="pre-LN decoder-only LM: depth blocks, heads of d_head dims, MLP 4x width"))
+
+
+_register()
