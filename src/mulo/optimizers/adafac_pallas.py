@@ -21,7 +21,8 @@ Two passes over the tensor:
 On a GPU the kernel lowers through Pallas' Triton backend (the default GPU lowering of ``pallas_call`` in jax 0.10
 and 0.11); everywhere else it runs in interpret mode (tests: float32 equality with the plain path). Matmul inputs
 follow ``jax_default_matmul_precision`` (config key of the same name), always stated: ``float32`` IEEE, ``tensorfloat32``
-TF32 inputs, ``bfloat16`` bf16 inputs, float32 accumulation in every case. Only rank-2 tensors take the kernel;
+TF32 inputs, ``bfloat16`` bf16 inputs, float32 accumulation in every case. Hidden sizes below 16 or not a power of two are padded with
+zero units (same result). Only rank-2 tensors take the kernel;
 vectors, scalars and rank > 2 tensors use the fused path. There is no autodiff through the kernel (PES/ES and
 meta-testing need none); vmap works (meta-training's slots and antithetic branches).
 """
@@ -117,20 +118,20 @@ def _block(n: int, cap: int, least: int = 1) -> int:
 def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precision: str | None = None,
                   block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS):
     """New (params, momenta, rms) of one rank-2 tensor. ``acc`` holds the accumulators before this step,
-    ``acc_new`` after it (from ``adafac_mlp._update_acc``: only its small row/column parts are used here; the full
+    ``acc_new`` after it (from ``features.update_acc``: only its small row/column parts are used here; the full
     momenta/RMS it describes feed the statistics pass only, where XLA fuses them into the reduction)."""
-    from mulo.optimizers import adafac_mlp as A  # the shared pieces (features, normalisers) live there
+    from mulo.optimizers import features as F  # the features and normalisers of every path of this LO
 
     b_m, b_v, _ = decays
     w0, b0, w1, b1, w2, b2 = (nn[k] for k in ("w0", "b0", "w1", "b1", "w2", "b2"))
     h = w0.shape[1]
     rows, cols = p.shape
     # pass 1: per-tensor statistics and the small per-row / per-column tables
-    full, small = A._fused_inputs(p, g, acc_new)
+    full, small = F.fused_inputs(p, g, acc_new)
     assert len(full) == 16, "the kernel's feature list follows _fused_inputs for factored tensors"
-    w_full = A._effective_weights(w0, full, A._mean_squares([f for f, _ in full], p.shape))  # (16, H)
-    bias = b0 + A.time_features(iteration) @ w0[A.NUM_NORMALISED_FEATURES:]
-    w_small = A._effective_weights(w0, small)
+    w_full = F.effective_weights(w0, full, F.mean_squares([f for f, _ in full], p.shape))  # (16, H)
+    bias = b0 + F.time_features(iteration) @ w0[F.NUM_NORMALISED_FEATURES:]
+    w_small = F.effective_weights(w0, small)
     off_r = jnp.broadcast_to(bias[:, None], (h, rows))
     off_c = jnp.zeros((h, cols), jnp.float32)
     for k, (x, _) in enumerate(small):
@@ -140,8 +141,8 @@ def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precisio
             off_c = off_c + w_small[k][:, None] * jnp.reshape(x, (1, cols))
     # r·c of each decay = u[row] · w[col]: the factor with a unit column axis is the row one
     u_rows, w_cols = [], []
-    d1, d0 = A.factored_dims(p.shape)
-    for r_, c_ in (A._row_col_factors(r, c, d1, d0) for r, c in zip(acc_new.row, acc_new.col)):
+    d1, d0 = F.factored_dims(p.shape)
+    for r_, c_ in (F.row_col_factors(r, c, d1, d0) for r, c in zip(acc_new.row, acc_new.col)):
         ur, wc = (r_, c_) if d0 == 1 else (c_, r_)
         u_rows.append(jnp.broadcast_to(ur, (rows, 1))[:, 0])
         w_cols.append(jnp.broadcast_to(wc, (1, cols))[0])
@@ -158,16 +159,21 @@ def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precisio
     in_dtype, prec = matmul_inputs(precision)
     tile = pl.BlockSpec((br, bc), lambda i, j: (i, j))
     whole = lambda shape: pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
-    in_specs = [whole((NUM_CONSTS,)), whole((h, 16)), whole((h, h)), whole((h, 1)), whole((h, 2)),
-                pl.BlockSpec((h, br), lambda i, j: (0, i)), pl.BlockSpec((4, br), lambda i, j: (0, i)),
-                pl.BlockSpec((h, bc), lambda i, j: (0, j)), pl.BlockSpec((4, bc), lambda i, j: (0, j))] + [tile] * 6
+    # hidden units padded with zeros to a power of two >= 16 (a GPU matmul's smallest M and K): a padded unit has zero
+    # weights in and out and a zero offset, so relu keeps it at 0 and the result is unchanged
+    hp_ = _block(h, 1 << 30, least=16)
+    pad_h = lambda x: jnp.pad(x, ((0, hp_ - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
+    w1t = jnp.pad(w1.T, ((0, hp_ - h), (0, hp_ - h)))
+    in_specs = [whole((NUM_CONSTS,)), whole((hp_, 16)), whole((hp_, hp_)), whole((hp_, 1)), whole((hp_, 2)),
+                pl.BlockSpec((hp_, br), lambda i, j: (0, i)), pl.BlockSpec((4, br), lambda i, j: (0, i)),
+                pl.BlockSpec((hp_, bc), lambda i, j: (0, j)), pl.BlockSpec((4, bc), lambda i, j: (0, j))] + [tile] * 6
     out = pl.pallas_call(
         _kernel(br, in_dtype, prec),
         out_shape=[jax.ShapeDtypeStruct((rp, cp), jnp.float32)] * 5,
         grid=(rp // br, cp // bc), in_specs=in_specs, out_specs=[tile] * 5,
         input_output_aliases={9: 0, 11: 1, 12: 2, 13: 3, 14: 4},
         interpret=_interpret(), name="adafac_mlp_lo_step",
-    )(consts, w_full.T, w1.T, b1[:, None], w2, _pad_to(off_r, None, rp), _pad_to(u, None, rp),
-      _pad_to(off_c, None, cp), _pad_to(wc, None, cp), *big)
+    )(consts, pad_h(w_full.T), w1t, pad_h(b1[:, None]), pad_h(w2), pad_h(_pad_to(off_r, None, rp)),
+      _pad_to(u, None, rp), pad_h(_pad_to(off_c, None, cp)), _pad_to(wc, None, cp), *big)
     new_p, m0, m1, m2, v = (x[:rows, :cols] for x in out)
     return new_p, (m0, m1, m2), (v,)
