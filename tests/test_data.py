@@ -162,6 +162,19 @@ def test_tinyshakespeare_tokens_and_splits():
     np.testing.assert_array_equal(np.concatenate(parts), tokens)
 
 
+def test_byte_ids_are_seqios_byte_vocabulary():
+    """Tiny Shakespeare is tokenised without seqio/TensorFlow, with exactly seqio.ByteVocabulary's ids."""
+    import seqio
+
+    from mulo.data.text import byte_ids
+
+    text = "First Citizen:\nBefore we proceed — café, naïve, 音\n" + DEFAULT_TINYSHAKESPEARE.read_text()[:2000]
+    ids = byte_ids(text)
+    assert ids.dtype == np.int32
+    np.testing.assert_array_equal(ids, np.asarray(seqio.ByteVocabulary().encode(text), np.int32))
+    assert seqio.ByteVocabulary().decode(ids.tolist()) == text
+
+
 def test_tinyshakespeare_ships_with_the_package():
     """A clone alone runs the text tasks and the tests: the default file is inside the package, not a sibling folder."""
     import mulo

@@ -79,9 +79,21 @@ def test_gpus_are_hidden_from_tensorflow():
     assert real.config.get_visible_devices("GPU") == []
 
 
+def test_importing_tensorflow_seqio_and_tfds_prints_nothing():
+    """In a fresh process with TF_CPP_MIN_LOG_LEVEL unset (a user's shell): no oneDNN / CUDA-stub / absl lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from mulo.data.tf_env import import_seqio, import_tfds\n"
+            "seqio = import_seqio(); tfds = import_tfds(); import tensorflow as tf\n"
+            "print(len(tf.config.get_visible_devices('GPU')), seqio.ByteVocabulary().vocab_size)") % str(ROOT / "src")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and proc.stdout.split() == ["0", "259"]
+
+
 def test_meta_test_prints_start_up_lines_before_compiling_and_nothing_else(tmp_path):
-    """A fresh process (TensorFlow imported through seqio, wandb offline): banner, then 'compiling', then the
-    results on stdout; nothing on stderr (no oneDNN/absl lines, no wandb lines)."""
+    """A fresh process (wandb offline): banner, then 'compiling', then the results on stdout; nothing on stderr (no
+    TensorFlow/absl lines, no wandb lines)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WANDB_SILENT")}  # a user's shell
     env.update(WANDB_MODE="offline", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
@@ -103,3 +115,27 @@ def test_meta_test_prints_start_up_lines_before_compiling_and_nothing_else(tmp_p
     assert len(compiling) == 1 and 2 < compiling[0] < first_result  # once per task, before its first step
     assert not any(line.startswith("wandb:") for line in out)
     assert len(list(run_dir.glob("*/seed*/wandb/offline-run-*"))) == 2  # wandb still records both seeds
+
+
+_NO_TF = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tensorflow", "seqio", "tensorflow_datasets", "tensorflow_text"}:
+            raise ImportError("not installed: " + name)
+sys.meta_path.insert(0, Refuse())
+sys.path.insert(0, %r)
+from mulo.data import get_dataset
+text = next(get_dataset("tinyshakespeare-s8-vbyte").batches("train", (2,), 0))
+images = next(get_dataset("fashionmnist-28x28x1").batches("train", (2,), 0))
+print(text["x"].shape, images["x"].shape, "tensorflow" in sys.modules)
+"""
+
+
+def test_the_light_install_datasets_need_no_tensorflow():
+    """`make install TF=0` leaves TensorFlow, TFDS and seqio out: Tiny Shakespeare and Fashion-MNIST (IDX files)
+    still load (the import of any of them is refused here)."""
+    proc = subprocess.run([sys.executable, "-c", _NO_TF % str(ROOT / "src")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(2, 8) (2, 28, 28, 1) False"

@@ -1,7 +1,7 @@
 """Language-modelling datasets: int32 token ids, ``x = tokens[:-1]``, ``y = tokens[1:]``, pad id 0.
 
 * ``tinyshakespeare-s{seq}-vbyte``: the local Tiny Shakespeare file (``tinyshakespeare_path``, default the copy shipped
-  in ``mulo/data/assets/tinyshakespeare/input.txt``), encoded with seqio's ``ByteVocabulary``
+  in ``mulo/data/assets/tinyshakespeare/input.txt``), encoded as seqio's ``ByteVocabulary`` does (``byte_ids``)
   (259 ids: pad 0, eos 1, unk 2, then the 256 bytes). The text is split by position 90/5/5 into train / meta_valid /
   test. Training batches are random crops of seq+1 tokens; evaluation walks non-overlapping windows in order.
 * ``lm1b-s{seq}-v32k``: TFDS ``lm1b`` tokenised with a SentencePiece model (``vocab_path``; the reference used T5's
@@ -36,6 +36,12 @@ LM1B_EXTRA_IDS = 100
 TS_FRACTIONS = (0.90, 0.05, 0.05)
 
 
+def byte_ids(text: str) -> np.ndarray:
+    """seqio's ``ByteVocabulary`` ids of ``text`` (its UTF-8 bytes + 3: ids 0-2 are pad, eos, unk), computed with
+    numpy, so byte-level tasks need neither seqio nor TensorFlow (the tests check it against seqio)."""
+    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 3
+
+
 class TinyShakespeare:
     """Byte-level Tiny Shakespeare; the whole text (1.1M tokens) lives in RAM as int32."""
 
@@ -66,10 +72,7 @@ class TinyShakespeare:
                                     f"set tinyshakespeare_path to Tiny Shakespeare's input.txt") from None
                 except OSError as exc:
                     raise DataError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-                seqio = import_seqio()
-                vocab = seqio.ByteVocabulary()
-                assert vocab.vocab_size == self.vocab_size
-                self._tokens = np.asarray(vocab.encode(text), np.int32)
+                self._tokens = byte_ids(text)
             return self._tokens
 
     def split_tokens(self, split: str) -> np.ndarray:
