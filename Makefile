@@ -36,8 +36,10 @@ $(VENV)/.accel-%:
 	rm -f $(VENV)/.accel-*
 	touch $@
 
+# `make data` fetches Fashion-MNIST; `make data DATA="fashion_mnist lm1b"` also the LM1B tasks' T5 vocabulary
+DATA ?= fashion_mnist
 data: $(STAMP)
-	bash scripts/ensure_data.sh $(BIN)/python
+	bash scripts/ensure_data.sh $(BIN)/python $(DATA)
 
 test: install data
 	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest tests
