@@ -16,16 +16,16 @@ Two implementations of the per-tensor MLP compute the same function:
   single loop over the tensor: no (num_params × H) activations are materialised.
   See BENCHMARKS.md ("Optimizer step") for the measured cost.
 
-The accumulators are stored as one array per decay (tuples), not stacked, so that no slice copies are needed.
+The features and accumulators both paths read (and the Pallas kernel, ``adafac_pallas``) are in
+``mulo.optimizers.features``. The accumulators are stored as one array per decay (tuples), not stacked, so that no
+slice copies are needed.
 Scalars are reshaped to rank 1 for the optimizer's internal state and back for the params.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple, Sequence
-
-import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,13 +34,13 @@ import optax
 
 from mulo.errors import ConfigError
 from mulo.optimizers.base import Optimizer
+from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, TIMESCALES, Acc,  # noqa: F401
+                                      decay_from_param, effective_weights, factored_dims, features_reference,
+                                      fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
+                                      safe_rsqrt, time_features, update_acc)
 
 LO_NAMES = ("small_fc_mlp", "mup_small_fc_mlp")
 DEFAULT_STEP_MULT = {"small_fc_mlp": 0.001, "mup_small_fc_mlp": 0.01}
-TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-NUM_NORMALISED_FEATURES = 28
-NUM_FEATURES = NUM_NORMALISED_FEATURES + len(TIMESCALES)  # 39
-NORM_EPS = 1e-5  # ε of the per-tensor second-moment normaliser x / sqrt(ε + mean(x²)), as the reference
 EPS_SCALINGS = ("none", "fan_in")
 
 
@@ -104,85 +104,13 @@ class AdafacState(NamedTuple):
 
 # ----------------------------------------------------------------------------------------------- shared pieces
 
-
-def factored_dims(shape: Sequence[int]) -> tuple[int, int] | None:
-    """(d1, d0): d0 the largest axis, d1 the second largest (numpy argsort order, as the reference); None if rank < 2."""
-    if len(shape) < 2:
-        return None
-    order = np.argsort(shape)
-    return int(order[-2]), int(order[-1])
+# the shared pieces live in mulo.optimizers.features; their names here as before
+_Acc, _update_acc, _row_col_factors, _safe_rsqrt = Acc, update_acc, row_col_factors, safe_rsqrt
+_fused_inputs, _product, _mean_squares, _effective_weights = fused_inputs, product, mean_squares, effective_weights
 
 
-def decay_from_param(initial: Sequence[float], theta_decay: jax.Array) -> jax.Array:
-    """β = 1 − (1 − β₀)·exp(10·θ): θ = 0 gives the initial decay β₀."""
-    return 1.0 - (1.0 - jnp.asarray(initial, jnp.float32)) * jnp.exp(10.0 * theta_decay)
-
-
-def norm_eps(shape: Sequence[int], eps_scaling: str) -> float:
-    """ε of the second-moment normaliser for a tensor of ``shape``: NORM_EPS, or NORM_EPS / fan_in with
-    ``eps_scaling="fan_in"``, where fan_in is ``shape[0]`` for tensors of rank >= 2 (the (in, out) layout of haiku
-    and flax kernels; mulo.tasks' μP metadata uses the same rule) and 1 for vectors and scalars."""
-    if eps_scaling == "none" or len(shape) < 2:
-        return NORM_EPS
-    return NORM_EPS / int(shape[0])
-
-
-def time_features(iteration: jax.Array) -> jax.Array:
-    """tanh(t/τ − 1) for the 11 timescales τ (shape (11,))."""
-    return jnp.tanh(jnp.asarray(iteration, jnp.float32) / jnp.asarray(TIMESCALES, jnp.float32) - 1.0)
-
-
-def _safe_rsqrt(x):
-    return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
-
-
-class _Acc(NamedTuple):
-    """Accumulators of one tensor, one array per decay (tuples); unused Adafactor entries are empty tuples."""
-
-    m: tuple
-    v: tuple
-    row: tuple
-    col: tuple
-    diag: tuple
-
-
-def _init_acc(p: jax.Array, hp: AdafacHParams) -> _Acc:
-    shape = p.shape if p.ndim else (1,)
-    zeros = lambda n, s: tuple(jnp.zeros(s, jnp.float32) for _ in range(n))
-    k_f = len(hp.adafactor_decays)
-    dims = factored_dims(shape)
-    if dims is None:
-        row, col, diag = (), (), zeros(k_f, shape)
-    else:
-        d1, d0 = dims
-        row, col, diag = zeros(k_f, tuple(np.delete(shape, d0))), zeros(k_f, tuple(np.delete(shape, d1))), ()
-    return _Acc(zeros(len(hp.momentum_decays), shape), zeros(len(hp.rms_decays), shape), row, col, diag)
-
-
-def _update_acc(acc: _Acc, g: jax.Array, b_m, b_v, b_f) -> _Acc:
-    """New accumulators (no bias correction, as the reference). ``g`` has rank >= 1."""
-    ema = lambda b, old, new: b * old + (1.0 - b) * new
-    m = tuple(ema(b_m[i], x, g) for i, x in enumerate(acc.m))
-    b_v, b_f = jnp.clip(b_v, 0.0, 1.0), jnp.clip(b_f, 0.0, 1.0)
-    gsq = jnp.square(g)
-    v = tuple(ema(b_v[i], x, gsq) for i, x in enumerate(acc.v))
-    gsq = gsq + 1e-30
-    dims = factored_dims(g.shape)
-    if dims is None:
-        return _Acc(m, v, (), (), tuple(ema(b_f[i], x, gsq) for i, x in enumerate(acc.diag)))
-    d1, d0 = dims
-    row_new, col_new = jnp.mean(gsq, axis=d0), jnp.mean(gsq, axis=d1)
-    row = tuple(ema(b_f[i], x, row_new) for i, x in enumerate(acc.row))
-    col = tuple(ema(b_f[i], x, col_new) for i, x in enumerate(acc.col))
-    return _Acc(m, v, row, col, ())
-
-
-def _row_col_factors(row, col, d1, d0):
-    """Adafactor factors of one decay, r = safe_rsqrt(v_row / mean(v_row)) and c = safe_rsqrt(v_col), expanded to
-    broadcast against p. As the reference, the mean of v_row is over its (reduced) d1 axis."""
-    reduced_d1 = d1 - 1 if d1 > d0 else d1
-    r = _safe_rsqrt(row / (jnp.mean(row, axis=reduced_d1, keepdims=True) + 1e-9))
-    return jnp.expand_dims(r, d0), jnp.expand_dims(_safe_rsqrt(col), d1)
+def _init_acc(p: jax.Array, hp: AdafacHParams) -> Acc:
+    return init_acc(p, len(hp.momentum_decays), len(hp.rms_decays), len(hp.adafactor_decays))
 
 
 def _decays(theta, hp: AdafacHParams):
@@ -192,35 +120,6 @@ def _decays(theta, hp: AdafacHParams):
 
 
 # ------------------------------------------------------------------------------------ reference implementation
-
-
-def features_reference(p: jax.Array, g: jax.Array, acc: _Acc, iteration: jax.Array,
-                       eps: float = NORM_EPS) -> jax.Array:
-    """The 39 LO inputs of every element, stacked on a trailing axis: shape (*p.shape, 39), in the reference's order.
-    ``acc`` holds the accumulators already updated with ``g``; p and g have rank >= 1; ``eps``: the normaliser's ε."""
-    stack_last = lambda xs: jnp.stack(xs, axis=-1)
-    m, v = stack_last(acc.m), stack_last(acc.v)
-    feats = [g[..., None], p[..., None], m, v]
-    rs = jax.lax.rsqrt(v + 1e-6)
-    feats += [m * rs, rs]
-    dims = factored_dims(p.shape)
-    if dims is not None:
-        d1, d0 = dims
-        rcs = [_row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
-        rc = stack_last([jnp.broadcast_to(r * c, p.shape) for r, c in rcs])
-        row_t = stack_last([jnp.broadcast_to(jnp.expand_dims(r, d0), p.shape) for r in acc.row])
-        col_t = stack_last([jnp.broadcast_to(jnp.expand_dims(c, d1), p.shape) for c in acc.col])
-        feats += [g[..., None] * rc, row_t, col_t, jax.lax.rsqrt(row_t + 1e-8), jax.lax.rsqrt(col_t + 1e-8), m * rc]
-    else:
-        diag = stack_last(acc.diag)
-        fac_g = g[..., None] * _safe_rsqrt(diag + 1e-9)
-        feats += [fac_g, diag, diag, jax.lax.rsqrt(diag + 1e-8), jax.lax.rsqrt(diag + 1e-8),
-                  m * (diag + 1e-6) ** -0.5]
-    stack = jnp.concatenate(feats, axis=-1)
-    axes = tuple(range(p.ndim))
-    stack = stack * jax.lax.rsqrt(eps + jnp.mean(jnp.square(stack), axis=axes, keepdims=True))
-    tf = jnp.broadcast_to(time_features(iteration), p.shape + (len(TIMESCALES),))
-    return jnp.concatenate([stack, tf], axis=-1)
 
 
 def mlp_reference(nn: dict, x: jax.Array) -> jax.Array:
@@ -238,86 +137,6 @@ def _dir_mag_reference(nn, p, g, acc, iteration, eps=NORM_EPS):
 # ---------------------------------------------------------------------------------------- fused implementation
 
 
-def _fused_inputs(p, g, acc):
-    """The LO's normalised-feature inputs for the fused path, grouped by shape.
-
-    Returns (full, small): ``full`` is a list of (factors, [rows of w0]) where the feature is the product of the
-    factors (arrays broadcastable to p's shape, at least one of full shape); ``small`` a list of (array of a factored
-    shape, broadcastable to p's shape, [rows of w0]). A feature that appears twice in the reference stack (v_diag and
-    rsqrt(v_diag) for unfactored tensors) appears once with both rows. Products are kept as factors so that the
-    normaliser's reduction and the MLP loop each compute them in their own fused loop, instead of XLA writing every
-    product feature to memory to share it.
-    """
-    m, v = acc.m, acc.v[0]
-    rs = jax.lax.rsqrt(v + 1e-6)
-    full = [((g,), [0]), ((p,), [1])]
-    full += [((m[i],), [2 + i]) for i in range(3)] + [((v,), [5])]
-    full += [((m[i], rs), [6 + i]) for i in range(3)] + [((rs,), [9])]
-    small = []
-    dims = factored_dims(p.shape)
-    if dims is not None:
-        d1, d0 = dims
-        rcs = [_row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
-        full += [((g, r, c), [10 + i]) for i, (r, c) in enumerate(rcs)]
-        full += [((m[i], r, c), [25 + i]) for i, (r, c) in enumerate(rcs)]
-        for i in range(3):
-            row_i = jnp.expand_dims(acc.row[i], d0)
-            col_i = jnp.expand_dims(acc.col[i], d1)
-            small += [(row_i, [13 + i]), (col_i, [16 + i]),
-                      (jax.lax.rsqrt(row_i + 1e-8), [19 + i]), (jax.lax.rsqrt(col_i + 1e-8), [22 + i])]
-    else:
-        diag = acc.diag
-        full += [((g, _safe_rsqrt(diag[i] + 1e-9)), [10 + i]) for i in range(3)]
-        # the reference feeds v_diag twice and rsqrt(v_diag) twice: same values, same normaliser -> add the weights
-        full += [((diag[i],), [13 + i, 16 + i]) for i in range(3)]
-        full += [((jax.lax.rsqrt(diag[i] + 1e-8),), [19 + i, 22 + i]) for i in range(3)]
-        full += [((m[i], (diag[i] + 1e-6) ** -0.5), [25 + i]) for i in range(3)]
-    return full, small
-
-
-def _product(factors):
-    out = factors[0]
-    for f in factors[1:]:
-        out = out * f
-    return out
-
-
-def _mean_squares(features: list[tuple], shape: tuple[int, ...]) -> list[jax.Array]:
-    """mean(x²) of each feature (a product of factors broadcast to ``shape``) in a single pass: one variadic
-    reduction over the last axis (which XLA vectorises and fuses with the products), then a sum over the rest. This is
-    several times faster than one reduction per feature, and as accurate (pairwise over rows)."""
-    squares = [_product([jnp.square(f) for f in factors]) for factors in features]
-    if len(squares) == 1 or math.prod(shape) < 2:
-        return [jnp.mean(jnp.broadcast_to(x, shape)) for x in squares]
-    rows = (1, shape[0]) if len(shape) == 1 else (math.prod(shape[:-1]), shape[-1])
-    sums = _row_sums(*(jnp.broadcast_to(x, shape).reshape(rows) for x in squares))
-    n = math.prod(shape)
-    return [jnp.sum(t) / n for t in sums]
-
-
-@jax.custom_jvp
-def _row_sums(*arrays):
-    """Sums over axis 1 of several (rows, cols) arrays in one variadic reduction (one pass over memory)."""
-    zero = tuple(jnp.zeros((), x.dtype) for x in arrays)
-    return jax.lax.reduce(arrays, zero, lambda a, b: tuple(x + y for x, y in zip(a, b)), (1,))
-
-
-@_row_sums.defjvp
-def _row_sums_jvp(primals, tangents):
-    # linear: the tangents' row sums, with ordinary (differentiable, transposable) reductions
-    return _row_sums(*primals), tuple(jnp.sum(t, axis=1) for t in tangents)
-
-
-def _effective_weights(w0, feats, mean_squares=None, eps=NORM_EPS):
-    """(K, H): each feature's first-layer weights (summed over its rows) times its per-tensor normaliser
-    1/sqrt(eps + mean(x²)). The mean over a broadcast (row/column) feature equals the mean over its factored array."""
-    rows = jnp.stack([sum(w0[i] for i in idx) for _, idx in feats])
-    if mean_squares is None:
-        mean_squares = [jnp.mean(jnp.square(x)) for x, _ in feats]
-    norms = jax.lax.rsqrt(eps + jnp.stack(mean_squares))
-    return rows * norms[:, None]
-
-
 def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
     """Same function as ``_dir_mag_reference`` without materialising per-element feature stacks or activations.
 
@@ -330,14 +149,14 @@ def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
     # compile-time constant (closed over), which makes compilation run out of memory.
     w0, b0, w1, b1, w2, b2 = jax.lax.optimization_barrier(tuple(nn[k] for k in ("w0", "b0", "w1", "b1", "w2", "b2")))
     h = w0.shape[1]
-    full, small = _fused_inputs(p, g, acc)
-    w_full = _effective_weights(w0, full, _mean_squares([f for f, _ in full], p.shape), eps)  # (Kf, H)
+    full, small = fused_inputs(p, g, acc)
+    w_full = effective_weights(w0, full, mean_squares([f for f, _ in full], p.shape), eps)  # (Kf, H)
     bias = b0 + time_features(iteration) @ w0[NUM_NORMALISED_FEATURES:]  # (H,)
     # per hidden unit, the small features' contributions, one array per distinct small shape (row-type and
     # column-type) so that nothing of p's full size is materialised: offsets[g] has shape (H, *broadcastable shape)
     offsets = [bias.reshape((h,) + (1,) * p.ndim)]
     if small:
-        w_small = _effective_weights(w0, small, eps=eps)  # (Ks, H)
+        w_small = effective_weights(w0, small, eps=eps)  # (Ks, H)
         by_shape: dict[tuple, jax.Array] = {}
         for k, (x, _) in enumerate(small):
             term = w_small[k].reshape((h,) + (1,) * p.ndim) * x[None]
@@ -346,7 +165,7 @@ def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
         offsets[0] = offsets[0] + bias.reshape((h,) + (1,) * p.ndim)
     # materialise the weights and the small offsets before the big loop, so that it does not recompute them per element
     w_full, offsets = jax.lax.optimization_barrier((w_full, offsets))
-    xs = [_product(f) for f, _ in full]
+    xs = [product(f) for f, _ in full]
     h1 = []
     for j in range(h):
         a = offsets[0][j]
@@ -452,11 +271,11 @@ class AdafacMLPLO:
             def one(p, g, m, v, row, col, diag, s):
                 shape = p.shape
                 p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
-                acc = _update_acc(_Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
+                acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
                 if (self.impl == "pallas" and p1.size >= self.fused_min_size and adafac_pallas.applies(p1.shape)
                         and hp.eps_scaling == "none"):  # the kernel has the reference's ε
                     new_p, new_m, new_v = adafac_pallas.update_matrix(
-                        nn, p1.astype(jnp.float32), g1, _Acc(m, v, row, col, diag), acc, (b_m, b_v, b_f), t, hp, s,
+                        nn, p1.astype(jnp.float32), g1, Acc(m, v, row, col, diag), acc, (b_m, b_v, b_f), t, hp, s,
                         precision=jax.config.jax_default_matmul_precision)
                     return new_p.astype(p.dtype).reshape(shape), acc._replace(m=new_m, v=new_v)
                 direction, magnitude = dir_mag(nn, p1, g1, acc, t, norm_eps(shape, hp.eps_scaling))
@@ -466,7 +285,7 @@ class AdafacMLPLO:
 
             out = jax.tree.map(one, state.params, grads, state.mom, state.rms, state.fac_row, state.fac_col,
                                state.fac_diag, sc)
-            is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], _Acc)
+            is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], Acc)
             new_params = jax.tree.map(lambda o: o[0], out, is_leaf=is_pair)
             pick = lambda i: jax.tree.map(lambda o: o[1][i], out, is_leaf=is_pair)
             return AdafacState(params=new_params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),

@@ -29,6 +29,7 @@ import numpy as np
 
 from mulo.errors import CheckpointError
 from mulo.optimizers.adafac_mlp import NUM_FEATURES, AdafacHParams, AdafacMLPLO
+from mulo.registry import learned_spec
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -99,7 +100,7 @@ def theta_from_hub(tensors: dict[str, np.ndarray], config: Any, origin: str = "h
     theta = {k: np.asarray(v, np.float32) for k, v in PYLO_DECAYS.items()}
     theta["nn"] = nn
     hp = AdafacHParams(hidden_size=hidden, step_mult=PYLO_STEP_MULT, exp_mult=PYLO_EXP_MULT)
-    return AdafacMLPLO(name=name, hparams=hp), theta
+    return learned_spec(name).build(hp, "fused"), theta  # the registered LO of that name (mulo.registry)
 
 
 def read_hub_folder(folder: str | os.PathLike, origin: str | None = None) -> tuple[AdafacMLPLO, dict]:
