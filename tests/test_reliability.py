@@ -100,6 +100,33 @@ def test_a_run_directory_held_by_another_run_is_refused_naming_the_holder(tmp_pa
     assert not (path / "config.py").exists()
 
 
+@pytest.mark.parametrize("kind, argv", [
+    ("meta-train", lambda o: qs(o)),
+    ("coord-check", lambda o: ["coord-check", "--config", COORD, "--widths", "8,16", "--output_dir", str(o), *QUIET])])
+def test_meta_train_and_coord_check_refuse_a_held_run_directory(tmp_path, capsys, kind, argv):
+    _, cfg = parse(argv(tmp_path / "O"))
+    path = run_dir_path(cfg, kind)
+    with claim(path, "another " + kind):
+        one_line(*run(argv(tmp_path / "O"), capsys), f"is in use by another {kind} (pid {os.getpid()}")
+    assert listing(tmp_path / "O") == {}  # no config.py, no metrics, no checkpoints
+
+
+def test_a_sweep_directory_belongs_to_one_study(tmp_path, capsys):
+    from mulo.evaluate.sweep import STUDY_RECORD, claim_study, storage_url
+
+    argv = sweep(tmp_path / "O", "--study_name", "s")
+    _, cfg = parse(argv)
+    path = run_dir_path(cfg, "sweep")
+    path.mkdir(parents=True)
+    claim_study(path, storage_url(cfg, path), "s")
+    claim_study(path, storage_url(cfg, path), "s")  # a second worker of the same study joins
+    with pytest.raises(Exception, match="holds the sweep study 's'"):
+        claim_study(path, "sqlite:////elsewhere/study.db", "s")
+    before = listing(path)
+    one_line(*run(sweep(tmp_path / "O", "--study_name", "other"), capsys), "holds the sweep study 's'")
+    assert listing(path) == before and set(before) == {STUDY_RECORD}  # and no config.py was written
+
+
 def test_two_processes_at_one_run_directory_leave_what_one_run_writes(tmp_path):
     steps = 60
     argv = [sys.executable, str(REPO / "src" / "main.py"), *mt(tmp_path / "out", "--num_inner_steps", str(steps),

@@ -507,10 +507,12 @@ def main(cfg: Config, args: Any = None) -> int:
     from mulo.rundir import claim, run_dir_path, run_name, write_config
 
     run_dir = run_dir_path(cfg, "sweep")
-    check_sweep(cfg)
+    _, space = check_sweep(cfg)
     tasks = build_tasks(cfg)
     preflight.check_data(tasks, ["train"] + ([] if cfg.skip_test else ["test"]))
-    preflight.check_loops(cfg, tasks, lambda t: build_optimizer(cfg, t), "a sweep trial")
+    batch = space.get("local_batch_size", cfg.local_batch_size)  # the largest batch a trial may use
+    batch = max(batch) if isinstance(batch, list) else int(batch["high"]) if isinstance(batch, dict) else batch
+    preflight.check_loops(cfg, tasks, lambda t: build_optimizer(cfg, t), "a sweep trial", batch_size=batch)
     name = cfg.study_name or run_name(cfg, "sweep")
     with claim(run_dir, "sweep setup", wait=SETUP_WAIT_S):
         claim_study(run_dir, storage_url(cfg, run_dir), name)
