@@ -286,6 +286,9 @@ def test_report_skips_a_damaged_summary_and_a_damaged_metrics_line_with_a_warnin
     assert math.isclose(results[0]["final_train_loss_mean"], np.mean([2.0 - 0.9, 2.0 - 1.0]))
     rc, err = run(["report", str(tmp_path / "nothing_here")], capsys)
     one_line(rc, err, "not a directory")
+    (tmp_path / "a_file").write_text("x")
+    rc, err = run(["report", str(run_dir), "--output_dir", str(tmp_path / "a_file" / "rep")], capsys)
+    one_line(rc, err, "report directory", "cannot be created")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

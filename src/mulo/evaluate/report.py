@@ -454,6 +454,9 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     train_dirs = [d for d in dirs if not (d / MANIFEST).is_file() and is_meta_train_dir(d, _read_metrics)]
     test_dirs = [d for d in dirs if d not in train_dirs]
     out = Path(out_dir) if out_dir is not None else default_report_dir(run_dirs)
+    from mulo.rundir import check_writable
+
+    check_writable(out, "report directory")  # one line before any figure is drawn
     cells = aggregate(load_runs(test_dirs, frac)) if test_dirs or not train_dirs else []
     out.mkdir(parents=True, exist_ok=True)
     figures, sections = [], []
