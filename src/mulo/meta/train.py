@@ -38,15 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.errors import CheckpointError, ConfigError
+from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
 from mulo.parallel import Placement, agree, barrier, is_main_process
-
-THETA_FINAL = "theta_final"
-THETA_EXT = ".msgpack"  # mulo.optimizers.save_theta format (flax msgpack)
 
 
 class TrainState(NamedTuple):
@@ -223,7 +221,6 @@ class _StopFlag:
 def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
     from mulo.optimizers import save_theta
 
-    path = path.with_name(path.name + THETA_EXT)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_theta(path, lo, jax.device_get(theta), extra=extra)
     return path
@@ -273,7 +270,7 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
         step = int(step_state.step)
         ckpt.save(step, step_state)
         if main:
-            _save_theta(run_dir / "theta" / f"theta_step{step}", lo, step_state.theta, {**theta_extra, "step": step})
+            _save_theta(theta_step_path(run_dir, step), lo, step_state.theta, {**theta_extra, "step": step})
 
     interrupted = None
     streams = trainer.streams(start)
@@ -315,7 +312,7 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
         ckpt.close()
     final = None
     if interrupted is None and main:
-        final = _save_theta(run_dir / THETA_FINAL, lo, state.theta, {**theta_extra, "step": int(state.step)})
+        final = _save_theta(theta_final_path(run_dir), lo, state.theta, {**theta_extra, "step": int(state.step)})
     return {"step": int(state.step), "theta_file": str(final) if final else None, "interrupted": interrupted,
             "run_dir": str(run_dir), "state": state}
 
