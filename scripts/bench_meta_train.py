@@ -175,7 +175,7 @@ def scaling(args, argv) -> int:
     out = ["| width | devices | inner steps/s (mean ± s.e.) | speed-up vs 1 device |", "|---|---|---|---|"]
     base = {w: mean for w, n, mean, _ in rows if n == min(counts)}
     for w, n, mean, se in rows:
-        out.append(f"| {w} | {n} | {mean:.0f} ± {se:.0f} | {mean / base[w]:.2f}× |")
+        out.append(f"| {w} | {n} | {mean:.1f} ± {se:.1f} | {mean / base[w]:.2f}× |")
     text = "\n".join(out)
     print(text)
     if args.write:
