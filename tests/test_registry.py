@@ -1,0 +1,224 @@
+"""The registries (mulo.registry): a learned optimizer and a task family defined and registered *here*, in a test file,
+work through the config, run names, θ files, task names and the meta-test command without any other module
+changing; duplicates are refused; the shipped LOs and families are found by discovery."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mulo.cli import main as cli_main
+from mulo.config import load_config
+from mulo.errors import CheckpointError, ConfigError, TaskError
+from mulo.optimizers import build_learned, load_theta, save_theta
+from mulo.optimizers.base import Optimizer
+from mulo.registry import (LearnedSpec, RegistryError, TaskFamily, is_learned, learned_names, model_family,
+                           optimizer_names, register_learned, register_task_family, task_models)
+from mulo.rundir import run_name, theta_label
+from mulo.tasks import get_task, parse_task_name
+from mulo.tasks.common import HaikuTask, classification_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------- a toy LO
+# step = lr · exp(θ["log_mult"]) · g, times the task's μP update scale for the μP twin
+
+
+@dataclass(frozen=True)
+class ToyHParams:
+    lr: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ToyLO:
+    name: str
+    hparams: ToyHParams = field(default_factory=ToyHParams)
+    impl: str = "fused"
+
+    @property
+    def uses_mup(self) -> bool:
+        return self.name == "mup_toy_sgd_lo"
+
+    def init_theta(self, key):
+        del key
+        return {"log_mult": jnp.zeros((), jnp.float32)}
+
+    def opt_fn(self, theta, update_scales=None) -> Optimizer:
+        scales = update_scales if self.uses_mup else None
+
+        def init(params, num_steps=0):
+            return params
+
+        def update(params, grads, loss=None, key=None):
+            step = self.hparams.lr * jnp.exp(theta["log_mult"])
+            sc = scales if scales is not None else jax.tree.map(lambda _: 1.0, params)
+            return jax.tree.map(lambda p, g, s: p - step * s * g.astype(p.dtype), params, grads, sc)
+
+        return Optimizer(init=init, update=update, params=lambda state: state)
+
+
+def _toy_spec(name: str, is_mup: bool) -> LearnedSpec:
+    return LearnedSpec(name=name, is_mup=is_mup, config_keys={"learning_rate": "lr"}, label_key=None,
+                       build=lambda hp, impl: ToyLO(name, hp if isinstance(hp, ToyHParams) else ToyHParams(**hp),
+                                                    impl),
+                       hparams_from_config=lambda cfg: {"lr": float(cfg["learning_rate"])})
+
+
+TOY_SPEC = register_learned(_toy_spec("mup_toy_sgd_lo", True))
+register_learned(_toy_spec("toy_sgd_lo", False))
+
+# ------------------------------------------------------------------------------------------ a toy task family
+# {mutoylin|toylin}-w{W}-d{D}_{image dataset}: D hidden linear layers of W units (no nonlinearity), then a readout
+
+
+class ToyLinearTask(HaikuTask):
+    def __init__(self, spec, settings, dataset):
+        num_classes = int(dataset.num_classes)
+
+        def forward(x, is_training):  # -> (logits, activations by layer), as HaikuTask expects
+            h, acts = x.reshape((x.shape[0], -1)).astype(jnp.float32), {}
+            for i in range(spec.depth):
+                h = acts[f"linear_{i}"] = hk.Linear(spec.width, name=f"linear_{i}")(h)
+            logits = acts["readout"] = hk.Linear(num_classes, name="readout")(h)
+            return logits, acts
+
+        def role(module, name, shape):
+            if name != "w":
+                return "vector"
+            return "input" if module.endswith("linear_0") else "output" if module.endswith("readout") else "hidden"
+
+        super().__init__(spec, settings, dataset, forward, role_fn=role, loss_fn=classification_loss,
+                         normalizer_max=1.5 * math.log(num_classes))
+
+
+def _even_width(spec, d_head):
+    if spec.width % 2:
+        raise TaskError(f"bad width {spec.width} in task name {spec.name!r}: a toy linear net's width is even")
+
+
+TOY_FAMILY = register_task_family(TaskFamily(name="toylinear", models={"mutoylin": True, "toylin": False},
+                                             dataset_kind="image", build=ToyLinearTask, check=_even_width,
+                                             plural="toy linear nets"))
+
+TOY_TASK = "mutoylin-w8-d2_fashionmnist-28x28x1"
+
+
+# --------------------------------------------------------------------------------------------------- the tests
+
+
+def test_the_shipped_optimizers_and_families_are_discovered():
+    assert {"small_fc_mlp", "mup_small_fc_mlp"} <= set(learned_names())
+    assert {"mumlp", "mlp", "mutransformer", "transformer", "muvit", "vit"} <= set(task_models())
+    assert model_family("mumlp").models == {"mumlp": True, "mlp": False}
+
+
+def test_registry_is_append_only():
+    with pytest.raises(RegistryError, match="'mup_toy_sgd_lo' is already registered"):
+        register_learned(_toy_spec("mup_toy_sgd_lo", True))
+    with pytest.raises(RegistryError, match="already registered"):
+        register_learned(_toy_spec("mup_small_fc_mlp", True))  # a shipped name, too
+    assert register_learned(TOY_SPEC) is TOY_SPEC  # the very same entry again (a re-import) is no duplicate
+    with pytest.raises(RegistryError, match="model 'mumlp' of family 'other' is already registered by family 'mlp'"):
+        register_task_family(TaskFamily(name="other", models={"mumlp": True}, dataset_kind="image",
+                                        build=ToyLinearTask))
+    with pytest.raises(RegistryError, match="bad learned optimizer name"):
+        register_learned(_toy_spec("bad name", False))
+
+
+def test_toy_lo_through_the_config_and_build_learned():
+    assert is_learned("mup_toy_sgd_lo") and "mup_toy_sgd_lo" in optimizer_names()
+    cfg = load_config(None, cli={"optimizer": "mup_toy_sgd_lo", "learning_rate": 0.5})
+    lo = build_learned(cfg)
+    assert isinstance(lo, ToyLO) and lo.hparams == ToyHParams(lr=0.5) and lo.impl == cfg.lo_impl
+    with pytest.raises(ConfigError, match="expected one of .*mup_toy_sgd_lo.*did you mean 'mup_toy_sgd_lo'"):
+        load_config(None, cli={"optimizer": "mup_toy_sgd_l"})
+
+
+def test_toy_lo_step_by_hand_and_its_mup_flag():
+    params = {"w": jnp.array([[1.0, 2.0]]), "b": jnp.array([3.0])}
+    grads = {"w": jnp.array([[0.5, -1.0]]), "b": jnp.array([2.0])}
+    scales = {"w": 0.25, "b": 1.0}
+    theta = {"log_mult": jnp.log(jnp.float32(2.0))}  # step = 0.1 * 2
+    mu = ToyLO("mup_toy_sgd_lo").opt_fn(theta, scales)
+    out = mu.params(mu.update(mu.init(params), grads))
+    np.testing.assert_allclose(out["w"], [[1.0 - 0.2 * 0.25 * 0.5, 2.0 + 0.2 * 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(out["b"], [3.0 - 0.2 * 2.0], rtol=1e-6)
+    sp = ToyLO("toy_sgd_lo").opt_fn(theta, scales)  # the SP twin ignores the scales
+    np.testing.assert_allclose(sp.params(sp.update(sp.init(params), grads))["w"], [[0.9, 2.2]], rtol=1e-6)
+
+
+def test_toy_lo_theta_file_round_trip_and_run_name(tmp_path):
+    lo = ToyLO("mup_toy_sgd_lo", ToyHParams(lr=0.25))
+    path = tmp_path / "theta_final.msgpack"
+    save_theta(path, lo, {"log_mult": jnp.float32(0.5)}, extra={"step": 3})
+    back, theta, extra = load_theta(path, impl="reference")
+    assert back == ToyLO("mup_toy_sgd_lo", ToyHParams(lr=0.25), impl="reference")
+    assert float(theta["log_mult"]) == 0.5 and extra == {"step": 3}
+    cfg = load_config(None, cli={"optimizer": "mup_toy_sgd_lo", "task": [TOY_TASK]})
+    name = run_name(cfg, "meta-test", theta_label(path))
+    assert name == f"meta-test_mup_toy_sgd_lo_{theta_label(path)}_{TOY_TASK}"  # no label key, no lr: a learned LO
+    save_theta(tmp_path / "bad.msgpack", lo, {"log_mult": jnp.zeros((2,))})  # θ of another shape than init_theta's
+    with pytest.raises(CheckpointError, match="do not match mup_toy_sgd_lo with hyper-parameters"):
+        load_theta(tmp_path / "bad.msgpack")
+
+
+def test_toy_task_family_through_the_task_names():
+    spec = parse_task_name(TOY_TASK)
+    assert (spec.family, spec.is_mup, spec.width, spec.depth) == ("toylinear", True, 8, 2)
+    assert parse_task_name("toylin-w8-d2_cifar10-32x32x3").is_mup is False
+    with pytest.raises(TaskError, match="toy linear nets take an image dataset"):
+        parse_task_name("mutoylin-w8-d2_tinyshakespeare-s8-vbyte")
+    with pytest.raises(TaskError, match="a toy linear net's width is even"):
+        parse_task_name("mutoylin-w7-d2_fashionmnist-28x28x1")
+    with pytest.raises(TaskError, match="expected one of .*mutoylin, toylin"):
+        parse_task_name("toylinx-w8-d2_fashionmnist-28x28x1")
+    task = get_task(TOY_TASK)
+    assert isinstance(task, ToyLinearTask)
+    # μP update scales from the roles the family declared: hidden matrices 1/fan_in, everything else 1
+    scales = task.update_scales
+    assert scales["linear_1"]["w"] == pytest.approx(1.0 / 8) and scales["linear_1"]["b"] == 1.0
+    assert scales["linear_0"]["w"] == 1.0 and scales["readout"]["w"] == 1.0
+    assert get_task("toylin-w8-d2_fashionmnist-28x28x1").update_scales["linear_1"]["w"] == 1.0  # SP: 1 everywhere
+
+
+def test_meta_test_runs_the_toy_lo_on_the_toy_task(tmp_path, capsys):
+    lo = ToyLO("mup_toy_sgd_lo", ToyHParams(lr=0.05))
+    theta_path = tmp_path / "theta_final.msgpack"
+    save_theta(theta_path, lo, {"log_mult": jnp.float32(0.0)})
+    out = tmp_path / "out"
+    args = ["meta-test", "--config", str(REPO / "config" / "meta_test" / "meta_test_base.py"), "--optimizer",
+            "mup_toy_sgd_lo", "--checkpoint", str(theta_path), "--task", TOY_TASK,
+            "--learning_rate", "0.9", "--num_inner_steps", "6", "--local_batch_size", "16", "--test_interval", "3",
+            "--test_steps_per_jit", "3", "--max_eval_examples", "32", "--eval_batch_size", "32", "--progress",
+            "false", "--wandb_mode", "disabled", "--num_runs", "1", "--output_dir", str(out)]
+    assert cli_main(args) == 0
+    assert "ignoring --learning_rate 0.9" in capsys.readouterr().out  # the θ file's lr wins
+    (run_dir,) = out.iterdir()
+    assert run_dir.name == f"meta-test_mup_toy_sgd_lo_{theta_label(theta_path)}_{TOY_TASK}"
+    manifest = json.loads((run_dir / "meta_test.json").read_text())
+    assert manifest["optimizer"] == "mup_toy_sgd_lo" and manifest["optimizer_info"]["hparams"] == {"lr": 0.05}
+    summary = json.loads((run_dir / TOY_TASK / "seed0" / "summary.json").read_text())
+    assert summary["steps_completed"] == 6 and not summary["diverged"] and math.isfinite(summary["final_train_loss"])
+    assert "learning_rate = 0.05" in (run_dir / "config.py").read_text()
+
+
+def test_importing_the_config_imports_no_optimizer_module():
+    code = ("import sys; import mulo.config, mulo.registry; "
+            "print(sorted(m for m in sys.modules if m.startswith(('jax', 'mulo.optimizers', 'mulo.tasks'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
