@@ -89,7 +89,7 @@ def test_coord_check_command(tmp_path, capsys):
                      "--coord_steps", "2", "--local_batch_size", "8", "--output_dir", str(tmp_path)])
     assert code == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert run_dir.name.startswith("coord-check_muadam_mumlp-w128-d3_fashionmnist")
+    assert run_dir.name.startswith("coord-check_muadam_lr0.01_mumlp-w128-d3_fashionmnist")  # the lr tells runs apart
     result = json.loads((run_dir / "coord_check.json").read_text())
     assert result["widths"] == [16, 32] and result["optimizer"] == "muadam"
     layers = {r["layer"] for r in result["records"]}
