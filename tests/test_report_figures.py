@@ -92,6 +92,9 @@ def test_labels_name_the_learning_rate_or_the_theta():
     ) == "mup_small_fc_mlp (θ t step50)"
     assert run_label({"optimizer": "mup_small_fc_mlp", "optimizer_info": {
         "checkpoint": "/tmp/x/theta_final.msgpack", "wandb_checkpoint_id": "e/p/r"}}) == "mup_small_fc_mlp (θ e/p/r)"
+    assert run_label({"optimizer": "mup_small_fc_mlp", "optimizer_info": {
+        "checkpoint": "/cache/snapshots/abc/model.safetensors", "checkpoint_extra": {"source": "hf:btherien/mulo"}}}
+    ) == "mup_small_fc_mlp (θ hf:btherien/mulo)"
     assert run_label({"optimizer": "sgd"}) == "sgd"
 
 

@@ -102,14 +102,18 @@ def _final(summary: dict, losses: np.ndarray, frac: float) -> float:
 
 def run_label(manifest: dict) -> str | None:
     """A legend / table label that tells runs apart: ``muadam lr=0.03``; ``mup_small_fc_mlp (θ <meta-train run>)``
-    for a learned optimizer (its θ's run directory, step when not the final θ, or its wandb run)."""
+    for a learned optimizer (its θ's run directory, step when not the final θ, its wandb run, or its named source
+    such as ``hf:btherien/mulo``)."""
     name = manifest.get("optimizer")
     if not isinstance(name, str):
         return None
     info = manifest.get("optimizer_info") if isinstance(manifest.get("optimizer_info"), dict) else {}
     hparams = info.get("hparams") if isinstance(info.get("hparams"), dict) else {}
+    extra = info.get("checkpoint_extra") if isinstance(info.get("checkpoint_extra"), dict) else {}
     if info.get("wandb_checkpoint_id"):
         return f"{name} (θ {info['wandb_checkpoint_id']})"
+    if isinstance(extra.get("source"), str):  # a named source: hf:OWNER/NAME, pretrained:NAME
+        return f"{name} (θ {extra['source']})"
     if isinstance(info.get("checkpoint"), str):
         path = Path(info["checkpoint"])
         run = path.parent.parent if path.parent.name == "theta" else path.parent
