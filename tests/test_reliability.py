@@ -417,6 +417,25 @@ def test_footprint_counts_copies_meta_parameters_and_batches():
     assert isinstance(fp, Footprint) and is_out_of_memory(MemoryError()) and not is_out_of_memory(ValueError("x"))
 
 
+def test_capacity_sums_the_accelerators_of_every_process_and_falls_back_to_host_ram():
+    from mulo.memory import capacity
+
+    class Device:
+        def __init__(self, limit):
+            self.limit = limit
+
+        def memory_stats(self):
+            return None if self.limit is None else {"bytes_limit": self.limit, "bytes_in_use": 5}
+
+    device, host, shared = capacity([Device(100), Device(50)], processes=2)
+    assert (device, shared) == (300, False) and host > 0
+    cpu_device, cpu_host, shared = capacity([Device(None)], processes=1)
+    assert shared and cpu_device == cpu_host == host // 2  # CPU: the host RAM of one process
+    if Path("/proc/meminfo").is_file():
+        kib = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1])
+        assert cpu_host == kib * 1024
+
+
 def test_parameter_bytes_from_shapes_match_the_real_parameters():
     import jax
 

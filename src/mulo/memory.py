@@ -9,8 +9,9 @@ Parameter and state sizes are exact (``jax.eval_shape`` of the initialisers: abs
 compiled). Activations, XLA temporaries and the dataset itself are not counted, so a run the estimate lets through
 may still run out of memory: the CLI then reports XLA's RESOURCE_EXHAUSTED as one line (``is_out_of_memory``).
 
-Capacity: the sum of the local accelerators' ``memory_stats()["bytes_limit"]``; on a CPU backend (no memory stats)
-device and host are the same RAM, ``MemTotal`` of /proc/meminfo (else ``os.sysconf``).
+Capacity: the sum of the local accelerators' ``memory_stats()["bytes_limit"]`` (times the processes of a
+multi-process run); on a CPU backend (no memory stats) device and host are the same RAM, ``MemTotal`` of
+/proc/meminfo (else ``os.sysconf``).
 """
 
 from __future__ import annotations
@@ -85,13 +86,17 @@ def _host_ram() -> int | None:
         return None
 
 
-def capacity(devices: Iterable[Any] | None = None) -> tuple[int | None, int | None, bool]:
-    """(device bytes, host bytes, shared): the accelerators' memory limit (summed) and the host RAM; ``shared`` when
-    the devices have no memory stats (CPU) and use the host RAM."""
-    if devices is None:
+def capacity(devices: Iterable[Any] | None = None,
+             processes: int | None = None) -> tuple[int | None, int | None, bool]:
+    """(device bytes, host bytes, shared) of the whole job: the accelerators' memory limits summed over the local
+    devices, and the host RAM, each times the number of processes (a multi-process run spreads its arrays over
+    every process's devices; the estimates are of the whole job); ``shared`` when the devices have no memory stats
+    (CPU) and use the host RAM."""
+    if devices is None or processes is None:
         import jax
 
-        devices = jax.local_devices()
+        devices = jax.local_devices() if devices is None else devices
+        processes = jax.process_count() if processes is None else processes
     limits = []
     for d in devices:
         try:
@@ -103,9 +108,10 @@ def capacity(devices: Iterable[Any] | None = None) -> tuple[int | None, int | No
             break
         limits.append(int(stats["bytes_limit"]))
     host = _host_ram()
+    host = None if host is None else host * processes
     if not limits:
         return host, host, True
-    return sum(limits), host, False
+    return sum(limits) * processes, host, False
 
 
 def _gib(n: float) -> str:
