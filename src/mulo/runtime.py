@@ -48,8 +48,6 @@ def check_environment(environ: Any = None) -> None:
                           f"online, offline, disabled")
 
 
-
-
 def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | None:
     """Point JAX's persistent compilation cache at ``cache_dir`` (``~`` expanded); None turns it off.
 
