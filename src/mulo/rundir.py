@@ -131,13 +131,18 @@ def create_dir(path: str | os.PathLike, what: str = "run directory") -> bool:
     return not existed
 
 
-def _holder(path: Path) -> str:
-    try:
-        info = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
-        return f"{info['command']} (pid {info['pid']} on {info['host']}, since {since})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+def _holder(path: Path, patience_s: float = 2.0) -> str:
+    """Who holds the lock, from its owner record (written just after the lock is taken: wait a moment for it)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            info = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+            return f"{info['command']} (pid {info['pid']} on {info['host']}, since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 @contextmanager
