@@ -45,6 +45,12 @@ warmup_steps = 0
 cosine_decay = False
 end_lr_ratio = 0.1
 
+# ---- VeLO (velo, mup_velo; also adafac_step_mult (None: 0.001) and adafac_exp_mult), stored with theta
+velo_lstm_hidden_size = 16
+velo_param_inits = 8
+velo_ff_hidden_size = 4
+velo_ff_hidden_layers = 2
+
 # ---- meta-training
 num_outer_steps = 5000
 num_inner_steps = 1000

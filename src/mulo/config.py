@@ -109,6 +109,11 @@ SCHEMA: dict[str, Key] = {
     "warmup_steps": Key("int", "linear warmup steps of hand-designed optimizers", min=0),
     "cosine_decay": Key("bool", "cosine-decay the learning rate to end_lr_ratio * lr over num_inner_steps"),
     "end_lr_ratio": Key("float", "final lr / peak lr of the cosine schedule", min=0.0),
+    # VeLO (velo, mup_velo); its step_mult / exp_mult are adafac_step_mult (None: 0.001) / adafac_exp_mult
+    "velo_lstm_hidden_size": Key("int", "VeLO: hidden units of the per-tensor LSTM (stored with theta)", min=1),
+    "velo_param_inits": Key("int", "VeLO: per-parameter MLPs in the bank the LSTM mixes (stored with theta)", min=1),
+    "velo_ff_hidden_size": Key("int", "VeLO: hidden units of each per-parameter MLP (stored with theta)", min=1),
+    "velo_ff_hidden_layers": Key("int", "VeLO: hidden layers of each per-parameter MLP (stored with theta)", min=1),
     # meta-training
     "num_outer_steps": Key("int", "meta-training (outer) steps", min=1),
     "num_inner_steps": Key("int", "inner steps: max episode length (meta-train) or horizon (meta-test)", min=1),

@@ -1,0 +1,349 @@
+"""VeLO's hypernetwork learned optimizer: ``velo`` (SP) and ``mup_velo`` (μVeLO, reference_design.md §1.4).
+
+A per-tensor LSTM reads per-tensor features and produces, for every tensor, ``param_inits`` mixing controls and a
+learning-rate multiplier; the controls mix a bank of ``param_inits`` small per-parameter MLPs into the one MLP that
+updates that tensor:
+
+* **LSTM inputs** (28 per tensor, ``LSTM_FEATURES``): 9 embeddings ``tanh(10 (f − τ))`` of the fraction of training
+  done f (τ = 0.03 … 1.1), 9 loss-buffer features (EMAs of the loss at 10 half-lives from 10 steps to the run's
+  length, each relative to its running minimum), for the parameter-RMS-normalised tensor: the clipped log of the
+  variance of each momentum (3), of the mean and of the variance of the RMS accumulator (1 + 1), and a one-hot of the
+  tensor's rank (5; dimensions > 1 counted). A *mix layer* gives every tensor the element-wise max over all tensors
+  of a 2-layer ReLU embedding, so the controls depend on the whole model but stay equivariant to reordering tensors.
+* **Per-parameter MLP** (30 inputs → ``ff_hidden_size`` × ``ff_hidden_layers`` ReLU → 3): g, clip(g, ±0.1), p,
+  momenta (3), RMS (1), m·rsqrt(RMS) (3), rsqrt(RMS) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1), the Adafactor
+  row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the Adafactor-
+  normalised momenta (3) (``PARAM_FEATURES``, 14 groups), each group normalised per tensor by its second moment. Its
+  weights are ``interp_mult · mean_k(control_k · θ_k)`` over the bank.
+* **Step**: ``direction · exp(exp_mult · magnitude) · step_mult · lr_mult``, times RMS(p) when ``param_scale_mult``
+  (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (it is not width
+  invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
+
+Differences from the upstream code (learned_optimization's HyperV2, copied by the μLO reference): the mix layer is
+the 2-layer embedding it was meant to be (upstream computes its first layer and discards it), the variance of the RMS
+accumulator is taken around its own mean (upstream subtracts the momentum's mean), and the LSTM's state starts at 0
+instead of a stored (zero) initial state. The fraction of training comes from ``num_steps`` given to
+``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulo.errors import ConfigError
+from mulo.optimizers.base import Optimizer
+from mulo.optimizers.features import (Acc, decay_from_param, factored_dims, init_acc, row_col_factors, safe_rsqrt,
+                                      update_acc)
+
+FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the longest and its running minimum
+MAX_RANK = 5  # rank one-hot
+PARAM_FEATURE_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "fac_g", "g_rsqrt_rms", "row",
+                        "col", "rsqrt_row", "rsqrt_col", "fac_m")
+PARAM_FEATURES = 30
+LSTM_FEATURES = len(FRACTION_TIMESCALES) + (NUM_LOSS_EMAS - 1) + 3 + 1 + 1 + MAX_RANK  # 28
+GRAD_CLIP = 1000.0
+NORM_EPS = 1e-5
+NUM_OUTPUTS = 3  # direction, magnitude, unused (VeLO's)
+DEFAULTS = {"velo": {"interp_mult": 100.0, "param_scale_mult": True},
+            "mup_velo": {"interp_mult": 1.0, "param_scale_mult": False}}
+
+
+@dataclass(frozen=True)
+class VeloHParams:
+    """Hyper-parameters of VeLO, stored with θ. Defaults: the reference's μVeLO sizes (LSTM 16, 8 MLPs of 2 hidden
+    layers of 4)."""
+
+    lstm_hidden_size: int = 16
+    param_inits: int = 8
+    ff_hidden_size: int = 4
+    ff_hidden_layers: int = 2
+    interp_mult: float = 1.0
+    step_mult: float = 0.001
+    exp_mult: float = 0.001
+    param_scale_mult: bool = False
+    momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decays: tuple[float, ...] = (0.999,)
+    adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+
+    def __post_init__(self):
+        for key in ("lstm_hidden_size", "param_inits", "ff_hidden_size", "ff_hidden_layers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"VeLO's {key} must be >= 1, got {getattr(self, key)}")
+        if len(self.momentum_decays) != 3 or len(self.rms_decays) != 1 or len(self.adafactor_decays) != 3:
+            raise ConfigError("VeLO needs 3 momentum, 1 RMS and 3 Adafactor decays (30 features per parameter)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VeloHParams":
+        known = set(cls.__dataclass_fields__)
+        if set(d) - known:
+            raise ConfigError(f"unknown VeLO hyper-parameter(s) {sorted(set(d) - known)}; expected some of "
+                              f"{sorted(known)}")
+        d = {k: (tuple(float(x) for x in v) if k.endswith("_decays") else v) for k, v in d.items()}
+        return cls(**d)
+
+
+class VeloState(NamedTuple):
+    params: Any
+    mom: Any  # per tensor, 3 arrays of its shape (scalars as rank 1)
+    rms: Any
+    fac_row: Any
+    fac_col: Any
+    fac_diag: Any
+    lstm_h: jax.Array  # (num_tensors, lstm_hidden_size)
+    lstm_c: jax.Array
+    loss_means: jax.Array  # (NUM_LOSS_EMAS,)
+    loss_min: jax.Array
+    loss_decays: jax.Array
+    iteration: jax.Array
+    num_steps: jax.Array
+
+
+# ------------------------------------------------------------------------------------------------ per-tensor LSTM
+
+
+def fraction_embedding(fraction: jax.Array) -> jax.Array:
+    return jnp.tanh(10.0 * (jnp.asarray(fraction, jnp.float32) - jnp.asarray(FRACTION_TIMESCALES, jnp.float32)))
+
+
+def loss_decays(num_steps: jax.Array) -> jax.Array:
+    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps``."""
+    top = jnp.log10(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 10.0))
+    return jnp.exp(-1.0 / jnp.logspace(1.0, top, NUM_LOSS_EMAS))
+
+
+def update_loss_buffer(means, running_min, decays, iteration, loss):
+    """New (means, running_min) after ``loss`` (clipped to twice the current bias-corrected maximum)."""
+    corrected = means / (1.0 - decays ** (iteration + 1))
+    approx_max = jnp.where(iteration == 0, loss, jnp.max(corrected))
+    loss = jnp.minimum(jnp.abs(approx_max) * 2.0, loss)
+    means = means * decays + loss * (1.0 - decays)
+    return means, jnp.minimum(running_min, means / (1.0 - decays ** (iteration + 1)))
+
+
+def loss_features(means, running_min, decays, iteration) -> jax.Array:
+    """9 features in [-1, 1]: each shorter EMA relative to its running minimum and the next longer one (0 at first)."""
+    corrected = means / (1.0 - decays ** jnp.maximum(iteration, 1))
+    den = jnp.maximum(1e-8, corrected[1:] - running_min[:-1])
+    feat = jnp.clip((corrected[:-1] - running_min[:-1]) / den - 1.0, -1.0, 1.0)
+    return jnp.where(iteration <= 2, 0.0 * feat, feat)
+
+
+def _clip_log_abs(v):
+    return jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * v)), -5.0, 5.0) * 0.5
+
+
+def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
+    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor (``m``, ``v``: its accumulator tuples)."""
+    norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
+    ms = jnp.stack([x * norm for x in m], axis=-1)
+    rs = v[0] * norm
+    axes = tuple(range(p.ndim))
+    var_m = jnp.mean(jnp.square(ms - jnp.mean(ms, axis=axes, keepdims=True)), axis=axes)
+    mean_rms = jnp.mean(rs)
+    var_rms = jnp.mean(jnp.square(rs - mean_rms))
+    rank = int(np.sum(np.asarray(p.shape) > 1))
+    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
+                            _clip_log_abs(mean_rms)[None], _clip_log_abs(var_rms)[None],
+                            jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
+
+
+def _dense(w, b, x):
+    return x @ w + b
+
+
+def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
+    """(controls (T, param_inits), lr_mult (T,), h, c) for the (T, LSTM_FEATURES) per-tensor inputs ``x``.
+    Each row is one tensor; the mix layer's max over rows is the only coupling, so permuting tensors permutes the
+    outputs."""
+    mix = jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))
+    mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], mix))
+    x = _dense(rnn["in_w"], rnn["in_b"], x) + jnp.max(mix, axis=0, keepdims=True)
+    gates = x @ rnn["lstm_wx"] + h @ rnn["lstm_wh"] + rnn["lstm_b"]
+    i, g, f, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    controls = _dense(rnn["ctrl_w"], rnn["ctrl_b"], h)
+    lr_mult = _dense(rnn["lr_w"], rnn["lr_b"], h)[:, 0]
+    return controls, lr_mult, h, c
+
+
+# ----------------------------------------------------------------------------------------- per-parameter MLP
+
+
+def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
+    """The 14 feature groups of one tensor (rank >= 1), each (*p.shape, k), 30 columns in all."""
+    stack = lambda xs: jnp.stack(xs, axis=-1)
+    m, v = stack(acc.m), acc.v[0][..., None]
+    rsqrt = jax.lax.rsqrt(v + 1e-6)
+    dims = factored_dims(p.shape)
+    if dims is not None:
+        d1, d0 = dims
+        rcs = [row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
+        rc = stack([jnp.broadcast_to(r * c, p.shape) for r, c in rcs])
+        row = stack([jnp.broadcast_to(jnp.expand_dims(r, d0), p.shape) for r in acc.row])
+        col = stack([jnp.broadcast_to(jnp.expand_dims(c, d1), p.shape) for c in acc.col])
+        fac_g, fac_m = g[..., None] * rc, m * rc
+    else:
+        row = col = stack(acc.diag)
+        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + 1e-6) ** -0.5
+    return [g[..., None], jnp.clip(g, -0.1, 0.1)[..., None], p[..., None], m, v, m * rsqrt, rsqrt, fac_g,
+            g[..., None] * rsqrt, row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
+
+
+def param_features(p, g, acc: Acc) -> jax.Array:
+    """(*p.shape, 30): the groups, each normalised over the tensor by its second moment."""
+    axes = tuple(range(p.ndim))
+    normed = [x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
+              for x in param_feature_groups(p, g, acc)]
+    return jnp.concatenate(normed, axis=-1)
+
+
+def mix_mlp(ff: dict, controls: jax.Array, interp_mult: float) -> dict:
+    """One tensor's MLP: ``interp_mult · mean_k(controls_k · θ_k)`` over the bank's leading axis."""
+    def mix(w):
+        return interp_mult * jnp.mean(w * controls.reshape((-1,) + (1,) * (w.ndim - 1)), axis=0)
+
+    return jax.tree.map(mix, ff)
+
+
+def mlp_apply(ff: dict, x: jax.Array, num_layers: int) -> jax.Array:
+    for i in range(num_layers):
+        x = jax.nn.relu(x @ ff[f"w{i}"] + ff[f"b{i}"])
+    return x @ ff[f"w{num_layers}"] + ff[f"b{num_layers}"]
+
+
+# ---------------------------------------------------------------------------------------- the learned optimizer
+
+
+def _normal(key, fan_in, shape):
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) / np.sqrt(fan_in)
+
+
+@dataclass(frozen=True)
+class VeloLO:
+    """``velo`` (SP: update scales ignored) or ``mup_velo`` (step × the tensor's μP update scale)."""
+
+    name: str
+    hparams: VeloHParams = field(default_factory=VeloHParams)
+    impl: str = "reference"  # one path (the per-parameter MLP is a few matmuls of width 4)
+
+    def __post_init__(self):
+        if self.name not in DEFAULTS:
+            raise ConfigError(f"unknown VeLO variant {self.name!r}; expected one of {', '.join(DEFAULTS)}")
+
+    @property
+    def uses_mup(self) -> bool:
+        return self.name == "mup_velo"
+
+    def init_theta(self, key: jax.Array) -> dict:
+        hp = self.hparams
+        lh, k, fh, nl = hp.lstm_hidden_size, hp.param_inits, hp.ff_hidden_size, hp.ff_hidden_layers
+        keys = iter(jax.random.split(key, 8 + nl + 1))
+        rnn = {"mix0_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix0_b": jnp.zeros((lh,)),
+               "mix1_w": _normal(next(keys), lh, (lh, lh)), "mix1_b": jnp.zeros((lh,)),
+               "in_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "in_b": jnp.zeros((lh,)),
+               "lstm_wx": _normal(next(keys), lh, (lh, 4 * lh)), "lstm_wh": _normal(next(keys), lh, (lh, 4 * lh)),
+               "lstm_b": jnp.zeros((4 * lh,)),
+               "ctrl_w": _normal(next(keys), lh, (lh, k)), "ctrl_b": jnp.zeros((k,)),
+               "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,))}
+        sizes = [PARAM_FEATURES] + [fh] * nl + [NUM_OUTPUTS]
+        ff = {}
+        for i in range(nl + 1):
+            ff[f"w{i}"] = _normal(next(keys), sizes[i], (k, sizes[i], sizes[i + 1]))
+            ff[f"b{i}"] = jnp.zeros((k, sizes[i + 1]), jnp.float32)
+        return {"rnn": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), rnn), "ff": ff}
+
+    def opt_fn(self, theta: Any, update_scales: Any = None) -> Optimizer:
+        hp = self.hparams
+        scales = update_scales if self.uses_mup else None
+        b_m = decay_from_param(hp.momentum_decays, jnp.zeros((3,)))
+        b_v = decay_from_param(hp.rms_decays, jnp.zeros((1,)))
+        b_f = decay_from_param(hp.adafactor_decays, jnp.zeros((3,)))
+
+        def init(params, num_steps: int = 1) -> VeloState:
+            if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
+                raise ValueError("update_scales must have the structure of the params")
+            accs = jax.tree.map(lambda p: init_acc(jnp.asarray(p), 3, 1, 3), params)
+            pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
+            n = len(jax.tree.leaves(params))
+            zeros = jnp.zeros((n, hp.lstm_hidden_size), jnp.float32)
+            steps = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
+            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), zeros, zeros,
+                             jnp.zeros((NUM_LOSS_EMAS,), jnp.float32), jnp.full((NUM_LOSS_EMAS,), 1e12, jnp.float32),
+                             loss_decays(steps), jnp.asarray(0, jnp.int32), steps)
+
+        def update(state: VeloState, grads, loss=None, key=None) -> VeloState:
+            del key
+            loss = jnp.asarray(0.0 if loss is None else loss, jnp.float32)
+            means, running_min = update_loss_buffer(state.loss_means, state.loss_min, state.loss_decays,
+                                                    state.iteration, loss)
+            loss_feats = loss_features(means, running_min, state.loss_decays, state.iteration + 1)
+            grads = jax.tree.map(lambda g: jnp.clip(g.astype(jnp.float32), -GRAD_CLIP, GRAD_CLIP), grads)
+            fraction = state.iteration / state.num_steps.astype(jnp.float32)
+            flat_p, treedef = jax.tree.flatten(state.params)
+            leaves = lambda tree: treedef.flatten_up_to(tree)
+            rows = [tensor_features(jnp.reshape(p, m[0].shape), m, v, fraction, loss_feats)
+                    for p, m, v in zip(flat_p, leaves(state.mom), leaves(state.rms))]
+            controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c)
+            sc = leaves(scales) if scales is not None else [1.0] * len(flat_p)
+            out_p, out_acc = [], []
+            for i, (p, g, m, v, row, col, diag) in enumerate(zip(
+                    flat_p, leaves(grads), leaves(state.mom), leaves(state.rms), leaves(state.fac_row),
+                    leaves(state.fac_col), leaves(state.fac_diag))):
+                p1, g1 = jnp.reshape(p, m[0].shape).astype(jnp.float32), jnp.reshape(g, m[0].shape)
+                acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
+                out = mlp_apply(mix_mlp(theta["ff"], controls[i], hp.interp_mult), param_features(p1, g1, acc),
+                                hp.ff_hidden_layers)
+                step = out[..., 0] * jnp.exp(hp.exp_mult * out[..., 1]) * hp.step_mult * lr_mult[i]
+                if hp.param_scale_mult:
+                    step = step * jnp.sqrt(jnp.mean(jnp.square(p1)) + 1e-9)
+                out_p.append((p1 - step * sc[i]).astype(p.dtype).reshape(p.shape))
+                out_acc.append(acc)
+            pick = lambda j: treedef.unflatten([a[j] for a in out_acc])
+            return VeloState(treedef.unflatten(out_p), pick(0), pick(1), pick(2), pick(3), pick(4), h, c, means,
+                             running_min, state.loss_decays, state.iteration + 1, state.num_steps)
+
+        return Optimizer(init=init, update=update, params=lambda state: state.params)
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+
+CONFIG_KEYS = {"velo_lstm_hidden_size": "lstm_hidden_size", "velo_param_inits": "param_inits",
+               "velo_ff_hidden_size": "ff_hidden_size", "velo_ff_hidden_layers": "ff_hidden_layers",
+               "adafac_step_mult": "step_mult", "adafac_exp_mult": "exp_mult"}
+
+
+def hparams_from_config(name: str, cfg: Any) -> VeloHParams:
+    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
+    step_mult = get("adafac_step_mult")
+    return VeloHParams(lstm_hidden_size=int(get("velo_lstm_hidden_size")), param_inits=int(get("velo_param_inits")),
+                       ff_hidden_size=int(get("velo_ff_hidden_size")),
+                       ff_hidden_layers=int(get("velo_ff_hidden_layers")),
+                       step_mult=0.001 if step_mult is None else float(step_mult),
+                       exp_mult=float(get("adafac_exp_mult")), **DEFAULTS[name])
+
+
+def _register(name: str, is_mup: bool, help: str) -> None:
+    from mulo.registry import LearnedSpec, register_learned
+
+    register_learned(LearnedSpec(
+        name=name, is_mup=is_mup, help=help, config_keys=CONFIG_KEYS, label_key="velo_lstm_hidden_size",
+        build=lambda hparams, impl: VeloLO(name=name, hparams=(
+            hparams if isinstance(hparams, VeloHParams) else VeloHParams.from_dict(hparams))),
+        hparams_from_config=lambda cfg: hparams_from_config(name, cfg).to_dict()))
+
+
+_register("velo", False, "VeLO's LSTM hypernetwork LO (standard parametrisation)")
+_register("mup_velo", True, "μVeLO: VeLO with each step times the task's μP update scale and no RMS(p) factor")
