@@ -13,7 +13,8 @@ updates that tensor:
 * **Per-parameter MLP** (30 inputs → ``ff_hidden_size`` × ``ff_hidden_layers`` ReLU → 3): g, clip(g, ±0.1), p,
   momenta (3), RMS (1), m·rsqrt(RMS) (3), rsqrt(RMS) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1), the Adafactor
   row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the Adafactor-
-  normalised momenta (3) (``PARAM_FEATURES``, 14 groups), each group normalised per tensor by its second moment. Its
+  normalised momenta (3) (``PARAM_FEATURES``, 14 groups), each column normalised over the tensor by its
+  second moment (as VeLO's normaliser over the tensor's axes). Its
   weights are ``interp_mult · mean_k(control_k · θ_k)`` over the bank.
 * **Step**: ``direction · exp(exp_mult · magnitude) · step_mult · lr_mult``, times RMS(p) when ``param_scale_mult``
   (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (it is not width
@@ -203,7 +204,7 @@ def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
 
 
 def param_features(p, g, acc: Acc) -> jax.Array:
-    """(*p.shape, 30): the groups, each normalised over the tensor by its second moment."""
+    """(*p.shape, 30): the groups' columns, each normalised over the tensor by its second moment."""
     axes = tuple(range(p.ndim))
     normed = [x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
               for x in param_feature_groups(p, g, acc)]

@@ -1,0 +1,142 @@
+"""VeLO / μVeLO (src/mulo/optimizers/velo.py): feature counts, parameter shapes, the μP scale on hidden matrices only,
+permutation equivariance of the LSTM controls, θ files and run names, the loss-buffer features."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mulo.config import load_config
+from mulo.optimizers import build_learned, load_theta, save_theta
+from mulo.optimizers import velo as V
+from mulo.optimizers.features import Acc, init_acc, update_acc
+from mulo.rundir import run_name
+from test_meta_toys import QuadraticTask
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _acc_after(p, g):
+    b = jnp.asarray([0.9, 0.99, 0.999])
+    return update_acc(Acc(*init_acc(p, 3, 1, 3)), g, b, jnp.asarray([0.999]), b)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5,), (3, 4, 2)])
+def test_thirty_features_per_parameter_in_fourteen_groups(shape):
+    p = jax.random.normal(KEY, shape)
+    g = jax.random.normal(jax.random.PRNGKey(1), shape)
+    acc = _acc_after(p, g)
+    groups = V.param_feature_groups(p, g, acc)
+    assert [x.shape[-1] for x in groups] == [1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3]
+    feats = V.param_features(p, g, acc)
+    assert feats.shape == shape + (V.PARAM_FEATURES,) == shape + (30,)
+    # every column is divided by sqrt(1e-5 + its mean square over the tensor) (VeLO's normaliser over the tensor's
+    # axes), so its mean square becomes ms / (1e-5 + ms)
+    axes = tuple(range(len(shape)))
+    raw = np.concatenate([np.asarray(x) for x in groups], axis=-1)
+    col_ms = np.mean(np.square(raw.astype(np.float64)), axis=axes)
+    np.testing.assert_allclose(np.mean(np.square(np.asarray(feats)), axis=axes), col_ms / (1e-5 + col_ms),
+                               rtol=1e-4)
+    # g and its clip are the first two columns, scaled by their own normalisers
+    np.testing.assert_allclose(feats[..., 0] * np.sqrt(np.mean(np.square(g)) + 1e-5), g, rtol=1e-5)
+
+
+def test_lstm_inputs_per_tensor():
+    p = jax.random.normal(KEY, (6, 4))
+    acc = _acc_after(p, p)
+    x = V.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,)))
+    assert x.shape == (V.LSTM_FEATURES,) == (9 + 9 + 3 + 1 + 1 + 5,)
+    np.testing.assert_allclose(x[:9], np.tanh(10 * (0.5 - np.asarray(V.FRACTION_TIMESCALES))), rtol=1e-6)
+    np.testing.assert_array_equal(x[-5:], [0, 0, 1, 0, 0])  # rank 2
+    acc7 = _acc_after(jnp.ones((7,)), jnp.ones((7,)))
+    vec = V.tensor_features(jnp.ones((7,)), acc7.m, acc7.v, 0.5, jnp.zeros((9,)))
+    np.testing.assert_array_equal(vec[-5:], [0, 1, 0, 0, 0])
+
+
+def test_parameter_shapes_of_the_reference_sizes():
+    lo = build_learned(load_config(None, cli={"optimizer": "mup_velo"}))
+    hp = lo.hparams
+    assert (hp.lstm_hidden_size, hp.param_inits, hp.ff_hidden_size, hp.ff_hidden_layers, hp.interp_mult,
+            hp.param_scale_mult, hp.step_mult, hp.exp_mult) == (16, 8, 4, 2, 1.0, False, 0.001, 0.001)
+    shapes = jax.tree.map(jnp.shape, lo.init_theta(KEY))
+    assert shapes["ff"] == {"w0": (8, 30, 4), "b0": (8, 4), "w1": (8, 4, 4), "b1": (8, 4), "w2": (8, 4, 3),
+                            "b2": (8, 3)}
+    assert shapes["rnn"] == {"mix0_w": (28, 16), "mix0_b": (16,), "mix1_w": (16, 16), "mix1_b": (16,),
+                             "in_w": (28, 16), "in_b": (16,), "lstm_wx": (16, 64), "lstm_wh": (16, 64),
+                             "lstm_b": (64,), "ctrl_w": (16, 8), "ctrl_b": (8,), "lr_w": (16, 1), "lr_b": (1,)}
+    sp = build_learned(load_config(None, cli={"optimizer": "velo"})).hparams
+    assert (sp.interp_mult, sp.param_scale_mult) == (100.0, True)
+
+
+def _one_update(lo, theta, params, grads, scales, loss=1.0):
+    opt = lo.opt_fn(theta, scales)
+    return opt.params(opt.update(opt.init(params, 10), grads, jnp.float32(loss)))
+
+
+def test_mup_scale_reaches_hidden_matrices_only():
+    task = QuadraticTask(dim=4)
+    # small params, so that p - step keeps the step's digits in float32
+    params = jax.tree.map(lambda p: 1e-3 * jax.random.normal(jax.random.PRNGKey(p.size + 1), p.shape), task.init(KEY))
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
+    lo = build_learned(load_config(None, cli={"optimizer": "mup_velo", "adafac_step_mult": 1.0}))
+    theta = lo.init_theta(KEY)
+    ones = jax.tree.map(lambda _: 1.0, params)
+    scaled = _one_update(lo, theta, params, grads, task.update_scales)
+    plain = _one_update(lo, theta, params, grads, ones)
+    step = lambda new, name, k: np.asarray(params[name][k] - new[name][k])
+    assert task.update_scales["mat"]["v"] == pytest.approx(0.25)  # hidden: 1 / fan_in
+    np.testing.assert_allclose(step(scaled, "mat", "v"), 0.25 * step(plain, "mat", "v"), rtol=1e-3)
+    np.testing.assert_array_equal(step(scaled, "lin", "w"), step(plain, "lin", "w"))  # a vector: scale 1
+    assert np.abs(step(plain, "mat", "v")).max() > 0
+    sp = build_learned(load_config(None, cli={"optimizer": "velo"}))  # the SP LO ignores the scales
+    a = _one_update(sp, sp.init_theta(KEY), params, grads, task.update_scales)
+    b = _one_update(sp, sp.init_theta(KEY), params, grads, ones)
+    np.testing.assert_array_equal(a["mat"]["v"], b["mat"]["v"])
+
+
+def test_lstm_controls_are_equivariant_to_permuting_tensors():
+    lo = build_learned(load_config(None, cli={"optimizer": "mup_velo"}))
+    theta = lo.init_theta(KEY)
+    x = jax.random.normal(KEY, (5, V.LSTM_FEATURES))
+    h = jax.random.normal(jax.random.PRNGKey(1), (5, 16))
+    c = jax.random.normal(jax.random.PRNGKey(2), (5, 16))
+    perm = np.array([3, 0, 4, 1, 2])
+    out = V.lstm_controls(theta["rnn"], x, h, c)
+    out_p = V.lstm_controls(theta["rnn"], x[perm], h[perm], c[perm])
+    for a, b in zip(out, out_p):
+        np.testing.assert_allclose(np.asarray(a)[perm], b, rtol=1e-5, atol=1e-6)
+    # end to end: two tensors of one shape swapped in the params (and grads) -> their updates swap
+    p1, p2 = jax.random.normal(KEY, (3, 4)), jax.random.normal(jax.random.PRNGKey(5), (3, 4))
+    g1, g2 = jax.random.normal(jax.random.PRNGKey(6), (3, 4)), jax.random.normal(jax.random.PRNGKey(7), (3, 4))
+    scales = {"a": 1.0, "b": 1.0, "c": 1.0}
+    bias = jnp.ones((4,))
+    new = _one_update(lo, theta, {"a": p1, "b": p2, "c": bias}, {"a": g1, "b": g2, "c": bias}, scales)
+    swapped = _one_update(lo, theta, {"a": p2, "b": p1, "c": bias}, {"a": g2, "b": g1, "c": bias}, scales)
+    np.testing.assert_allclose(new["a"], swapped["b"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new["b"], swapped["a"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new["c"], swapped["c"], rtol=1e-5, atol=1e-7)
+
+
+def test_theta_file_keeps_the_hyper_parameters_and_run_names(tmp_path):
+    cfg = load_config(None, cli={"optimizer": "mup_velo", "velo_param_inits": 4, "velo_lstm_hidden_size": 8})
+    lo = build_learned(cfg)
+    theta = lo.init_theta(KEY)
+    save_theta(tmp_path / "t.msgpack", lo, theta)
+    back, theta2, _ = load_theta(tmp_path / "t.msgpack")
+    assert back.hparams == lo.hparams and back.hparams.param_inits == 4
+    assert jax.tree.structure(theta2) == jax.tree.structure(theta)
+    assert run_name(cfg, "meta-train").startswith("meta-train_mup_velo8_")
+
+
+def test_loss_buffer_features_start_at_zero_and_stay_in_range():
+    decays = V.loss_decays(100)
+    assert decays.shape == (10,) and float(decays[0]) == pytest.approx(np.exp(-0.1))
+    means, low = jnp.zeros((10,)), jnp.full((10,), 1e12)
+    for it, loss in enumerate([3.0, 2.5, 2.0, 2.2, 1.5, 1.0]):
+        means, low = V.update_loss_buffer(means, low, decays, it, jnp.float32(loss))
+        feats = V.loss_features(means, low, decays, it + 1)
+        assert feats.shape == (9,) and np.all(np.abs(feats) <= 1)
+        if it + 1 <= 2:
+            np.testing.assert_array_equal(feats, 0)
