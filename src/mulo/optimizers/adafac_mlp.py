@@ -24,7 +24,7 @@ Scalars are reshaped to rank 1 for the optimizer's internal state and back for t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from mulo.errors import ConfigError
-from mulo.optimizers.base import Optimizer
+from mulo.optimizers.base import HParamsDict, Optimizer
 from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, TIMESCALES, Acc,  # noqa: F401
                                       decay_from_param, effective_weights, factored_dims, features_reference,
                                       fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
@@ -45,7 +45,7 @@ EPS_SCALINGS = ("none", "fan_in")
 
 
 @dataclass(frozen=True)
-class AdafacHParams:
+class AdafacHParams(HParamsDict):
     """Hyper-parameters of the Adafactor-MLP LO. Stored with θ in every θ file (load_theta restores them)."""
 
     hidden_size: int = 32
@@ -70,23 +70,6 @@ class AdafacHParams:
             if not 0.0 <= d < 1.0:
                 raise ConfigError(f"LO decays must be in [0, 1), got {d}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AdafacHParams":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown LO hyper-parameter(s) {sorted(unknown)}; expected some of {sorted(known)}")
-        d = dict(d)
-        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
-            if k in d:
-                d[k] = tuple(float(x) for x in d[k])
-        return cls(**d)
 
 
 class AdafacState(NamedTuple):

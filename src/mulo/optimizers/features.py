@@ -109,6 +109,18 @@ def row_col_factors(row, col, d1, d0):
     return jnp.expand_dims(r, d0), jnp.expand_dims(safe_rsqrt(col), d1)
 
 
+def factored_stacks(shape, acc: Acc) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(r·c, row, col) of a factored tensor, one column per Adafactor decay, broadcast to (*shape, k): the
+    Adafactor normaliser of each element and the row / column second moments it comes from."""
+    d1, d0 = factored_dims(shape)
+    stack_last = lambda xs: jnp.stack(xs, axis=-1)
+    rcs = [row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
+    rc = stack_last([jnp.broadcast_to(r * c, shape) for r, c in rcs])
+    row = stack_last([jnp.broadcast_to(jnp.expand_dims(r, d0), shape) for r in acc.row])
+    col = stack_last([jnp.broadcast_to(jnp.expand_dims(c, d1), shape) for c in acc.col])
+    return rc, row, col
+
+
 def features_reference(p: jax.Array, g: jax.Array, acc: Acc, iteration: jax.Array,
                        eps: float = NORM_EPS) -> jax.Array:
     """The 39 LO inputs of every element, stacked on a trailing axis: shape (*p.shape, 39), in the reference's order.
@@ -118,13 +130,8 @@ def features_reference(p: jax.Array, g: jax.Array, acc: Acc, iteration: jax.Arra
     feats = [g[..., None], p[..., None], m, v]
     rs = jax.lax.rsqrt(v + 1e-6)
     feats += [m * rs, rs]
-    dims = factored_dims(p.shape)
-    if dims is not None:
-        d1, d0 = dims
-        rcs = [row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
-        rc = stack_last([jnp.broadcast_to(r * c, p.shape) for r, c in rcs])
-        row_t = stack_last([jnp.broadcast_to(jnp.expand_dims(r, d0), p.shape) for r in acc.row])
-        col_t = stack_last([jnp.broadcast_to(jnp.expand_dims(c, d1), p.shape) for c in acc.col])
+    if factored_dims(p.shape) is not None:
+        rc, row_t, col_t = factored_stacks(p.shape, acc)
         feats += [g[..., None] * rc, row_t, col_t, jax.lax.rsqrt(row_t + 1e-8), jax.lax.rsqrt(col_t + 1e-8), m * rc]
     else:
         diag = stack_last(acc.diag)

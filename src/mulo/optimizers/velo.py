@@ -29,7 +29,7 @@ instead of a stored (zero) initial state. The fraction of training comes from ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.errors import ConfigError
-from mulo.optimizers.base import Optimizer
-from mulo.optimizers.features import (Acc, decay_from_param, factored_dims, init_acc, row_col_factors, safe_rsqrt,
+from mulo.optimizers.base import HParamsDict, Optimizer
+from mulo.optimizers.features import (Acc, decay_from_param, factored_dims, factored_stacks, init_acc, safe_rsqrt,
                                       update_acc)
 
 FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
@@ -56,7 +56,7 @@ DEFAULTS = {"velo": {"interp_mult": 100.0, "param_scale_mult": True},
 
 
 @dataclass(frozen=True)
-class VeloHParams:
+class VeloHParams(HParamsDict):
     """Hyper-parameters of VeLO, stored with θ. Defaults: the reference's μVeLO sizes (LSTM 16, 8 MLPs of 2 hidden
     layers of 4)."""
 
@@ -71,6 +71,7 @@ class VeloHParams:
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    KIND = "VeLO"  # in error lines (not a field)
 
     def __post_init__(self):
         for key in ("lstm_hidden_size", "param_inits", "ff_hidden_size", "ff_hidden_layers"):
@@ -78,21 +79,6 @@ class VeloHParams:
                 raise ConfigError(f"VeLO's {key} must be >= 1, got {getattr(self, key)}")
         if len(self.momentum_decays) != 3 or len(self.rms_decays) != 1 or len(self.adafactor_decays) != 3:
             raise ConfigError("VeLO needs 3 momentum, 1 RMS and 3 Adafactor decays (30 features per parameter)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("momentum_decays", "rms_decays", "adafactor_decays"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VeloHParams":
-        known = set(cls.__dataclass_fields__)
-        if set(d) - known:
-            raise ConfigError(f"unknown VeLO hyper-parameter(s) {sorted(set(d) - known)}; expected some of "
-                              f"{sorted(known)}")
-        d = {k: (tuple(float(x) for x in v) if k.endswith("_decays") else v) for k, v in d.items()}
-        return cls(**d)
 
 
 class VeloState(NamedTuple):
@@ -188,13 +174,8 @@ def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
     stack = lambda xs: jnp.stack(xs, axis=-1)
     m, v = stack(acc.m), acc.v[0][..., None]
     rsqrt = jax.lax.rsqrt(v + 1e-6)
-    dims = factored_dims(p.shape)
-    if dims is not None:
-        d1, d0 = dims
-        rcs = [row_col_factors(r, c, d1, d0) for r, c in zip(acc.row, acc.col)]
-        rc = stack([jnp.broadcast_to(r * c, p.shape) for r, c in rcs])
-        row = stack([jnp.broadcast_to(jnp.expand_dims(r, d0), p.shape) for r in acc.row])
-        col = stack([jnp.broadcast_to(jnp.expand_dims(c, d1), p.shape) for c in acc.col])
+    if factored_dims(p.shape) is not None:
+        rc, row, col = factored_stacks(p.shape, acc)
         fac_g, fac_m = g[..., None] * rc, m * rc
     else:
         row = col = stack(acc.diag)
