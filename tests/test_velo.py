@@ -1,5 +1,6 @@
 """VeLO / μVeLO (src/mulo/optimizers/velo.py): feature counts, parameter shapes, the μP scale on hidden matrices only,
-permutation equivariance of the LSTM controls, θ files and run names, the loss-buffer features."""
+permutation equivariance of the LSTM controls, θ files and run names, the loss-buffer features, and a few PES steps
+of the meta-training engine lowering the meta-loss of a tiny task."""
 
 from __future__ import annotations
 
@@ -140,3 +141,36 @@ def test_loss_buffer_features_start_at_zero_and_stay_in_range():
         assert feats.shape == (9,) and np.all(np.abs(feats) <= 1)
         if it + 1 <= 2:
             np.testing.assert_array_equal(feats, 0)
+
+
+def test_a_few_pes_steps_lower_the_meta_loss_of_a_tiny_task():
+    import itertools
+
+    from mulo.meta.train import MetaTrainer
+
+    cfg = load_config(None, cli=dict(optimizer="mup_velo", velo_param_inits=2, velo_lstm_hidden_size=4,
+                                     adafac_step_mult=0.1, num_tasks=2, trunc_length=2, steps_per_jit=2,
+                                     num_inner_steps=4, truncation_schedule="constant",
+                                     random_initial_iteration_offset=0, local_batch_size=4, pes_std=0.01,
+                                     meta_learning_rate=3e-2, progress=False, meta_grad_clip=None))
+    task = QuadraticTask(dim=3, noise=0.1)
+    trainer = MetaTrainer(cfg, [task], build_learned(cfg))
+    batches = [b for b in itertools.islice(task.dataset.batches("train", (4,), 123), 4)]
+
+    @jax.jit
+    def meta_loss(theta):  # the mean train loss of a fixed 4-step run from fixed initial params
+        opt = trainer.lo.opt_fn(theta, task.update_scales)
+        state, total = opt.init(task.init(KEY), 4), 0.0
+        for b in batches:
+            loss, grads = jax.value_and_grad(task.loss)(opt.params(state), b, None)
+            state = opt.update(state, grads, loss)
+            total = total + loss
+        return total / len(batches)
+
+    state = trainer.init_state()
+    before = float(meta_loss(state.theta))
+    streams = [trainer.host_stream(0, 0)]
+    for _ in range(4):
+        state, metrics = trainer.step(state, streams)
+        assert np.isfinite(metrics["meta_loss"])
+    assert float(meta_loss(state.theta)) < before
