@@ -1,0 +1,11 @@
+# CPU quickstart for muVeLO: mup_velo with the reference's muVeLO sizes, meta-trained on depth-3
+# Fashion-MNIST muMLPs of widths 32, 64 and 128 (one PES estimator per width), the quickstart's settings (and outer
+# schedule) otherwise. 80 outer steps: about 15 min on a 2-core CPU (the first, compiling, ~80 s; then ~11 s each).
+#   python src/main.py meta-train --config config/meta_train/cpu_mu_velo.py
+_base_ = ["./quickstart.py"]
+
+optimizer = "mup_velo"
+adafac_step_mult = 0.001
+trunc_length = 20
+steps_per_jit = 10
+name_suffix = "_cpu-mu-velo"
