@@ -174,3 +174,27 @@ def test_a_few_pes_steps_lower_the_meta_loss_of_a_tiny_task():
         state, metrics = trainer.step(state, streams)
         assert np.isfinite(metrics["meta_loss"])
     assert float(meta_loss(state.theta)) < before
+
+
+def test_meta_test_runs_mup_velo_from_its_theta_file(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from mulo.cli import main as cli_main
+
+    cfg = load_config(None, cli={"optimizer": "mup_velo", "velo_param_inits": 2, "velo_lstm_hidden_size": 4})
+    lo = build_learned(cfg)
+    save_theta(tmp_path / "theta_final.msgpack", lo, lo.init_theta(KEY))
+    base = Path(__file__).resolve().parents[1] / "config" / "meta_test" / "meta_test_base.py"
+    task = "mumlp-w8-d1_fashionmnist-28x28x1"
+    args = ["meta-test", "--config", str(base), "--optimizer", "mup_velo", "--checkpoint",
+            str(tmp_path / "theta_final.msgpack"), "--task", task, "--num_inner_steps", "6", "--local_batch_size", "16",
+            "--test_interval", "3", "--test_steps_per_jit", "3", "--max_eval_examples", "32", "--eval_batch_size",
+            "32", "--progress", "false", "--wandb_mode", "disabled", "--num_runs", "1", "--output_dir",
+            str(tmp_path / "out"), "--velo_param_inits", "5"]
+    assert cli_main(args) == 0  # the LSTM state's two buffers survive the loop's donation
+    assert "ignoring --velo_param_inits 5" in capsys.readouterr().out  # the θ file's sizes win
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert run_dir.name.startswith("meta-test_mup_velo4_theta-")
+    summary = json.loads((run_dir / task / "seed0" / "summary.json").read_text())
+    assert summary["steps_completed"] == 6 and not summary["diverged"]

@@ -260,9 +260,9 @@ class VeloLO:
             accs = jax.tree.map(lambda p: init_acc(jnp.asarray(p), 3, 1, 3), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             n = len(jax.tree.leaves(params))
-            zeros = jnp.zeros((n, hp.lstm_hidden_size), jnp.float32)
+            zeros = lambda: jnp.zeros((n, hp.lstm_hidden_size), jnp.float32)  # two buffers (loops donate the state)
             steps = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
-            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), zeros, zeros,
+            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), zeros(), zeros(),
                              jnp.zeros((NUM_LOSS_EMAS,), jnp.float32), jnp.full((NUM_LOSS_EMAS,), 1e12, jnp.float32),
                              loss_decays(steps), jnp.asarray(0, jnp.int32), steps)
 
