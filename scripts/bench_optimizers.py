@@ -41,7 +41,8 @@ def _machine() -> str:
 
 def _make_step(task, name: str, impl: str):
     """(init_fn(params) -> (opt_args, state), step_fn(opt_args, state, batch, key) -> (state, loss))."""
-    from mulo.optimizers import AdafacHParams, AdafacMLPLO, adam, muadam
+    from mulo.config import load_config
+    from mulo.optimizers import adam, build_learned, muadam
 
     if name in ("adam", "muadam"):
         opt = adam(1e-3) if name == "adam" else muadam(1e-3, task.update_scales)
@@ -52,8 +53,8 @@ def _make_step(task, name: str, impl: str):
 
         return (lambda params: (None, opt.init(params, 1000))), step
 
-    step_mult = 0.01 if name == "mup_small_fc_mlp" else 0.001
-    lo = AdafacMLPLO(name, AdafacHParams(hidden_size=32, step_mult=step_mult), impl=impl)
+    # any registered learned optimizer, with the config's defaults (the MLP LOs: hidden 32, step_mult 0.01 / 0.001)
+    lo = build_learned(load_config(None, cli={"optimizer": name, "lo_impl": impl}))
 
     def init(params):
         theta = lo.init_theta(jax.random.PRNGKey(1))
@@ -121,9 +122,12 @@ def main(argv=None) -> int:
     if args.repeats < 2:
         parser.error("--repeats must be >= 2")
     names = [n for n in args.optimizers.split(",") if n]
+    from mulo.registry import learned_names
+
+    accepted = ("adam", "muadam") + learned_names()  # the default list, or any registered learned optimizer
     for n in names:
-        if n not in OPTIMIZERS:
-            parser.error(f"unknown optimizer {n!r}; expected some of {OPTIMIZERS}")
+        if n not in accepted:
+            parser.error(f"unknown optimizer {n!r}; expected some of {accepted}")
     impls = [i for i in args.impls.split(",") if i]
     print(f"# machine: {_machine()}; jax {jax.__version__}; backend {jax.devices()[0].platform}", flush=True)
     print("# command: python scripts/bench.py optimizers " + " ".join(argv or []), flush=True)
