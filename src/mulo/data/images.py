@@ -132,8 +132,11 @@ def _one_line(exc: BaseException) -> str:
 def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: bool, how_to_get: str,
                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """A whole TFDS image split as (uint8 NHWC, int32 labels), filled chunk by chunk (no float copy)."""
-    import tensorflow_datasets as tfds
     from absl import logging as absl_logging
+
+    from mulo.data.tf_env import import_tfds
+
+    tfds = import_tfds()
 
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # a missing dataset is reported as one line below, not as warnings
