@@ -110,7 +110,7 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
     alone on one device; only the order in which runs finish changes."""
     import threading
 
-    from mulo.parallel import barrier, local_device_pool
+    from mulo.parallel import barrier, is_main_process, local_device_pool
 
     run_dir = Path(run_dir)
     settings = LoopSettings.from_config(cfg)
@@ -172,7 +172,7 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
         print(f"[meta-test] {task.name} seed {seed}: {state} ({result.wall_time:.1f}s)")
         with lock:
             done[i] = (summary, entry(task, seed, result.diverged))
-            if jax.process_index() == 0:
+            if is_main_process():
                 write_manifest()
 
     procs, me = jax.process_count(), jax.process_index()

@@ -27,6 +27,7 @@ import jax
 
 from mulo.errors import CheckpointError
 from mulo.io import atomic_write_json, atomic_write_text
+from mulo.parallel import is_main_process
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -115,7 +116,7 @@ class Checkpointer:
         """Save (blocking) and then move the ``latest`` pointer; a failure raises CheckpointError. Every process of
         a multi-process run calls it (orbax writes each process's shards and syncs); only process 0 writes the
         identity and the pointer."""
-        main = jax.process_index() == 0
+        main = is_main_process()
         if main:
             atomic_write_json(self.directory / "identity.json", self.identity)
         try:
@@ -154,7 +155,7 @@ class Checkpointer:
                               f"{first})")
 
     def _move_aside(self, steps: list[int]) -> None:
-        if jax.process_index() != 0:
+        if not is_main_process():
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for s in steps:

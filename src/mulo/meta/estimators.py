@@ -112,22 +112,24 @@ class TruncatedEstimator:
             raise ValueError(f"bad gradient_estimator {self.kind!r}; expected one of {ESTIMATORS}")
         if self.trunc_length % self.steps_per_jit:
             raise ValueError(f"steps_per_jit={self.steps_per_jit} must divide trunc_length={self.trunc_length}")
-        donate = (1,) if self.donate else ()
+        shard = self._shardings()
+        self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=(1,) if self.donate else (),
+                                      **shard.get("unroll", {}))
+        for name in ("start", "finish", "init"):
+            self._jit[name] = jax.jit(getattr(self, f"_{name}"), **shard.get(name, {}))
+
+    def _shardings(self) -> dict:
+        """in/out shardings of each jitted piece under ``placement`` (none without one: the default device)."""
         pl = self.placement
         if pl is None:
-            self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=donate)
-            self._jit["start"] = jax.jit(self._start)
-            self._jit["finish"] = jax.jit(self._finish)
-            self._jit["init"] = jax.jit(self._init)
-            return
+            return {}
         rep, state = pl.replicated, self.state_sharding
-        self._jit["unroll"] = jax.jit(self.unroll.unroll, donate_argnums=donate,
-                                      in_shardings=(pl.branches, pl.branches, pl.chunk, rep),
-                                      out_shardings=(pl.branches, rep))
-        self._jit["start"] = jax.jit(self._start, in_shardings=(rep, rep), out_shardings=(pl.per_pair, pl.branches))
-        self._jit["finish"] = jax.jit(self._finish, in_shardings=(pl.per_pair, pl.per_pair, pl.branches, rep),
-                                      out_shardings=(rep, state, rep, pl.per_pair))
-        self._jit["init"] = jax.jit(self._init, in_shardings=(rep, rep), out_shardings=state)
+        return {"unroll": dict(in_shardings=(pl.branches, pl.branches, pl.chunk, rep),
+                               out_shardings=(pl.branches, rep)),
+                "start": dict(in_shardings=(rep, rep), out_shardings=(pl.per_pair, pl.branches)),
+                "finish": dict(in_shardings=(pl.per_pair, pl.per_pair, pl.branches, rep),
+                               out_shardings=(rep, state, rep, pl.per_pair)),
+                "init": dict(in_shardings=(rep, rep), out_shardings=state)}
 
     @property
     def state_sharding(self):
