@@ -193,7 +193,11 @@ def check_prefetch(sz, platform_name):
         return opt.update(state, grads, loss, None), loss
 
     state = opt.init(task.init(jax.random.PRNGKey(0)), sz["prefetch_steps"])
-    with DevicePrefetcher(dataset.batches("train", (sz["batch"],), 0), size=4) as it:
+    from mulo.data.transfer import device_decoder, host_kwargs
+
+    # what meta-train and meta-test do: uint8 images gathered on the host, normalised on the device
+    with DevicePrefetcher(dataset.batches("train", (sz["batch"],), 0, **host_kwargs(dataset)), size=4,
+                          transform=device_decoder(dataset)) as it:
         state, loss = step(state, next(it))  # compile
         jax.block_until_ready(loss)
         timed = TimedIterator(it)
@@ -204,8 +208,8 @@ def check_prefetch(sz, platform_name):
         total = time.perf_counter() - t0
     frac = timed.wait_s / total
     return [{"check": "prefetch", "setting": f"adam, muMLP w{sz['prefetch_width']} d3, batch {sz['batch']}, uint8 "
-             f"ImageNet-32 host data, {sz['prefetch_steps']} steps", "result": f"wait {100 * frac:.1f}% of "
-             f"{1e3 * total / sz['prefetch_steps']:.2f} ms/step", "target": "≤ 5%", "met": frac <= 0.05,
+             f"ImageNet-32 host data normalised on the device, {sz['prefetch_steps']} steps",
+             "result": f"wait {100 * frac:.1f}% of {1e3 * total / sz['prefetch_steps']:.2f} ms/step", "target": "≤ 5%", "met": frac <= 0.05,
              "wait_fraction": frac, "step_ms": 1e3 * total / sz["prefetch_steps"], "finite": bool(np.isfinite(loss))}]
 
 

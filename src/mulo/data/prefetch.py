@@ -7,7 +7,8 @@
 One producer thread reads the host iterator in order and places each batch on the devices into a bounded queue:
 with ``put`` (meta-training passes ``mulo.parallel.Placement.chunk_putter``, which assembles this process's block of
 a global chunk), else split over the local devices on ``batch_axis`` (a single device gets the whole batch). So
-the order is the iterator's and no batch is returned twice. An exception in the producer is re-raised in the
+the order is the iterator's and no batch is returned twice. ``transform`` (e.g. ``mulo.data.transfer.device_decoder``:
+uint8 images normalised on the device) is applied to each placed batch in the producer thread. An exception in the producer is re-raised in the
 consumer at the position it happened; ``close()`` stops the thread and drops what is queued.
 """
 
@@ -33,13 +34,15 @@ class DevicePrefetcher:
     """Iterator over device batches, filled ahead by a background thread (see the module docstring)."""
 
     def __init__(self, host_iterator: Iterator[Any], size: int = 2, batch_axis: int = 0,
-                 devices: Sequence[jax.Device] | None = None, put: Callable[[Any], Any] | None = None):
+                 devices: Sequence[jax.Device] | None = None, put: Callable[[Any], Any] | None = None,
+                 transform: Callable[[Any], Any] | None = None):
         if size < 1:
             raise ValueError(f"prefetch size must be >= 1, got {size}")
         self._source = iter(host_iterator)
         self._batch_axis = int(batch_axis)
         self._devices = list(devices) if devices is not None else jax.local_devices()
         self._put = put or (lambda batch: put_on_devices(batch, self._batch_axis, self._devices))
+        self._transform = transform or (lambda batch: batch)
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._done = False
@@ -61,7 +64,7 @@ class DevicePrefetcher:
             for batch in self._source:
                 if self._stop.is_set():
                     return
-                if not self._offer(self._put(batch)):
+                if not self._offer(self._transform(self._put(batch))):
                     return
             self._offer(_END)
         except BaseException as exc:  # re-raised in the consumer

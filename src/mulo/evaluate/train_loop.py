@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.config import Config
+from mulo.data.transfer import device_decoder, host_kwargs
 from mulo.evaluate.accumulate import value_and_grad_accumulated
 from mulo.tasks.precision import bf16_loss
 
@@ -194,7 +195,9 @@ class TrainLoop:
         state = self._opt_init(self._init_params(init_key))
         eval_steps = self.eval_steps()
         max_chunk = min(s.steps_per_jit, s.num_steps)
-        data = self.task.dataset.batches("train", (max_chunk, s.batch_size), seed)
+        dataset = self.task.dataset
+        data = map(device_decoder(dataset), dataset.batches("train", (max_chunk, s.batch_size), seed,
+                                                            **host_kwargs(dataset)))  # uint8 images to the device
         result = RunResult(task=self.task.name, seed=seed, num_steps=s.num_steps, steps_completed=0,
                            diverged=False, diverged_step=None, train_losses=[], final_train_loss=None)
         pending_test: dict = {}

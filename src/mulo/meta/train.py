@@ -44,6 +44,7 @@ from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
+from mulo.data.transfer import device_decoder, host_kwargs
 from mulo.parallel import Placement, agree, barrier, is_main_process
 
 
@@ -141,6 +142,7 @@ class MetaTrainer:
         for step in itertools.count(start_step):
             seed = data_seed(cfg.seed, j, step)
             kw = {} if part is None else {"part": part}  # the whole chunk: any dataset with batches(split, shape, seed)
+            kw.update(host_kwargs(dataset))  # uint8 images, normalised on the device (streams)
             its = {sp: dataset.batches(sp, self.chunk_shape, seed, **kw) for sp in splits}
             for _ in range(est.num_chunks):
                 yield {sp: next(its[sp]) for sp in splits}
@@ -152,7 +154,8 @@ class MetaTrainer:
         if part == tuple(slice(0, n) for n in self.chunk_shape):
             part = None
         put = self.placement.chunk_putter(self.chunk_shape)
-        return [DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches, put=put)
+        return [DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches, put=put,
+                                 transform=device_decoder(self.tasks[j].dataset, by_split=True))
                 for j in range(len(self.tasks))]
 
     # ---- one outer step -----------------------------------------------------------------------------------------
