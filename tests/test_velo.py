@@ -198,3 +198,158 @@ def test_meta_test_runs_mup_velo_from_its_theta_file(tmp_path, capsys):
     assert run_dir.name.startswith("meta-test_mup_velo4_theta-")
     summary = json.loads((run_dir / task / "seed0" / "summary.json").read_text())
     assert summary["steps_completed"] == 6 and not summary["diverged"]
+
+
+# ------------------------------------------------------------------------------------ fused path (lo_impl fused)
+
+# 1-D, a scalar (rank 1 inside), 2-D (rows > cols and cols > rows: either factored axis), a 1-row matrix, a 3-D tensor,
+# and an odd-sized matrix (no power of two, not a multiple of any vector width)
+FUSED_SHAPES = [(5,), (1,), (6, 4), (3, 9), (1, 7), (3, 4, 2), (37, 131)]
+
+
+def _acc_two_steps(p, g):
+    b = jnp.asarray([0.9, 0.99, 0.999])
+    acc = update_acc(Acc(*init_acc(p, 3, 1, 3)), 0.3 * g[::-1] if g.ndim == 1 else 0.3 * g, b, jnp.asarray([0.999]), b)
+    return update_acc(acc, g, b, jnp.asarray([0.999]), b)
+
+
+def _tensor(shape, seed, scale=1.0):
+    return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_fused_columns_are_the_reference_columns(shape):
+    p, g = _tensor(shape, 1), _tensor(shape, 2, 1e-2)
+    acc = _acc_two_steps(p, g)
+    raw = np.concatenate([np.asarray(x) for x in V.param_feature_groups(p, g, acc)], axis=-1)
+    full, small = V.fused_columns(p, g, acc)
+    seen = []
+    for value, cols in [(np.asarray(V.product(f)), c) for f, c in full] + [(np.asarray(x), c) for x, c in small]:
+        for c in cols:
+            np.testing.assert_allclose(np.broadcast_to(value, shape), raw[..., c], rtol=1e-6, err_msg=f"column {c}")
+        seen += cols
+    assert sorted(seen) == list(range(V.PARAM_FEATURES))  # every column once
+    if len(shape) >= 2:  # the Adafactor row / column columns stay on their factored shapes
+        d1, d0 = V.factored_dims(shape)  # each is p's shape without one of the two factored axes
+        assert len(small) == 12 and all(x.size * shape[d] == np.prod(shape) and x.shape[d] == 1
+                                        for x, _ in small for d in [d0 if x.shape[d0] == 1 else d1])
+
+
+def _mixed_ff(hp, seed):
+    lo = V.VeloLO("mup_velo", hp)
+    theta = lo.init_theta(jax.random.PRNGKey(seed))
+    theta["ff"] = jax.tree.map(lambda w: w + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), w.shape),
+                               theta["ff"])  # nonzero biases too
+    return V.mix_mlp(theta["ff"], jax.random.normal(jax.random.PRNGKey(seed + 2), (hp.param_inits,)), hp.interp_mult)
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+@pytest.mark.parametrize("sizes", [(4, 2), (5, 1), (6, 3)])  # (ff_hidden_size, ff_hidden_layers)
+def test_fused_direction_and_magnitude_equal_the_plain_path(shape, sizes):
+    hp = V.VeloHParams(ff_hidden_size=sizes[0], ff_hidden_layers=sizes[1])
+    ff = _mixed_ff(hp, 3)
+    p, g = _tensor(shape, 4), _tensor(shape, 5, 1e-3)
+    acc = _acc_two_steps(p, g)
+    want = jax.jit(V.dir_mag_reference, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
+    got = jax.jit(V.dir_mag_fused, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
+    # not constant (all ReLUs dead): the features reach the outputs
+    assert np.prod(shape) == 1 or max(float(np.std(np.asarray(b))) for b in want) > 0
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == shape
+        assert _rel_err(a, b) <= 1e-5
+
+
+def _params(seed, scale):
+    return {"b": _tensor((7,), seed, scale), "s": _tensor((), seed + 1, scale),
+            "w": _tensor((37, 131), seed + 2, scale), "k": _tensor((3, 4, 2), seed + 3, scale)}
+
+
+@pytest.mark.parametrize("name", ["mup_velo", "velo"])
+def test_fused_lo_updates_equal_the_plain_path_over_steps(name):
+    # fixed gradients, so that the comparison is of the LO (its steps change the params, the LSTM's inputs, its
+    # state and the accumulators); the steps are read from float32 params, so they are compared to within 1e-5 of
+    # the largest step plus 2 float32 spacings of the params (the rounding of p - step)
+    hp = V.VeloHParams(**V.DEFAULTS[name], step_mult=0.1)
+    params = _params(10, 1e-3)
+    grads = [jax.tree.map(lambda p: jnp.cos(7e3 * p * (t + 1)), params) for t in range(3)]
+    scales = {"b": 1.0, "s": 1.0, "w": 1.0 / 37, "k": 0.5}
+    theta = V.VeloLO(name, hp).init_theta(KEY)
+    out = {}
+    for impl in ("reference", "fused"):
+        opt = V.VeloLO(name, hp, impl=impl).opt_fn(theta, scales)
+        update = jax.jit(opt.update)
+        state, trajectory = opt.init(params, 5), [params]
+        for t, g in enumerate(grads):
+            state = update(state, g, jnp.float32(2.0 - 0.3 * t))
+            trajectory.append(jax.tree.map(np.asarray, opt.params(state)))
+        out[impl] = trajectory
+    steps = lambda tr, t, k: np.asarray(tr[t][k], np.float64) - tr[t + 1][k]
+    for t in range(len(grads)):
+        for k in params:
+            want, got = steps(out["reference"], t, k), steps(out["fused"], t, k)
+            rounding = 2 * np.spacing(np.max(np.abs(out["reference"][t + 1][k])))
+            if t == 0:  # steps visible against the params (later ones follow the random θ's lr_mult)
+                assert np.abs(want).max() > 100 * rounding, k
+            assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max() + rounding, (t, k)
+
+
+def test_bad_lo_impl_is_one_error_line():
+    from mulo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bad value 'pallas' for config key 'lo_impl': VeLO has reference and "
+                                          "fused") as err:
+        build_learned(load_config(None, cli={"optimizer": "mup_velo", "lo_impl": "pallas"}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="lo_impl"):  # not an implementation of any LO: the config refuses it
+        load_config(None, cli={"optimizer": "mup_velo", "lo_impl": "fast"})
+    assert build_learned(load_config(None, cli={"optimizer": "mup_velo"})).impl == "fused"  # the config's default
+    assert build_learned(load_config(None, cli={"optimizer": "velo", "lo_impl": "reference"})).impl == "reference"
+
+
+def _descent_theta(lo, key):
+    """A θ under which mup_velo trains: the mixed MLP's direction is the first Adam-normalised momentum (column 7)
+    through two ReLU units (relu(x) − relu(−x) = x), plus small random weights everywhere; controls and lr_mult near
+    1 (the LSTM's outputs stay live through small random weights)."""
+    theta = jax.tree.map(lambda w: 0.05 * w, lo.init_theta(key))
+    rnn, ff = dict(theta["rnn"]), dict(theta["ff"])
+    rnn["ctrl_b"], rnn["lr_b"] = rnn["ctrl_b"] + 1.0, rnn["lr_b"] + 1.0
+    ff["w0"] = ff["w0"].at[:, 7, 0].add(1.0).at[:, 7, 1].add(-1.0)
+    ff["w1"] = ff["w1"].at[:, 0, 0].add(1.0).at[:, 1, 1].add(1.0)
+    ff["w2"] = ff["w2"].at[:, 0, 0].add(1.0).at[:, 1, 0].add(-1.0)
+    return {"rnn": rnn, "ff": ff}
+
+
+def test_mup_velo_fused_trains_like_the_plain_path():
+    import itertools
+
+    from mulo.tasks import get_tasks
+
+    task = get_tasks("mumlp-w32-d2_fashionmnist-28x28x1")[0]
+    batches = list(itertools.islice(task.dataset.batches("train", (64,), 0), 40))
+    curves = {}
+    for impl in ("reference", "fused"):
+        lo = build_learned(load_config(None, cli={"optimizer": "mup_velo", "lo_impl": impl,
+                                                  "adafac_step_mult": 0.05}))
+        opt = lo.opt_fn(_descent_theta(lo, KEY), task.update_scales)
+
+        @jax.jit
+        def run(state, xs):
+            def step(state, batch):
+                loss, grads = jax.value_and_grad(task.loss)(opt.params(state), batch, None)
+                return opt.update(state, grads, loss), loss
+            return jax.lax.scan(step, state, xs)
+
+        stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches)
+        _, losses = run(opt.init(task.init(KEY), len(batches)), stacked)
+        curves[impl] = np.asarray(losses)
+    ref, fused = curves["reference"], curves["fused"]
+    assert np.all(np.isfinite(fused))
+    tail = lambda c: float(np.mean(c[-10:]))
+    assert tail(ref) < 0.8 * float(ref[0])  # the plain path trains with this θ
+    assert abs(tail(fused) - tail(ref)) <= 0.01 * tail(ref)  # and the fused one as well, within 1%
+    np.testing.assert_allclose(fused[:5], ref[:5], rtol=1e-4)

@@ -20,6 +20,14 @@ updates that tensor:
   (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (it is not width
   invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
 
+Two implementations of the per-parameter MLP compute the same function (config key ``lo_impl``):
+
+* ``reference``: the (*p.shape, 30) feature stack, normalised, and matmuls on its trailing axis (the oracle);
+* ``fused`` (default): the column normalisers folded into the mixed first layer's weights, the row / column
+  Adafactor columns contracted on their factored shapes, the MLP unrolled into one array expression per hidden unit
+  that XLA fuses into one loop over the tensor, so neither the stack nor the activations are written to memory
+  (``dir_mag_fused``; BENCHMARKS.md, "μVeLO", has the cost of both).
+
 Differences from the upstream code (learned_optimization's HyperV2, copied by the μLO reference): the mix layer is
 the 2-layer embedding it was meant to be (upstream computes its first layer and discards it), the variance of the RMS
 accumulator is taken around its own mean (upstream subtracts the momentum's mean), and the LSTM's state starts at 0
@@ -38,8 +46,8 @@ import numpy as np
 
 from mulo.errors import ConfigError
 from mulo.optimizers.base import HParamsDict, Optimizer
-from mulo.optimizers.features import (Acc, decay_from_param, factored_dims, factored_stacks, init_acc, safe_rsqrt,
-                                      update_acc)
+from mulo.optimizers.features import (Acc, decay_from_param, effective_weights, factored_dims, factored_stacks,
+                                      fused_inputs, init_acc, mean_squares, product, safe_rsqrt, update_acc)
 
 FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the longest and its running minimum
@@ -206,6 +214,75 @@ def mlp_apply(ff: dict, x: jax.Array, num_layers: int) -> jax.Array:
     return x @ ff[f"w{num_layers}"] + ff[f"b{num_layers}"]
 
 
+def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+    """(direction, magnitude), each of p's shape: the mixed MLP ``ff`` on the (*p.shape, 30) feature stack."""
+    out = mlp_apply(ff, param_features(p, g, acc), num_layers)
+    return out[..., 0], out[..., 1]
+
+
+# ------------------------------------------------------------------------------ fused per-parameter MLP (lo_impl)
+
+# features.fused_inputs lists the Adafactor-MLP LO's 28 normalised features; VeLO's 30 columns are the same features
+# in PARAM_FEATURE_GROUPS' order plus clip(g) (column 1) and g·rsqrt(RMS) (column 14): fused_inputs index -> column
+_COLUMN_OF_FUSED = (0, *range(2, 14), *range(15, 30))
+
+
+def fused_columns(p, g, acc: Acc) -> tuple[list, list]:
+    """VeLO's 30 columns before normalisation, as ``features.fused_inputs`` gives them: (full, small) where ``full``
+    holds (factors broadcastable to p.shape whose product is the column, [columns]) and ``small`` (an array on a
+    factored shape, broadcastable to p.shape, [columns]); an unfactored tensor's second moment, VeLO's row and column
+    features both, is one entry with two columns."""
+    full, small = fused_inputs(p, g, acc)
+    columns = lambda idx: [_COLUMN_OF_FUSED[i] for i in idx]
+    rsqrt_rms = jax.lax.rsqrt(acc.v[0] + 1e-6)
+    full = [(f, columns(i)) for f, i in full] + [((jnp.clip(g, -0.1, 0.1),), [1]), ((g, rsqrt_rms), [14])]
+    return full, [(x, columns(i)) for x, i in small]
+
+
+def _first_layer_offsets(b0, w_small, small, ndim: int) -> list[jax.Array]:
+    """The first layer's bias plus the small (row / column) columns' contributions, one array (H, *small shape) per
+    distinct small shape: they are added per hidden unit inside the big loop, so that nothing of (H, *p.shape) is
+    written to memory. ``w_small``: (Ks, H) normalised weights of the ``small`` columns."""
+    lead = lambda w: w.reshape(w.shape[:1] + (1,) * ndim)
+    by_shape: dict[tuple, jax.Array] = {(1,) * ndim: lead(b0)}
+    for k, (x, _) in enumerate(small):
+        by_shape[x.shape] = by_shape.get(x.shape, 0.0) + lead(w_small[k]) * x[None]
+    return list(by_shape.values())
+
+
+def _dense_units(w, b, units: list) -> list:
+    """One dense layer on a list of same-shape arrays (one per input unit): ``b[j] + Σ_k w[k, j]·units[k]``."""
+    return [b[j] + sum(w[k, j] * u for k, u in enumerate(units)) for j in range(w.shape[1])]
+
+
+def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+    """``dir_mag_reference`` without the (*p.shape, 30) feature stack or the (*p.shape, H) activations.
+
+    Each column's normaliser 1/sqrt(ε + mean(x²)) is a per-tensor scalar, so it is folded into the first layer's
+    weights (exact); the 30 mean squares come from one variadic reduction over products kept as factors
+    (``features.mean_squares``); the row / column Adafactor columns are contracted on their factored shapes
+    (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
+    the features into one loop over the tensor.
+    """
+    full, small = fused_columns(p, g, acc)
+    w0 = ff["w0"]  # (30, H)
+    w_full = effective_weights(w0, full, mean_squares([f for f, _ in full], p.shape), NORM_EPS)  # (Kf, H)
+    w_small = effective_weights(w0, small, eps=NORM_EPS) if small else None  # (Ks, H)
+    offsets = _first_layer_offsets(ff["b0"], w_small, small, p.ndim)
+    # computed once before the loop over the tensor, not per element inside it
+    w_full, offsets = jax.lax.optimization_barrier((w_full, offsets))
+    xs = [product(f) for f, _ in full]
+    units = [jax.nn.relu(u + sum(o[j] for o in offsets))
+             for j, u in enumerate(_dense_units(w_full, jnp.zeros(w0.shape[1:]), xs))]
+    for i in range(1, num_layers + 1):
+        units = _dense_units(ff[f"w{i}"], ff[f"b{i}"], units)
+        units = [jax.nn.relu(u) for u in units] if i < num_layers else units
+    return units[0], units[1]
+
+
+IMPLEMENTATIONS = {"reference": dir_mag_reference, "fused": dir_mag_fused}  # the config key lo_impl
+
+
 # ---------------------------------------------------------------------------------------- the learned optimizer
 
 
@@ -219,11 +296,14 @@ class VeloLO:
 
     name: str
     hparams: VeloHParams = field(default_factory=VeloHParams)
-    impl: str = "reference"  # one path (the per-parameter MLP is a few matmuls of width 4)
+    impl: str = "fused"  # one of IMPLEMENTATIONS (config key lo_impl): how the per-parameter MLP is computed
 
     def __post_init__(self):
         if self.name not in DEFAULTS:
             raise ConfigError(f"unknown VeLO variant {self.name!r}; expected one of {', '.join(DEFAULTS)}")
+        if self.impl not in IMPLEMENTATIONS:
+            raise ConfigError(f"bad value {self.impl!r} for config key 'lo_impl': VeLO has "
+                              f"{' and '.join(IMPLEMENTATIONS)} (no Pallas kernel)")
 
     @property
     def uses_mup(self) -> bool:
@@ -250,6 +330,7 @@ class VeloLO:
     def opt_fn(self, theta: Any, update_scales: Any = None) -> Optimizer:
         hp = self.hparams
         scales = update_scales if self.uses_mup else None
+        dir_mag = IMPLEMENTATIONS[self.impl]
         b_m = decay_from_param(hp.momentum_decays, jnp.zeros((3,)))
         b_v = decay_from_param(hp.rms_decays, jnp.zeros((1,)))
         b_f = decay_from_param(hp.adafactor_decays, jnp.zeros((3,)))
@@ -286,9 +367,9 @@ class VeloLO:
                     leaves(state.fac_col), leaves(state.fac_diag))):
                 p1, g1 = jnp.reshape(p, m[0].shape).astype(jnp.float32), jnp.reshape(g, m[0].shape)
                 acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
-                out = mlp_apply(mix_mlp(theta["ff"], controls[i], hp.interp_mult), param_features(p1, g1, acc),
-                                hp.ff_hidden_layers)
-                step = out[..., 0] * jnp.exp(hp.exp_mult * out[..., 1]) * hp.step_mult * lr_mult[i]
+                direction, magnitude = dir_mag(mix_mlp(theta["ff"], controls[i], hp.interp_mult), p1, g1, acc,
+                                               hp.ff_hidden_layers)
+                step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult * lr_mult[i]
                 if hp.param_scale_mult:
                     step = step * jnp.sqrt(jnp.mean(jnp.square(p1)) + 1e-9)
                 out_p.append((p1 - step * sc[i]).astype(p.dtype).reshape(p.shape))
@@ -323,7 +404,7 @@ def _register(name: str, is_mup: bool, help: str) -> None:
     register_learned(LearnedSpec(
         name=name, is_mup=is_mup, help=help, config_keys=CONFIG_KEYS, label_key="velo_lstm_hidden_size",
         build=lambda hparams, impl: VeloLO(name=name, hparams=(
-            hparams if isinstance(hparams, VeloHParams) else VeloHParams.from_dict(hparams))),
+            hparams if isinstance(hparams, VeloHParams) else VeloHParams.from_dict(hparams)), impl=impl),
         hparams_from_config=lambda cfg: hparams_from_config(name, cfg).to_dict()))
 
 
