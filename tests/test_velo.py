@@ -56,6 +56,18 @@ def test_lstm_inputs_per_tensor():
     np.testing.assert_array_equal(vec[-5:], [0, 1, 0, 0, 0])
 
 
+def test_lstm_accumulator_statistics_are_of_the_rms_normalised_tensor():
+    p = 3.0 * jax.random.normal(KEY, (6, 4))
+    acc = _acc_after(p, jax.random.normal(jax.random.PRNGKey(1), (6, 4)))
+    x = np.asarray(V.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,))))
+    norm = 1.0 / np.sqrt(np.mean(np.square(np.asarray(p, np.float64))))
+    clip_log = lambda v: np.clip(np.log(1e-8 + np.abs(10.0 * v)), -5.0, 5.0) * 0.5
+    rms = np.asarray(acc.v[0], np.float64) * norm
+    want = [clip_log(np.var(np.asarray(m, np.float64) * norm)) for m in acc.m] + [clip_log(rms.mean()),
+                                                                                clip_log(np.var(rms))]
+    np.testing.assert_allclose(x[18:23], want, rtol=1e-5, atol=1e-6)
+
+
 def test_parameter_shapes_of_the_reference_sizes():
     lo = build_learned(load_config(None, cli={"optimizer": "mup_velo"}))
     hp = lo.hparams

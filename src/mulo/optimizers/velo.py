@@ -142,12 +142,11 @@ def _clip_log_abs(v):
 def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
     """The LSTM's ``LSTM_FEATURES`` inputs for one tensor (``m``, ``v``: its accumulator tuples)."""
     norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
-    ms = jnp.stack([x * norm for x in m], axis=-1)
-    rs = v[0] * norm
-    axes = tuple(range(p.ndim))
-    var_m = jnp.mean(jnp.square(ms - jnp.mean(ms, axis=axes, keepdims=True)), axis=axes)
-    mean_rms = jnp.mean(rs)
-    var_rms = jnp.mean(jnp.square(rs - mean_rms))
+    # var(x · norm) = norm² · var(x): the reductions read the accumulators themselves, nothing of p's size is written
+    variance = lambda x: jnp.mean(jnp.square(x - jnp.mean(x))) * jnp.square(norm)
+    var_m = jnp.stack([variance(x) for x in m])
+    mean_rms = jnp.mean(v[0]) * norm
+    var_rms = variance(v[0])
     rank = int(np.sum(np.asarray(p.shape) > 1))
     return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
                             _clip_log_abs(mean_rms)[None], _clip_log_abs(var_rms)[None],
