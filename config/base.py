@@ -26,6 +26,7 @@ local_batch_size = 128
 eval_batch_size = 2048
 max_eval_examples = 10000
 prefetch_batches = 4
+data_on_device = "auto"  # on | off | auto (accelerators)
 
 # ---- learned optimizers
 hidden_size = 32

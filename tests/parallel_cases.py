@@ -126,6 +126,38 @@ def sharded_vs_single(out: Path) -> dict:
     }
 
 
+def resident_streams(out: Path) -> dict:
+    """Meta-training's data chunks on a 2x2 mesh with the images resident on the devices (data_on_device on) and
+    gathered on the host (off): equal bit for bit, with the same sharding."""
+    import jax
+    import numpy as np
+
+    from mulo.config import load_config
+    from mulo.meta.train import MetaTrainer
+    from mulo.optimizers import build_learned
+    from mulo.parallel import Placement
+    from mulo.tasks import TaskSettings, get_tasks
+
+    chunks, shardings, resident = {}, {}, {}
+    for mode in ("on", "off"):
+        cfg = load_config(None, cli={**TINY, "data_on_device": mode})
+        tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
+        trainer = MetaTrainer(cfg, tasks, build_learned(cfg), Placement.create(data_parallel=2))
+        resident[mode] = list(trainer.resident)
+        streams = trainer.streams(0)
+        try:
+            got = [next(streams[0]) for _ in range(3)]
+        finally:
+            for it in streams:
+                it.close()
+        chunks[mode] = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(got)]
+        shardings[mode] = [str(x.sharding) for x in jax.tree.leaves(got)]
+    return {"devices": jax.device_count(), "resident": resident,
+            "equal": all(np.array_equal(a, b) for a, b in zip(chunks["on"], chunks["off"])),
+            "dtypes": sorted({str(x.dtype) for x in chunks["on"]}),
+            "same_sharding": shardings["on"] == shardings["off"], "shardings": sorted(set(shardings["on"]))}
+
+
 def meta_train_process(argv: list[str]) -> dict:
     """One process of ``meta-train`` through the CLI's own entry (jax.distributed from the config/environment)."""
     import jax
@@ -150,6 +182,8 @@ if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])
     if case == "sharded-vs-single":
         result = sharded_vs_single(out)
+    elif case == "resident-streams":
+        result = resident_streams(out)
     elif case == "meta-train":
         result = meta_train_process(sys.argv[3:])
     else:

@@ -1,9 +1,14 @@
-"""uint8 images to the device, normalised there (src/mulo/data/transfer.py): the same values as the host's
-normalisation, bit for bit, through the prefetcher, meta-training's streams and meta-test's loop."""
+"""Images to the device as uint8, or kept there and gathered from indices (data_on_device), normalised there
+(src/mulo/data/transfer.py): the same values as the host's normalisation, bit for bit, through the prefetcher,
+meta-training's streams (one device and a 2x2 mesh) and meta-test's loop."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +19,10 @@ from mulo.config import load_config
 from mulo.data import get_dataset
 from mulo.data.images import IMAGE_SOURCES, ImageDataset
 from mulo.data.prefetch import DevicePrefetcher
-from mulo.data.transfer import device_decoder, encodes, host_kwargs
+from mulo.data.transfer import device_decoder, encodes, host_kwargs, resident_images, wants_resident
+from mulo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _random_dataset(name, n=64, seed=0):
@@ -41,8 +49,39 @@ def test_decode_on_device_equals_host_normalisation_bit_for_bit(name):
         np.testing.assert_array_equal(np.asarray(d["y"]), h["y"])
     # a block (a process's part) is the same block of the whole
     part = (slice(0, 2), slice(1, 3), slice(0, 4))
-    block = next(ds.batches("train", shape, seed=5, part=part, encoded=True))
+    block = next(ds.batches("train", shape, seed=5, part=part, form="uint8"))
     np.testing.assert_array_equal(np.asarray(decode(block)["x"]), host[0]["x"][part])
+
+
+@pytest.mark.parametrize("name", ["fashionmnist-28x28x1", "imagenet-32x32x3"])
+def test_resident_images_gathered_from_indices_equal_host_batches(name):
+    ds = _random_dataset(name)
+    shape = (3, 5)
+    host = list(itertools.islice(ds.batches("meta_valid", shape, seed=2), 3))
+    idx = list(itertools.islice(ds.batches("meta_valid", shape, seed=2, **host_kwargs(ds, resident=True)), 3))
+    images = resident_images(ds, ["meta_valid"], jax.device_put)
+    assert images["meta_valid"].dtype == jnp.uint8 and images["meta_valid"].shape[0] == len(ds.raw("meta_valid")[0])
+    decode = device_decoder(ds, images, by_split=True)
+    for h, i in zip(host, idx):
+        assert set(i) == {"i", "y"} and i["i"].dtype == np.int32 and i["i"].shape == shape  # only indices travel
+        d = decode({"meta_valid": jax.device_put(i)})["meta_valid"]
+        np.testing.assert_array_equal(np.asarray(d["x"]), h["x"])
+        np.testing.assert_array_equal(np.asarray(d["y"]), h["y"])
+
+
+def test_when_data_is_kept_on_the_device():
+    ds = _random_dataset("fashionmnist-28x28x1", n=100)  # train split: 80 images of 784 bytes = 62,720 bytes
+    cpu = jax.devices()
+    gpu = lambda limit: SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": limit})  # noqa: E731
+    assert wants_resident("on", ds, cpu) and not wants_resident("off", ds, [gpu(10 ** 9)])
+    assert not wants_resident("auto", ds, cpu)  # on the CPU the device is the host: nothing to save
+    assert wants_resident("auto", ds, [gpu(10 ** 9)])
+    assert not wants_resident("auto", ds, [gpu(10 ** 9), gpu(200_000)])  # 62,720 > a quarter of the smallest
+    assert wants_resident("auto", ds, [gpu(251_000)]) and not wants_resident("auto", ds, [gpu(250_000)])
+    assert not wants_resident("auto", ds, [SimpleNamespace(platform="gpu", memory_stats=lambda: None)])
+    assert not wants_resident("on", get_dataset("tinyshakespeare-s16-vbyte"), cpu)  # token ids: no such form
+    with pytest.raises(ConfigError, match="data_on_device"):
+        load_config(None, cli={"data_on_device": "gpu"})
 
 
 def test_text_datasets_are_sent_as_they_are():
@@ -54,7 +93,7 @@ def test_text_datasets_are_sent_as_they_are():
 
 def test_prefetcher_decodes_by_split_on_its_devices():
     ds = _random_dataset("cifar10-32x32x3")
-    chunks = ({sp: next(ds.batches(sp, (2, 2, 4), seed=s, encoded=True)) for sp in ("train", "meta_valid")}
+    chunks = ({sp: next(ds.batches(sp, (2, 2, 4), seed=s, form="uint8")) for sp in ("train", "meta_valid")}
               for s in itertools.count())
     with DevicePrefetcher(chunks, size=2, batch_axis=2, transform=device_decoder(ds, by_split=True)) as it:
         got = [next(it) for _ in range(3)]
@@ -72,14 +111,17 @@ def _mlp_task(ds, width=8):
     return MLPTask(parse_task_name(f"mumlp-w{width}-d2_{ds.name}"), TaskSettings(), ds)
 
 
-def test_meta_train_streams_carry_the_normalised_batches():
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_meta_train_streams_carry_the_normalised_batches(mode):
     from mulo.meta.train import MetaTrainer
     from mulo.optimizers import build_learned
 
     ds = _random_dataset("fashionmnist-28x28x1")
     cfg = load_config(None, cli=dict(num_tasks=2, trunc_length=4, steps_per_jit=2, num_inner_steps=8,
-                                     truncation_schedule_min_length=4, local_batch_size=4, progress=False))
+                                     truncation_schedule_min_length=4, local_batch_size=4, progress=False,
+                                     data_on_device=mode))
     trainer = MetaTrainer(cfg, [_mlp_task(ds)], build_learned(cfg.replace(optimizer="mup_small_fc_mlp")))
+    assert trainer.resident == (mode == "on",)
     streams = trainer.streams(0)
     try:
         got = [next(streams[0]) for _ in range(2)]
@@ -87,7 +129,7 @@ def test_meta_train_streams_carry_the_normalised_batches():
         for it in streams:
             it.close()
     with pytest.MonkeyPatch.context() as mp:  # the old path: float32 normalised on the host
-        mp.setattr("mulo.meta.train.host_kwargs", lambda dataset: {})
+        mp.setattr("mulo.meta.train.host_kwargs", lambda dataset, resident: {})
         plain = trainer.host_stream(0, 0)
         expected = [next(plain) for _ in range(2)]
     assert set(got[0]) == set(expected[0])
@@ -98,15 +140,30 @@ def test_meta_train_streams_carry_the_normalised_batches():
             np.testing.assert_array_equal(np.asarray(g[sp]["y"]), e[sp]["y"])
 
 
-def test_meta_test_loop_is_unchanged_by_the_transfer(monkeypatch):
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_meta_test_loop_is_unchanged_by_the_transfer(monkeypatch, mode):
     from mulo.evaluate.train_loop import LoopSettings, TrainLoop
     from mulo.optimizers import adam
 
     ds = _random_dataset("fashionmnist-28x28x1", n=256)
-    settings = LoopSettings(num_steps=12, batch_size=8, steps_per_jit=5, skip_test=True, progress=False)
+    settings = LoopSettings(num_steps=12, batch_size=8, steps_per_jit=5, skip_test=True, progress=False,
+                            data_on_device=mode)
     encoded = TrainLoop(_mlp_task(ds), adam(1e-2), settings).run(seed=1)
-    monkeypatch.setattr("mulo.evaluate.train_loop.host_kwargs", lambda dataset: {})
-    monkeypatch.setattr("mulo.evaluate.train_loop.device_decoder", lambda dataset: (lambda batch: batch))
+    monkeypatch.setattr("mulo.evaluate.train_loop.host_kwargs", lambda dataset, resident: {})
+    monkeypatch.setattr("mulo.evaluate.train_loop.device_decoder", lambda dataset, images: (lambda batch: batch))
     host = TrainLoop(_mlp_task(ds), adam(1e-2), settings).run(seed=1)
     assert encoded.steps_completed == host.steps_completed == 12
     assert encoded.train_losses == host.train_losses  # identical inputs give identical losses
+
+
+def test_resident_chunks_on_a_2x2_mesh_equal_the_host_ones(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_parallel import _env, _result
+
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "parallel_cases.py"), "resident-streams",
+                           str(tmp_path)], env=_env(4), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = _result(proc.stdout)
+    assert r["devices"] == 4 and r["resident"] == {"on": [True], "off": [False]}
+    assert r["equal"] and r["same_sharding"] and r["dtypes"] == ["float32", "int32"], r
+    assert any("'pairs', 'batch'" in s for s in r["shardings"]), r  # split over both mesh axes

@@ -90,6 +90,10 @@ SCHEMA: dict[str, Key] = {
     "eval_batch_size": Key("int", "chunk size of jitted evaluation", min=1),
     "max_eval_examples": Key("int", "test examples per evaluation (None: whole test split)", optional=True, min=1),
     "prefetch_batches": Key("int", "batches kept ready on the device", min=1),
+    "data_on_device": Key("str", "keep the training images on the accelerator and gather each batch there (only "
+                          "indices cross to the device): on, off (gathered on the host, sent as uint8), auto (on for "
+                          "GPU/TPU when they fit in a quarter of its memory; off on the CPU)",
+                          choices=("auto", "on", "off")),
     # learned optimizers
     "hidden_size": Key("int", "hidden units of the learned optimizer's MLP", min=1),
     "adafac_step_mult": Key("float", "LO step multiplier (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp)",

@@ -286,6 +286,13 @@ def local_device_pool() -> list[jax.Device]:
     return _ordered(jax.local_devices())
 
 
+def current_device() -> jax.Device:
+    """The device this thread's new arrays go to: the one of ``jax.default_device`` (``on_each_device``'s
+    workers), else the first local device."""
+    device = jax.config.jax_default_device
+    return device if isinstance(device, jax.Device) else jax.local_devices()[0]
+
+
 def on_each_device(devices: Sequence[jax.Device], work: Callable[[jax.Device, Callable[[], bool]], None]) -> None:
     """Run ``work(device, failed)`` in one thread per device, each under ``jax.default_device(device)`` (so what it
     creates and runs lands there); ``failed()`` tells a worker that another one raised, so it stops taking work. The

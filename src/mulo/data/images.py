@@ -1,16 +1,10 @@
 """Image classification datasets: uint8 in host RAM, normalised to float32 one batch at a time.
 
-Batches come normalised (float32) from ``batches``, or as the uint8 images themselves with ``encoded=True``: then
-``decode`` (pure jnp, run on the device after the transfer) gives the same float32 values bit for bit. Sending uint8
-moves 4× fewer bytes to the accelerator and leaves the host only the gather (``mulo.data.prefetch`` does this).
-
-Sources: TFDS when prepared (``download=False`` unless ``tfds_download``); Fashion-MNIST also from its IDX ``.gz``
-files (``fashion_mnist_dir``, else Debian's ``/usr/share/datasets/fashion-mnist``, else TFDS).
-
-Splits (no overlap, unlike the reference's ``train[98:99%]`` bug): ``train`` = the first 80% of the official
-training set, ``meta_valid`` = the next 10% (the last 10% is unused), ``test`` = the official test split
-(ImageNet: its validation set). Normalisation as the reference: x/255 for Fashion-MNIST and CIFAR-10, ImageNet
-mean/std for ImageNet.
+Batches come in one of three forms (``batches(..., form=)``): ``"float"`` normalised on the host, ``"uint8"`` the
+images themselves, ``"index"`` only their indices into the split (for a copy of the split kept on the device,
+``resident_images``). ``decode`` (pure jnp, run on the device after the transfer) turns the last two into the first,
+bit for bit. ``mulo.data.transfer`` chooses the form: uint8 moves 4× fewer bytes to the accelerator than float32
+and leaves the host only the gather; indices move almost nothing and leave the host no per-image work.
 """
 
 from __future__ import annotations
@@ -32,6 +26,7 @@ from mulo.io import private_tempdir
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TRAIN_FRACTION = 0.8
 META_VALID_FRACTION = 0.1
+FORMS = ("float", "uint8", "index")  # what ``ImageDataset.batches`` yields: see the module docstring
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -249,20 +244,29 @@ class ImageDataset:
         """uint8 NHWC -> float32, (x - 255 mean) / (255 std)."""
         return (images.astype(np.float32) - self._mean) * self._inv_std
 
-    def decode(self, batch: dict) -> dict:
-        """An ``encoded=True`` batch (uint8 images) -> the batch ``batches`` gives, in jnp (jit it; runs on the device
-        holding the batch). The same two float32 operations as ``normalize``, so the values are identical."""
+    def resident_images(self, split: str) -> np.ndarray:
+        """The uint8 images of ``split`` that ``form="index"`` batches index (to be placed on the device once)."""
+        return self.raw(split)[0]
+
+    def decode(self, batch: dict, images: Any = None) -> dict:
+        """A ``form="uint8"`` batch, or a ``form="index"`` one with its split's ``images`` (on the device), -> the
+        ``form="float"`` batch, in jnp (jit it; runs on the device holding the batch). The same two float32
+        operations as ``normalize``, so the values are identical."""
         import jax.numpy as jnp
 
-        x = (batch["x"].astype(jnp.float32) - jnp.asarray(self._mean)) * jnp.asarray(self._inv_std)
-        return {**batch, "x": x}
+        x = batch["x"] if "i" not in batch else jnp.take(images, batch["i"], axis=0)
+        x = (x.astype(jnp.float32) - jnp.asarray(self._mean)) * jnp.asarray(self._inv_std)
+        return {"x": x, "y": batch["y"]}
 
     # -- Dataset protocol
     def batches(self, split: str, shape: tuple[int, ...], seed: int,
-                part: tuple[slice, ...] | None = None, encoded: bool = False) -> Iterator[dict]:
+                part: tuple[slice, ...] | None = None, form: str = "float") -> Iterator[dict]:
         """Endless batches of ``shape`` (e.g. (S, N, B)); ``part`` (slices of ``shape``) yields only that block of
         each, gathering and normalising only its images (a process's own devices' shard in a multi-process run).
-        ``encoded``: the uint8 images, not normalised (``decode`` normalises them)."""
+        ``form``: "float" {"x": float32 images, "y"}, "uint8" {"x": uint8 images, "y"} or "index" {"i": int32
+        indices into ``resident_images(split)``, "y"}; the same examples in every form."""
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         x, y = self.raw(split)
         shape = tuple(int(s) for s in shape)
         rng = split_rng(seed, split, self.name)
@@ -270,8 +274,11 @@ class ImageDataset:
             idx = idx.reshape(shape)
             if part is not None:
                 idx = idx[tuple(part)]
+            if form == "index":
+                yield {"i": idx.astype(np.int32), "y": y[idx]}
+                continue
             images = x[idx.reshape(-1)]
-            images = images if encoded else self.normalize(images)
+            images = self.normalize(images) if form == "float" else images
             yield {"x": images.reshape(idx.shape + self.image_shape), "y": y[idx]}
 
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None) -> Iterator[dict]:

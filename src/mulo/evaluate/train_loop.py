@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.config import Config
-from mulo.data.transfer import device_decoder, host_kwargs
+from mulo.data.transfer import device_decoder, host_kwargs, resident_images, wants_resident
 from mulo.evaluate.accumulate import value_and_grad_accumulated
+from mulo.parallel import current_device
 from mulo.tasks.precision import bf16_loss
 
 
@@ -40,6 +41,7 @@ class LoopSettings:
     log_every: int = 1
     progress: bool = True
     grad_accumulation: int = 1  # micro-batches per step (mulo.evaluate.accumulate); divides batch_size
+    data_on_device: str = "auto"  # mulo.data.transfer.wants_resident
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LoopSettings":
@@ -47,7 +49,7 @@ class LoopSettings:
                    steps_per_jit=cfg.test_steps_per_jit, test_interval=cfg.test_interval, skip_test=cfg.skip_test,
                    eval_batch_size=cfg.eval_batch_size, max_eval_examples=cfg.max_eval_examples,
                    use_bf16=cfg.use_bf16, log_every=cfg.log_every, progress=cfg.progress,
-                   grad_accumulation=cfg.gradient_accumulation_steps)
+                   grad_accumulation=cfg.gradient_accumulation_steps, data_on_device=cfg.data_on_device)
 
 
 @dataclass
@@ -186,6 +188,15 @@ class TrainLoop:
             total += n
         return loss_sum / total, acc_sum / total
 
+    def _train_batches(self, shape: tuple[int, int], seed: int) -> Iterator[dict]:
+        """Training chunks on this thread's default device: uint8 images (or, with the train split resident there,
+        indices) decoded on the device into the task's batch."""
+        dataset = self.task.dataset
+        resident = wants_resident(self.s.data_on_device, dataset, [current_device()])
+        images = resident_images(dataset, ["train"], jax.device_put) if resident else None
+        decode = device_decoder(dataset, images)
+        return map(decode, dataset.batches("train", shape, seed, **host_kwargs(dataset, resident)))
+
     def run(self, seed: int, log: Callable[[int, dict], None] | None = None, desc: str | None = None) -> RunResult:
         s = self.s
         log = log or (lambda step, metrics: None)
@@ -195,9 +206,7 @@ class TrainLoop:
         state = self._opt_init(self._init_params(init_key))
         eval_steps = self.eval_steps()
         max_chunk = min(s.steps_per_jit, s.num_steps)
-        dataset = self.task.dataset
-        data = map(device_decoder(dataset), dataset.batches("train", (max_chunk, s.batch_size), seed,
-                                                            **host_kwargs(dataset)))  # uint8 images to the device
+        data = self._train_batches((max_chunk, s.batch_size), seed)
         result = RunResult(task=self.task.name, seed=seed, num_steps=s.num_steps, steps_completed=0,
                            diverged=False, diverged_step=None, train_losses=[], final_train_loss=None)
         pending_test: dict = {}

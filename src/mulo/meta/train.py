@@ -44,7 +44,7 @@ from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
-from mulo.data.transfer import device_decoder, host_kwargs
+from mulo.data.transfer import device_decoder, host_kwargs, resident_images, wants_resident
 from mulo.parallel import Placement, agree, barrier, is_main_process
 
 
@@ -90,6 +90,9 @@ class MetaTrainer:
                                steps_per_jit=cfg.steps_per_jit, donate=donate, placement=self.placement)
             for t in self.tasks]
         self.tx, self.lr_fn = outer.from_config(cfg)
+        devices = list(self.placement.mesh.devices.flat)
+        self.resident = tuple(wants_resident(cfg.data_on_device, t.dataset, devices, e.unroll.data_splits)
+                              for t, e in zip(self.tasks, self.estimators))  # datasets kept on the devices
         rep = self.placement.replicated
         self._outer = jax.jit(self._outer_update, out_shardings=rep)
 
@@ -142,7 +145,7 @@ class MetaTrainer:
         for step in itertools.count(start_step):
             seed = data_seed(cfg.seed, j, step)
             kw = {} if part is None else {"part": part}  # the whole chunk: any dataset with batches(split, shape, seed)
-            kw.update(host_kwargs(dataset))  # uint8 images, normalised on the device (streams)
+            kw.update(host_kwargs(dataset, self.resident[j]))  # uint8 images or indices, decoded on the device
             its = {sp: dataset.batches(sp, self.chunk_shape, seed, **kw) for sp in splits}
             for _ in range(est.num_chunks):
                 yield {sp: next(its[sp]) for sp in splits}
@@ -154,9 +157,14 @@ class MetaTrainer:
         if part == tuple(slice(0, n) for n in self.chunk_shape):
             part = None
         put = self.placement.chunk_putter(self.chunk_shape)
-        return [DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches, put=put,
-                                 transform=device_decoder(self.tasks[j].dataset, by_split=True))
-                for j in range(len(self.tasks))]
+        replicate = lambda x: self.placement.put(x, self.placement.replicated)  # noqa: E731
+        streams = []
+        for j, (task, est) in enumerate(zip(self.tasks, self.estimators)):
+            images = (resident_images(task.dataset, est.unroll.data_splits, replicate) if self.resident[j]
+                      else None)
+            streams.append(DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches,
+                                            put=put, transform=device_decoder(task.dataset, images, by_split=True)))
+        return streams
 
     # ---- one outer step -----------------------------------------------------------------------------------------
 
