@@ -9,7 +9,7 @@ Checks, in this order, each recorded (an error or a skip is a row too, never a l
 2. ``pallas``: the compiled Pallas LO step against the plain (reference) path on a width × width matrix, for
    float32 (target 1e-5 relative), tensorfloat32 (5e-3: 11-bit inputs) and bfloat16 (1e-2: 8-bit inputs);
 3. ``step``: one training step (loss + grad + update) of muMLP depth 3 at batch 4096 (GPU), Adam vs the μLO's fused
-   and Pallas implementations, ratio to Adam (target ≤ 1.5×);
+   and Pallas implementations, ratio to Adam (target ≤ 1.5×), and μVeLO's (``mup_velo``, fused: no target);
 4. ``prefetch``: a meta-test-like loop on uint8 ImageNet-32-shaped host data through the device prefetcher: the
    fraction of wall time the loop is blocked in ``next()`` (target ≤ 5%), measured from outside the prefetcher;
 5. ``w8192``: a width-8192 μLO training step compiles, fits and runs; its compiled peak memory;
@@ -43,6 +43,7 @@ SIZES = {  # the issue's settings on a GPU, tiny ones for the CPU dry run
     "gpu": dict(widths=(1024, 4096), batch=4096, repeats=10, pallas_width=1024, meta_widths=(128, 512, 1024),
                 meta_pairs=8, meta_k=50, meta_spj=10, meta_batch=4096, pool=16384, prefetch_steps=50,
                 prefetch_width=1024, big_width=8192, big_batch=4096, impls=("fused", "pallas"), lo_impl="pallas",
+                velo_impls=("fused",),
                 # the GPU-specific tests (the rest of the suite runs in CI on CPU); at most tests_s seconds
                 tests=["tests/test_lo_impl.py", "tests/test_mixed_precision.py", "tests/test_lazy_imports.py"],
                 tests_s=180),
@@ -50,7 +51,7 @@ SIZES = {  # the issue's settings on a GPU, tiny ones for the CPU dry run
                 meta_spj=2, meta_batch=8, pool=64, prefetch_steps=5, prefetch_width=16, big_width=32, big_batch=8,
                 # the dry run checks the script, not speed: the plain LO compiles in seconds (the pallas row above
                 # already ran the kernel, interpreted)
-                impls=("reference",), lo_impl="reference",
+                impls=("reference",), lo_impl="reference", velo_impls=("fused",),
                 tests=["tests/test_lo_impl.py::test_matmul_precision_names"], tests_s=300),
 }
 TOLERANCE = {"float32": 1e-5, "tensorfloat32": 5e-3, "bfloat16": 1e-2}
@@ -156,6 +157,23 @@ def check_pallas(sz, platform_name):
     return rows
 
 
+# learned optimizers of the step check: name -> (label, target step time × Adam's: the μLO's of issue 11, or None)
+STEP_LOS = {"mup_small_fc_mlp": ("μLO", 1.5), "mup_velo": ("μVeLO", None)}
+
+
+def _lo_step_row(sz, width, adam, name, impl):
+    """One learned optimizer's training-step row, with its ratio to Adam's step ``adam`` (bench_one's dict)."""
+    from bench_optimizers import bench_one
+
+    label, target = STEP_LOS[name]
+    r = bench_one(width, sz["batch"], name, impl, sz["repeats"])
+    ratio = r["mean_ms"] / adam["mean_ms"]
+    return {"check": "step", "setting": f"muMLP w{width} d3, batch {sz['batch']}, {label} {impl}",
+            "result": f"{_fmt_ms(r['mean_ms'])} = {ratio:.2f}× Adam",
+            "target": f"≤ {target:g}× Adam" if target else "", "met": ratio <= target if target else None,
+            "ratio": ratio, **r}
+
+
 def check_step(sz, platform_name):
     from bench_optimizers import bench_one
 
@@ -164,12 +182,8 @@ def check_step(sz, platform_name):
         adam = bench_one(width, sz["batch"], "adam", "-", sz["repeats"])
         rows.append({"check": "step", "setting": f"muMLP w{width} d3, batch {sz['batch']}, adam",
                      "result": _fmt_ms(adam["mean_ms"]), "target": "", "met": None, **adam})
-        for impl in sz["impls"]:
-            r = bench_one(width, sz["batch"], "mup_small_fc_mlp", impl, sz["repeats"])
-            ratio = r["mean_ms"] / adam["mean_ms"]
-            rows.append({"check": "step", "setting": f"muMLP w{width} d3, batch {sz['batch']}, μLO {impl}",
-                         "result": f"{_fmt_ms(r['mean_ms'])} = {ratio:.2f}× Adam", "target": "≤ 1.5× Adam",
-                         "met": ratio <= 1.5, "ratio": ratio, **r})
+        rows += [_lo_step_row(sz, width, adam, "mup_small_fc_mlp", impl) for impl in sz["impls"]]
+        rows += [_lo_step_row(sz, width, adam, "mup_velo", impl) for impl in sz["velo_impls"]]
     return rows
 
 

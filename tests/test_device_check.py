@@ -65,6 +65,8 @@ def test_dry_run_runs_every_check_and_writes_table_and_json(dry_run):
     assert report["platform"] == "cpu" and report["jax"] and report["date"]
     tests = next(r for r in report["rows"] if r["check"] == "tests")
     assert tests["met"] and tests["counts"].get("passed", 0) >= 1
+    steps = [r["setting"] for r in report["rows"] if r["check"] == "step"]
+    assert any("μLO" in s for s in steps) and any("μVeLO fused" in s for s in steps), steps
     pallas = {r["precision"]: r["rel_err"] for r in report["rows"] if r["check"] == "pallas"}
     assert pallas["float32"] <= 1e-5 and 0 < pallas["bfloat16"] <= 1e-2
     for r in report["rows"]:
