@@ -258,9 +258,9 @@ def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array,
     """``dir_mag_reference`` without the (*p.shape, 30) feature stack or the (*p.shape, H) activations.
 
     Each column's normaliser 1/sqrt(ε + mean(x²)) is a per-tensor scalar, so it is folded into the first layer's
-    weights (exact); the 30 mean squares come from one variadic reduction over products kept as factors
-    (``features.mean_squares``); the row / column Adafactor columns are contracted on their factored shapes
-    (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
+    weights (exact); the full-size columns' mean squares come from one variadic reduction over products kept as
+    factors (``features.mean_squares``), the row / column Adafactor columns' from their factored arrays, on which
+    they are also contracted (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
     the features into one loop over the tensor.
     """
     full, small = fused_columns(p, g, acc)
