@@ -140,7 +140,7 @@ def train_losses(task: Any, optimizer: Any, steps: int, batch_size: int, seed: i
 def run(cfg: Any, args: Any = None) -> int:
     """CLI handler of ``coord-check``."""
     from mulo import preflight
-    from mulo.evaluate.meta_test import optimizer_source
+    from mulo.evaluate.lo_source import optimizer_source
     from mulo.rundir import claim, run_dir_path, write_config
     from mulo.tasks import TaskSettings, get_tasks, with_width
 

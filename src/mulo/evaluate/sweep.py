@@ -34,9 +34,11 @@ from typing import Any, Mapping
 
 from mulo.config import SCHEMA, Config
 from mulo.errors import ConfigError, MuloError
-from mulo.evaluate.meta_test import (HAND_DESIGNED, LoopSettings, TrainLoop, _jsonable, build_tasks, final_loss_text,
-                                     run_summary)
+from mulo.evaluate.lo_source import _jsonable
+from mulo.evaluate.meta_test import build_tasks
+from mulo.evaluate.train_loop import LoopSettings, TrainLoop, final_loss_text, run_summary
 from mulo.io import atomic_write_json, atomic_write_text
+from mulo.registry import HAND_DESIGNED
 
 METHODS = ("grid", "tpe", "random")
 HEARTBEAT_S = 30
