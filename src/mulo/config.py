@@ -100,7 +100,7 @@ SCHEMA: dict[str, Key] = {
                             optional=True, min=_POS),
     "adafac_exp_mult": Key("float", "LO magnitude exponent multiplier", min=0.0),
     "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
-    "lo_impl": Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel, hidden layer 2 on tensor cores; interpreted on CPU)", choices=("reference", "fused", "pallas")),
+    "lo_impl": Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel, hidden layer 2 on tensor cores; interpreted on CPU; not for VeLO)", choices=("reference", "fused", "pallas")),
     "lo_eps_scaling": Key("str", "epsilon of the LO's per-tensor feature normaliser: none (1e-5 everywhere, the "
                           "reference) or fan_in (1e-5/fan_in for matrices, so it does not swamp the tiny gradients of "
                           "wide hidden layers); stored with theta", choices=("none", "fan_in")),
