@@ -69,6 +69,8 @@ def test_dry_run_runs_every_check_and_writes_table_and_json(dry_run):
     assert any("μLO" in s for s in steps) and any("μVeLO fused" in s for s in steps), steps
     pallas = {r["precision"]: r["rel_err"] for r in report["rows"] if r["check"] == "pallas"}
     assert pallas["float32"] <= 1e-5 and 0 < pallas["bfloat16"] <= 1e-2
+    prefetch = [r["setting"] for r in report["rows"] if r["check"] == "prefetch"]
+    assert len(prefetch) == 2 and any("resident" in s for s in prefetch), prefetch  # uint8 and resident paths
     for r in report["rows"]:
         if "prefetch" in r["check"]:
             assert 0.0 <= r["wait_fraction"] <= 1.0
