@@ -126,6 +126,16 @@ def sharded_vs_single(out: Path) -> dict:
     }
 
 
+def first_chunks(trainer, n: int) -> list:
+    """The first ``n`` device chunks of ``trainer``'s first task (its prefetchers closed afterwards)."""
+    streams = trainer.streams(0)
+    try:
+        return [next(streams[0]) for _ in range(n)]
+    finally:
+        for it in streams:
+            it.close()
+
+
 def resident_streams(out: Path) -> dict:
     """Meta-training's data chunks on a 2x2 mesh with the images resident on the devices (data_on_device on) and
     gathered on the host (off): equal bit for bit, with the same sharding."""
@@ -144,12 +154,7 @@ def resident_streams(out: Path) -> dict:
         tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
         trainer = MetaTrainer(cfg, tasks, build_learned(cfg), Placement.create(data_parallel=2))
         resident[mode] = list(trainer.resident)
-        streams = trainer.streams(0)
-        try:
-            got = [next(streams[0]) for _ in range(3)]
-        finally:
-            for it in streams:
-                it.close()
+        got = first_chunks(trainer, 3)
         chunks[mode] = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(got)]
         shardings[mode] = [str(x.sharding) for x in jax.tree.leaves(got)]
     return {"devices": jax.device_count(), "resident": resident,

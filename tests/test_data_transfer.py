@@ -21,6 +21,7 @@ from mulo.data.images import IMAGE_SOURCES, ImageDataset
 from mulo.data.prefetch import DevicePrefetcher
 from mulo.data.transfer import device_decoder, encodes, host_kwargs, resident_images, wants_resident
 from mulo.errors import ConfigError
+from parallel_cases import first_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,12 +123,7 @@ def test_meta_train_streams_carry_the_normalised_batches(mode):
                                      data_on_device=mode))
     trainer = MetaTrainer(cfg, [_mlp_task(ds)], build_learned(cfg.replace(optimizer="mup_small_fc_mlp")))
     assert trainer.resident == (mode == "on",)
-    streams = trainer.streams(0)
-    try:
-        got = [next(streams[0]) for _ in range(2)]
-    finally:
-        for it in streams:
-            it.close()
+    got = first_chunks(trainer, 2)
     with pytest.MonkeyPatch.context() as mp:  # the old path: float32 normalised on the host
         mp.setattr("mulo.meta.train.host_kwargs", lambda dataset, resident: {})
         plain = trainer.host_stream(0, 0)

@@ -5,6 +5,14 @@ images themselves, ``"index"`` only their indices into the split (for a copy of 
 ``resident_images``). ``decode`` (pure jnp, run on the device after the transfer) turns the last two into the first,
 bit for bit. ``mulo.data.transfer`` chooses the form: uint8 moves 4× fewer bytes to the accelerator than float32
 and leaves the host only the gather; indices move almost nothing and leave the host no per-image work.
+
+Sources: TFDS when prepared (``download=False`` unless ``tfds_download``); Fashion-MNIST also from its IDX ``.gz``
+files (``fashion_mnist_dir``, else Debian's ``/usr/share/datasets/fashion-mnist``, else TFDS).
+
+Splits (no overlap, unlike the reference's ``train[98:99%]`` bug): ``train`` = the first 80% of the official
+training set, ``meta_valid`` = the next 10% (the last 10% is unused), ``test`` = the official test split
+(ImageNet: its validation set). Normalisation as the reference: x/255 for Fashion-MNIST and CIFAR-10, ImageNet
+mean/std for ImageNet.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@
 One producer thread reads the host iterator in order and places each batch on the devices into a bounded queue:
 with ``put`` (meta-training passes ``mulo.parallel.Placement.chunk_putter``, which assembles this process's block of
 a global chunk), else split over the local devices on ``batch_axis`` (a single device gets the whole batch). So
-the order is the iterator's and no batch is returned twice. ``transform`` (e.g. ``mulo.data.transfer.device_decoder``:
-uint8 images normalised on the device) is applied to each placed batch in the producer thread. An exception in the producer is re-raised in the
-consumer at the position it happened; ``close()`` stops the thread and drops what is queued.
+the order is the iterator's and no batch is returned twice. ``transform`` (e.g. ``mulo.data.transfer.
+device_decoder``: uint8 images normalised on the device) is applied to each placed batch in the producer thread.
+An exception in the producer is re-raised in the consumer at the position it happened; ``close()`` stops the thread
+and drops what is queued.
 """
 
 from __future__ import annotations
