@@ -146,10 +146,28 @@ def test_meta_test_loop_is_unchanged_by_the_transfer(monkeypatch, mode):
                             data_on_device=mode)
     encoded = TrainLoop(_mlp_task(ds), adam(1e-2), settings).run(seed=1)
     monkeypatch.setattr("mulo.evaluate.train_loop.host_kwargs", lambda dataset, resident: {})
-    monkeypatch.setattr("mulo.evaluate.train_loop.device_decoder", lambda dataset, images: (lambda batch: batch))
+    monkeypatch.setattr("mulo.evaluate.train_loop.batch_decoder", lambda dataset: (lambda batch, images: batch))
     host = TrainLoop(_mlp_task(ds), adam(1e-2), settings).run(seed=1)
     assert encoded.steps_completed == host.steps_completed == 12
     assert encoded.train_losses == host.train_losses  # identical inputs give identical losses
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_meta_test_loop_compiles_its_decode_once_for_all_seeds(mode):
+    from mulo.evaluate.train_loop import LoopSettings, TrainLoop
+    from mulo.optimizers import adam
+
+    ds = _random_dataset("fashionmnist-28x28x1", n=256)
+    traces = []
+    decode = ds.decode
+    ds.decode = lambda batch, images=None: (traces.append(1), decode(batch, images))[1]
+    settings = LoopSettings(num_steps=6, batch_size=8, steps_per_jit=3, skip_test=True, progress=False,
+                            data_on_device=mode)
+    loop = TrainLoop(_mlp_task(ds), adam(1e-2), settings)
+    runs = [loop.run(seed=s) for s in (0, 1, 2)]
+    assert all(r.steps_completed == 6 for r in runs)
+    assert runs[0].train_losses != runs[1].train_losses  # seeds differ in data order, through the same decode
+    assert len(traces) == 1  # traced (compiled) once; a new jit per seed would trace 3 times
 
 
 def test_resident_chunks_on_a_2x2_mesh_equal_the_host_ones(tmp_path):

@@ -78,5 +78,13 @@ def device_decoder(dataset: Any, images: dict | None = None, by_split: bool = Fa
     if by_split:
         chunk_fn = jax.jit(lambda chunk, imgs: {sp: dataset.decode(b, imgs.get(sp)) for sp, b in chunk.items()})
         return lambda chunk: chunk_fn(chunk, {sp: images[sp] for sp in chunk if sp in images})
-    one = jax.jit(lambda batch, img: dataset.decode(batch, img))
+    one = batch_decoder(dataset)
     return lambda batch: one(batch, images.get("train"))
+
+
+def batch_decoder(dataset: Any) -> Callable[[Any, Any], Any]:
+    """The jitted ``(batch, images or None) -> task batch`` of one split (the identity for a dataset without
+    ``decode``). Build it once per dataset and reuse it: every new ``jax.jit`` wrapper compiles again."""
+    if not encodes(dataset):
+        return lambda batch, images=None: batch
+    return jax.jit(lambda batch, images: dataset.decode(batch, images))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.config import Config
-from mulo.data.transfer import device_decoder, host_kwargs, resident_images, wants_resident
+from mulo.data.transfer import batch_decoder, host_kwargs, resident_images, wants_resident
 from mulo.evaluate.accumulate import value_and_grad_accumulated
 from mulo.parallel import current_device
 from mulo.tasks.precision import bf16_loss
@@ -160,6 +160,8 @@ class TrainLoop:
         self._init_params = task.init
         self._opt_init = lambda p: opt.init(p, settings.num_steps)
         self._eval_set: list[tuple[dict, int]] | None = None
+        self._decode = batch_decoder(task.dataset)  # compiled once per loop, not once per seed
+        self._resident: dict = {}  # device -> the train split's images there (data_on_device), placed once
 
     def eval_steps(self) -> set[int]:
         if self.s.skip_test:
@@ -192,10 +194,16 @@ class TrainLoop:
         """Training chunks on this thread's default device: uint8 images (or, with the train split resident there,
         indices) decoded on the device into the task's batch."""
         dataset = self.task.dataset
-        resident = wants_resident(self.s.data_on_device, dataset, [current_device()])
-        images = resident_images(dataset, ["train"], jax.device_put) if resident else None
-        decode = device_decoder(dataset, images)
-        return map(decode, dataset.batches("train", shape, seed, **host_kwargs(dataset, resident)))
+        device = current_device()
+        resident = wants_resident(self.s.data_on_device, dataset, [device])
+        images = None
+        if resident:
+            if device not in self._resident:
+                self._resident[device] = resident_images(dataset, ["train"], jax.device_put)["train"]
+            images = self._resident[device]
+        decode = self._decode
+        return (decode(batch, images) for batch in dataset.batches("train", shape, seed,
+                                                                  **host_kwargs(dataset, resident)))
 
     def run(self, seed: int, log: Callable[[int, dict], None] | None = None, desc: str | None = None) -> RunResult:
         s = self.s
