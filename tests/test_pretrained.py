@@ -19,10 +19,13 @@ from safetensors.numpy import save_file
 
 from mulo.cli import main as cli_main
 from mulo.errors import CheckpointError
+from mulo.io import read_jsonl
 from mulo.optimizers import AdafacHParams, AdafacMLPLO, as_optax, hub, load_theta, sources
 from mulo.pretrained import PRETRAINED, PRETRAINED_DIR, names
+from mulo.rundir import theta_label
 
 KEY = jax.random.PRNGKey(0)
+BASE_CFG = str(Path(__file__).resolve().parents[1] / "config" / "meta_test" / "meta_test_base.py")
 
 
 def _our_theta(hidden=32):
@@ -132,8 +135,7 @@ def test_wrong_hub_files_are_one_line(tmp_path, change, match):
 
 def test_wrong_hub_folder_through_the_cli_is_one_line_exit_2(tmp_path, capsys):
     folder = _write_hub(tmp_path / "hub", _our_theta(), drop=("network.output.weight",))
-    base = str(Path(__file__).resolve().parents[1] / "config" / "meta_test" / "meta_test_base.py")
-    code = cli_main(["meta-test", "--config", base, "--checkpoint", str(folder), "--task",
+    code = cli_main(["meta-test", "--config", BASE_CFG, "--checkpoint", str(folder), "--task",
                      "mumlp-w8-d1_fashionmnist-28x28x1", "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "lacks network.output.weight" in err
@@ -237,21 +239,16 @@ def test_shipped_theta_meta_tests_through_the_cli(tmp_path):
     """``meta-test --checkpoint pretrained:cpu_mulo_m_fmnist`` (the README's command, shortened to 100 steps of a
     width-64 muMLP, inside the widths it was meta-trained on): the run is named by the shipped file's hash, records
     the name and the file's hyper-parameters, and trains (Fashion-MNIST starts at ln 10 = 2.30)."""
-    import hashlib
-
-    from mulo.io import read_jsonl
-
     (shipped,) = [p for p in PRETRAINED if p.name == "cpu_mulo_m_fmnist"]
     path = PRETRAINED_DIR / shipped.location
-    base = str(Path(__file__).resolve().parents[1] / "config" / "meta_test" / "meta_test_base.py")
     out = tmp_path / "out"
-    assert cli_main(["meta-test", "--config", base, "--checkpoint", "pretrained:cpu_mulo_m_fmnist", "--task",
+    assert cli_main(["meta-test", "--config", BASE_CFG, "--checkpoint", "pretrained:cpu_mulo_m_fmnist", "--task",
                      "mumlp-w64-d3_fashionmnist-28x28x1", "--num_runs", "1", "--num_inner_steps", "100",
                      "--local_batch_size", "128", "--test_interval", "100", "--max_eval_examples", "500",
                      "--eval_batch_size", "500", "--progress", "false", "--wandb_mode", "disabled",
                      "--output_dir", str(out)]) == 0
     (run_dir,) = out.iterdir()
-    assert f"theta-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}" in run_dir.name
+    assert theta_label(path) in run_dir.name
     seed = run_dir / "mumlp-w64-d3_fashionmnist-28x28x1" / "seed0"
     summary = json.loads((seed / "summary.json").read_text())
     info = summary["settings"]["optimizer_info"]
