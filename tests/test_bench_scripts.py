@@ -40,3 +40,14 @@ def test_bench_meta_train_scaling_table_over_forced_devices():
                  "--steps_per_jit", "2", "--batch", "8", "--repeats", "2", "--lo_impl", "reference")
     rows = re.findall(r"\|\s*8\s*\|\s*(\d)\s*\|\s*[\d.]+ ± [\d.]+\s*\|\s*([\d.]+)×\s*\|", out)
     assert [n for n, _ in rows] == ["1", "2"] and float(rows[0][1]) == 1.0, out
+
+
+def test_bench_xla_flags_compares_flag_sets_in_processes_and_counts_the_lo_kernel():
+    out = _bench("xla-flags", "--shape", "64x64", "--rounds", "1", "--repeats", "1", "--disasm",
+                 "--flags", "default", "xla_cpu_enable_fast_math=true", "xla_no_such_flag=1")
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in out.splitlines() if ln.startswith("| ")]
+    rows = {c[0]: c[1:] for c in cells}
+    assert float(rows["(defaults)"][3]) == 0.0, out  # the baseline against itself
+    assert float(rows["`--xla_cpu_enable_fast_math=true`"][3]) > 0.0, out  # fast math changes the LO's step
+    assert "failed: Unknown flag" in rows["`--xla_no_such_flag=1`"][0], out
+    assert re.search(r"per packed FMA: [\d.]+ broadcasts", out), out
