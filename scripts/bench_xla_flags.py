@@ -53,9 +53,11 @@ def _child(shape: tuple[int, ...], impl: str, repeats: int, out: Path) -> dict:
     lo = AdafacMLPLO("mup_small_fc_mlp", impl=impl)
     theta = lo.init_theta(jax.random.PRNGKey(0))
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    params = {"w": jax.random.normal(k1, shape)}
+    # small params and a μP scale of 1, so that the step is large next to the params and new − old keeps its float32
+    # digits (with O(1) params and a 1/fan_in scale, new − old would be the step rounded to the params' ulp)
+    params = {"w": 1e-3 * jax.random.normal(k1, shape)}
     grads = {"w": jax.random.normal(k2, shape)}
-    scales = {"w": 1.0 / shape[0]}
+    scales = {"w": 1.0}
 
     def update(theta, state, g):
         return lo.opt_fn(theta, scales).update(state, g)
