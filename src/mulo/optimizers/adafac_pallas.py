@@ -18,8 +18,10 @@ Two passes over the tensor:
    below the tensor cores' minimum). It writes only the new parameters, momenta and RMS: no (parameters × H)
    activations or feature stacks touch memory.
 
-On a GPU the kernel lowers through Pallas' Triton backend (the default GPU lowering of ``pallas_call`` in jax 0.10
-and 0.11); everywhere else it runs in interpret mode (tests: float32 equality with the plain path). Matmul inputs
+On a GPU the kernel lowers through Pallas' Triton backend, asked for explicitly (``_compiler_params``: the default GPU
+lowering of ``pallas_call`` in jax 0.10 is Mosaic GPU, which cannot lower this kernel); everywhere else it runs in
+interpret mode (tests: float32 equality with the plain path), and tests lower it for CUDA from the CPU
+(``lowering_platforms``) to check that every op has a Triton lowering. Matmul inputs
 follow ``jax_default_matmul_precision`` (config key of the same name), always stated: ``float32`` IEEE, ``tensorfloat32``
 TF32 inputs, ``bfloat16`` bf16 inputs, float32 accumulation in every case. Hidden sizes below 16 or not a power of two are padded with
 zero units (same result). Only rank-2 tensors take the kernel;
@@ -60,6 +62,15 @@ def matmul_inputs(precision: str | None) -> tuple[jnp.dtype, jax.lax.Precision]:
 
 def _interpret() -> bool:
     return jax.default_backend() not in ("gpu", "cuda", "rocm")
+
+
+def _compiler_params():
+    """The GPU lowering, chosen explicitly: Triton. Without compiler parameters ``pallas_call`` takes the backend that
+    ``jax_pallas_use_mosaic_gpu`` names, which defaults to Mosaic GPU in jax 0.10 and 0.11; the kernel is written for
+    Triton's model (block-level arrays, ``jnp.dot`` on tiles) and does not lower through Mosaic GPU."""
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=4, num_stages=1)
 
 
 def _kernel(block_rows: int, in_dtype, precision):
@@ -172,7 +183,7 @@ def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precisio
         out_shape=[jax.ShapeDtypeStruct((rp, cp), jnp.float32)] * 5,
         grid=(rp // br, cp // bc), in_specs=in_specs, out_specs=[tile] * 5,
         input_output_aliases={9: 0, 11: 1, 12: 2, 13: 3, 14: 4},
-        interpret=_interpret(), name="adafac_mlp_lo_step",
+        interpret=_interpret(), name="adafac_mlp_lo_step", compiler_params=_compiler_params(),
     )(consts, pad_h(w_full.T), w1t, pad_h(b1[:, None]), pad_h(w2), pad_h(_pad_to(off_r, None, rp)),
       _pad_to(u, None, rp), pad_h(_pad_to(off_c, None, cp)), _pad_to(wc, None, cp), *big)
     new_p, m0, m1, m2, v = (x[:rows, :cols] for x in out)
