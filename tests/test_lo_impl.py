@@ -215,3 +215,37 @@ def test_bad_lo_impl_is_one_error_line():
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "lo_impl" in lines[0] and "pallas" in lines[0], out.stderr
+
+
+def test_meta_train_unroll_with_the_kernel_lowers_for_cuda(monkeypatch):
+    """The program the device check's meta-train row runs (``lo_impl=pallas``: the inner steps vmapped over slots and
+    antithetic branches, scanned, with resets under a cond) lowers for CUDA with one Triton call per matrix that takes
+    the kernel (matrices of >= fused_min_size elements)."""
+    from parallel_cases import first_chunks
+
+    from mulo.data.images import IMAGE_SOURCES, ImageDataset
+    from mulo.meta.train import MetaTrainer
+    from mulo.tasks import TaskSettings, parse_task_name
+    from mulo.tasks.mlp import MLPTask
+
+    monkeypatch.setattr(P, "_interpret", lambda: False)
+    source = IMAGE_SOURCES["fashionmnist-28x28x1"]
+    rng = np.random.default_rng(0)
+    make = lambda n: (rng.integers(0, 256, (n,) + tuple(source.shape), dtype=np.uint8),  # noqa: E731
+                      rng.integers(0, source.num_classes, (n,), dtype=np.int32))
+    data = {"train": make(64), "test": make(16)}
+    ds = ImageDataset("fashionmnist-28x28x1", loader=lambda: data)
+    cfg = load_config(None, cli=dict(optimizer="mup_small_fc_mlp", lo_impl="pallas", num_tasks=2, trunc_length=2,
+                                     steps_per_jit=2, local_batch_size=4, progress=False))
+    task = MLPTask(parse_task_name("mumlp-w64-d2_fashionmnist-28x28x1"), TaskSettings.from_config(cfg), ds)
+    lo = build_learned(cfg)
+    trainer = MetaTrainer(cfg, [task], lo)
+    state = trainer.init_state()
+    est = trainer.estimators[0]
+    _, theta_pm = est._jit["start"](state.theta, KEY)
+    chunk = first_chunks(trainer, 1)[0]
+    text = est._jit["unroll"].trace(theta_pm, state.estimators[0].inner, chunk, KEY).lower(
+        lowering_platforms=("cuda",)).as_text()
+    kernels = [p for p in jax.tree.leaves(task.init(KEY)) if p.ndim == 2 and p.size >= lo.fused_min_size]
+    assert len(kernels) == 2  # 784×64 and 64×64; 64×10 is below fused_min_size
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == len(kernels)
