@@ -51,3 +51,17 @@ def test_bench_xla_flags_compares_flag_sets_in_processes_and_counts_the_lo_kerne
     assert float(rows["`--xla_cpu_enable_fast_math=true`"][3]) > 0.0, out  # fast math changes the LO's step
     assert "failed: Unknown flag" in rows["`--xla_no_such_flag=1`"][0], out
     assert re.search(r"per packed FMA: [\d.]+ broadcasts", out), out
+
+
+def test_triton_check_writes_the_kernels_triton_ir_per_matmul_precision(tmp_path):
+    """The GPU kernel's Triton IR, lowered for CUDA on this CPU (what `scripts/triton_check.py` compiles for sm_90
+    when the triton package is installed): one layer-2 dot per precision, with the stated input types."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "triton_check.py"), "--ttir_only", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dots = {p: re.findall(r"tt\.dot [^\n]*", (tmp_path / f"adafac_lo_{p}_c64.ttir").read_text())
+            for p in ("float32", "tensorfloat32", "bfloat16")}
+    assert all(len(d) == 1 for d in dots.values()), dots
+    assert "inputPrecision" not in dots["float32"][0] and "32x32xf32> * tensor<32x64xf32>" in dots["float32"][0]
+    assert "inputPrecision = tf32" in dots["tensorfloat32"][0] and "xf32>" in dots["tensorfloat32"][0]
+    assert "32x32xbf16> * tensor<32x64xbf16> -> tensor<32x64xf32>" in dots["bfloat16"][0]  # float32 accumulation

@@ -18,7 +18,7 @@ from mulo.optimizers import AdafacHParams, AdafacMLPLO, build_learned, save_thet
 from mulo.optimizers import adafac_pallas as P
 
 KEY = jax.random.PRNGKey(0)
-# a wide matrix (d0 = columns), a tall one (d0 = rows), one spanning two column tiles with padded rows and columns,
+# a wide matrix (d0 = columns), a tall one (d0 = rows), one spanning several column tiles with padded rows and columns,
 # and a vector and a scalar (fused path)
 SHAPES = {"wide": (5, 9), "tall": (19, 6), "tiles": (10, 136), "vec": (7,), "s": ()}
 SCALES = {"wide": 0.2, "tall": 1.0, "tiles": 0.5, "vec": 1.0, "s": 1.0}

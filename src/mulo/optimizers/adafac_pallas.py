@@ -38,7 +38,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 BLOCK_ROWS = 8  # rows per program (a loop inside it): the column offsets are loaded once per 8 rows
-BLOCK_COLS = 128  # parameters on the lanes of one row: (H=32) × 128 float32 activations per layer in registers
+BLOCK_COLS = 64  # parameters on the lanes of one row: (H=32) × 64 float32 activations per layer in registers
+# 8 warps (256 threads) per program. Compiled for sm_90 (H100/H200) without a GPU (`python scripts/triton_check.py`,
+# BENCHMARKS.md "Accelerator check"), 64 columns × 8 warps needs no local-memory spills in any matmul precision
+# (140–227 registers per thread; 32 columns also needs none, with half the work per program); the earlier 128 × 4
+# spilled 0.5–4.4 KB per thread. Which tile is fastest needs a GPU.
+NUM_WARPS = 8
 NUM_CONSTS = 16  # scalar inputs, one small vector: 3 momentum decays, RMS decay, exp_mult, step_mult, scale, b2
 
 
@@ -64,13 +69,13 @@ def _interpret() -> bool:
     return jax.default_backend() not in ("gpu", "cuda", "rocm")
 
 
-def _compiler_params():
+def _compiler_params(num_warps: int = NUM_WARPS):
     """The GPU lowering, chosen explicitly: Triton. Without compiler parameters ``pallas_call`` takes the backend that
     ``jax_pallas_use_mosaic_gpu`` names, which defaults to Mosaic GPU in jax 0.10 and 0.11; the kernel is written for
     Triton's model (block-level arrays, ``jnp.dot`` on tiles) and does not lower through Mosaic GPU."""
     from jax.experimental.pallas import triton as pltriton
 
-    return pltriton.CompilerParams(num_warps=4, num_stages=1)
+    return pltriton.CompilerParams(num_warps=num_warps)  # pipeline stages: Pallas' default for CUDA (3)
 
 
 def _kernel(block_rows: int, in_dtype, precision):
@@ -127,7 +132,7 @@ def _block(n: int, cap: int, least: int = 1) -> int:
 
 
 def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precision: str | None = None,
-                  block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS):
+                  block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS):
     """New (params, momenta, rms) of one rank-2 tensor. ``acc`` holds the accumulators before this step,
     ``acc_new`` after it (from ``features.update_acc``: only its small row/column parts are used here; the full
     momenta/RMS it describes feed the statistics pass only, where XLA fuses them into the reduction)."""
@@ -183,7 +188,7 @@ def update_matrix(nn, p, g, acc, acc_new, decays, iteration, hp, scale, precisio
         out_shape=[jax.ShapeDtypeStruct((rp, cp), jnp.float32)] * 5,
         grid=(rp // br, cp // bc), in_specs=in_specs, out_specs=[tile] * 5,
         input_output_aliases={9: 0, 11: 1, 12: 2, 13: 3, 14: 4},
-        interpret=_interpret(), name="adafac_mlp_lo_step", compiler_params=_compiler_params(),
+        interpret=_interpret(), name="adafac_mlp_lo_step", compiler_params=_compiler_params(num_warps),
     )(consts, pad_h(w_full.T), w1t, pad_h(b1[:, None]), pad_h(w2), pad_h(_pad_to(off_r, None, rp)),
       _pad_to(u, None, rp), pad_h(_pad_to(off_c, None, cp)), _pad_to(wc, None, cp), *big)
     new_p, m0, m1, m2, v = (x[:rows, :cols] for x in out)
