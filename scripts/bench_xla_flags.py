@@ -25,6 +25,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,10 @@ def main(argv=None) -> int:
         return 0
     if not args.flags:
         parser.error("--flags needs at least one value")
+    if len(set(map(_xla_flags, args.flags))) != len(args.flags):
+        parser.error("--flags lists the same flag set twice")
+    if args.disasm and shutil.which("objdump") is None:
+        parser.error("--disasm needs objdump (GNU binutils) on PATH")
 
     import numpy as np
 
