@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-MACS_PER_PARAM = 1600  # the fused path's per-parameter multiply-adds for a matrix (bench_bound.MACS_COMPUTED)
 DEFAULT_FLAGS = ("default", "xla_cpu_enable_fast_math=true", "xla_cpu_prefer_vector_width=512",
                  "xla_cpu_enable_fast_min_max=true")
 
@@ -48,6 +47,7 @@ def _child(shape: tuple[int, ...], impl: str, repeats: int, out: Path) -> dict:
     """Time one LO update of a single tensor in this process; save its first update (new − old params) to ``out``."""
     import jax
     import numpy as np
+    from bench_bound import MACS_COMPUTED  # the fused path's multiply-adds per parameter of a matrix
 
     from mulo.optimizers.adafac_mlp import AdafacMLPLO
 
@@ -75,7 +75,7 @@ def _child(shape: tuple[int, ...], impl: str, repeats: int, out: Path) -> dict:
         state = jax.block_until_ready(step(theta, state, grads))
         best = min(best, time.perf_counter() - t)
     n = int(np.prod(shape))
-    return {"ms": best * 1e3, "gflops": 2 * MACS_PER_PARAM * n / best / 1e9, "compile_s": compile_s}
+    return {"ms": best * 1e3, "gflops": 2 * MACS_COMPUTED * n / best / 1e9, "compile_s": compile_s}
 
 
 def _run(flags: str, args, out: Path, dump: Path | None = None) -> dict:

@@ -17,7 +17,6 @@ another version than the package) makes the same choices; ``bash scripts/device_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import itertools
@@ -26,6 +25,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -58,22 +58,12 @@ def kernel_ttir(precision: str, block_cols: int, num_warps: int, shape=(1024, 10
     decays = (jnp.array(hp.momentum_decays), jnp.array(hp.rms_decays), jnp.array(hp.adafactor_decays))
     new = update_acc(acc, p, *decays)
     fn = functools.partial(P.update_matrix, hp=hp, precision=precision, block_cols=block_cols, num_warps=num_warps)
-    with _patched(registration.lowering, "lower_jaxpr_to_triton_module", capture), \
-            _patched(P, "_interpret", lambda: False):
+    with mock.patch.object(registration.lowering, "lower_jaxpr_to_triton_module", capture), \
+            mock.patch.object(P, "_interpret", lambda: False):
         jax.jit(fn).trace(nn, p, p, acc, new, decays, jnp.int32(3), scale=1.0).lower(lowering_platforms=("cuda",))
     if len(captured) != 1:
         raise RuntimeError(f"expected one Triton kernel, lowered {len(captured)}")
     return captured[0]
-
-
-@contextlib.contextmanager
-def _patched(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def compile_ttir(path: Path, arch: int, num_warps: int) -> dict:

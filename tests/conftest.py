@@ -26,3 +26,18 @@ from mulo import runtime  # noqa: E402
 from mulo.config import load_config  # noqa: E402
 
 runtime.apply(load_config(None))  # as the CLI does: the variable above wins over the default directory
+
+
+def random_image_dataset(name: str, n: int = 64, seed: int = 0):
+    """The real ImageDataset (uint8 host images, host gather + normalisation) over random uint8 pools: ``n`` train
+    and 16 test images of the named source's shape and classes."""
+    import numpy as np
+
+    from mulo.data.images import IMAGE_SOURCES, ImageDataset
+
+    rng = np.random.default_rng(seed)
+    src = IMAGE_SOURCES[name]
+    make = lambda k: (rng.integers(0, 256, (k,) + tuple(src.shape), dtype=np.uint8),  # noqa: E731
+                      rng.integers(0, src.num_classes, (k,), dtype=np.int32))
+    data = {"train": make(n), "test": make(16)}
+    return ImageDataset(name, loader=lambda: data)

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_image_dataset
 from mulo.config import load_config
 from mulo.data import get_dataset
-from mulo.data.images import IMAGE_SOURCES, ImageDataset
 from mulo.data.prefetch import DevicePrefetcher
 from mulo.data.transfer import device_decoder, encodes, host_kwargs, resident_images, wants_resident
 from mulo.errors import ConfigError
@@ -26,18 +26,9 @@ from parallel_cases import first_chunks
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _random_dataset(name, n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    src = IMAGE_SOURCES[name]
-    make = lambda k: (rng.integers(0, 256, (k,) + src.shape, dtype=np.uint8),
-                      rng.integers(0, src.num_classes, (k,), dtype=np.int32))
-    data = {"train": make(n), "test": make(16)}
-    return ImageDataset(name, loader=lambda: data)
-
-
 @pytest.mark.parametrize("name", ["fashionmnist-28x28x1", "imagenet-32x32x3"])  # x/255, and ImageNet mean/std
 def test_decode_on_device_equals_host_normalisation_bit_for_bit(name):
-    ds = _random_dataset(name)
+    ds = random_image_dataset(name)
     shape = (2, 3, 4)
     host = list(itertools.islice(ds.batches("train", shape, seed=5), 3))
     enc = list(itertools.islice(ds.batches("train", shape, seed=5, **host_kwargs(ds)), 3))
@@ -56,7 +47,7 @@ def test_decode_on_device_equals_host_normalisation_bit_for_bit(name):
 
 @pytest.mark.parametrize("name", ["fashionmnist-28x28x1", "imagenet-32x32x3"])
 def test_resident_images_gathered_from_indices_equal_host_batches(name):
-    ds = _random_dataset(name)
+    ds = random_image_dataset(name)
     shape = (3, 5)
     host = list(itertools.islice(ds.batches("meta_valid", shape, seed=2), 3))
     idx = list(itertools.islice(ds.batches("meta_valid", shape, seed=2, **host_kwargs(ds, resident=True)), 3))
@@ -71,7 +62,7 @@ def test_resident_images_gathered_from_indices_equal_host_batches(name):
 
 
 def test_when_data_is_kept_on_the_device():
-    ds = _random_dataset("fashionmnist-28x28x1", n=100)  # train split: 80 images of 784 bytes = 62,720 bytes
+    ds = random_image_dataset("fashionmnist-28x28x1", n=100)  # train split: 80 images of 784 bytes = 62,720 bytes
     cpu = jax.devices()
     gpu = lambda limit: SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": limit})  # noqa: E731
     assert wants_resident("on", ds, cpu) and not wants_resident("off", ds, [gpu(10 ** 9)])
@@ -93,7 +84,7 @@ def test_text_datasets_are_sent_as_they_are():
 
 
 def test_prefetcher_decodes_by_split_on_its_devices():
-    ds = _random_dataset("cifar10-32x32x3")
+    ds = random_image_dataset("cifar10-32x32x3")
     chunks = ({sp: next(ds.batches(sp, (2, 2, 4), seed=s, form="uint8")) for sp in ("train", "meta_valid")}
               for s in itertools.count())
     with DevicePrefetcher(chunks, size=2, batch_axis=2, transform=device_decoder(ds, by_split=True)) as it:
@@ -117,7 +108,7 @@ def test_meta_train_streams_carry_the_normalised_batches(mode):
     from mulo.meta.train import MetaTrainer
     from mulo.optimizers import build_learned
 
-    ds = _random_dataset("fashionmnist-28x28x1")
+    ds = random_image_dataset("fashionmnist-28x28x1")
     cfg = load_config(None, cli=dict(num_tasks=2, trunc_length=4, steps_per_jit=2, num_inner_steps=8,
                                      truncation_schedule_min_length=4, local_batch_size=4, progress=False,
                                      data_on_device=mode))
@@ -141,7 +132,7 @@ def test_meta_test_loop_is_unchanged_by_the_transfer(monkeypatch, mode):
     from mulo.evaluate.train_loop import LoopSettings, TrainLoop
     from mulo.optimizers import adam
 
-    ds = _random_dataset("fashionmnist-28x28x1", n=256)
+    ds = random_image_dataset("fashionmnist-28x28x1", n=256)
     settings = LoopSettings(num_steps=12, batch_size=8, steps_per_jit=5, skip_test=True, progress=False,
                             data_on_device=mode)
     encoded = TrainLoop(_mlp_task(ds), adam(1e-2), settings).run(seed=1)
@@ -157,7 +148,7 @@ def test_meta_test_loop_compiles_its_decode_once_for_all_seeds(mode):
     from mulo.evaluate.train_loop import LoopSettings, TrainLoop
     from mulo.optimizers import adam
 
-    ds = _random_dataset("fashionmnist-28x28x1", n=256)
+    ds = random_image_dataset("fashionmnist-28x28x1", n=256)
     traces = []
     decode = ds.decode
     ds.decode = lambda batch, images=None: (traces.append(1), decode(batch, images))[1]

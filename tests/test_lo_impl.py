@@ -22,6 +22,7 @@ KEY = jax.random.PRNGKey(0)
 # and a vector and a scalar (fused path)
 SHAPES = {"wide": (5, 9), "tall": (19, 6), "tiles": (10, 136), "vec": (7,), "s": ()}
 SCALES = {"wide": 0.2, "tall": 1.0, "tiles": 0.5, "vec": 1.0, "s": 1.0}
+TRITON_CALL = "custom_call @__gpu$xla.gpu.triton"  # a Pallas kernel lowered for CUDA through Triton
 
 
 def _lo(impl, hidden=32):
@@ -131,7 +132,7 @@ def test_pallas_kernel_lowers_for_cuda_through_triton(precision, monkeypatch):
         vmapped = jax.jit(jax.vmap(update, in_axes=(None, None, 0))).trace(theta, state, batched).lower(
             lowering_platforms=("cuda",)).as_text()
     for text in (plain, vmapped):
-        assert text.count("custom_call @__gpu$xla.gpu.triton") == 1, text[:2000]
+        assert text.count(TRITON_CALL) == 1, text[:2000]
 
 
 def test_bf16_matmul_stays_within_its_stated_tolerance():
@@ -221,20 +222,15 @@ def test_meta_train_unroll_with_the_kernel_lowers_for_cuda(monkeypatch):
     """The program the device check's meta-train row runs (``lo_impl=pallas``: the inner steps vmapped over slots and
     antithetic branches, scanned, with resets under a cond) lowers for CUDA with one Triton call per matrix that takes
     the kernel (matrices of >= fused_min_size elements)."""
+    from conftest import random_image_dataset
     from parallel_cases import first_chunks
 
-    from mulo.data.images import IMAGE_SOURCES, ImageDataset
     from mulo.meta.train import MetaTrainer
     from mulo.tasks import TaskSettings, parse_task_name
     from mulo.tasks.mlp import MLPTask
 
     monkeypatch.setattr(P, "_interpret", lambda: False)
-    source = IMAGE_SOURCES["fashionmnist-28x28x1"]
-    rng = np.random.default_rng(0)
-    make = lambda n: (rng.integers(0, 256, (n,) + tuple(source.shape), dtype=np.uint8),  # noqa: E731
-                      rng.integers(0, source.num_classes, (n,), dtype=np.int32))
-    data = {"train": make(64), "test": make(16)}
-    ds = ImageDataset("fashionmnist-28x28x1", loader=lambda: data)
+    ds = random_image_dataset("fashionmnist-28x28x1")
     cfg = load_config(None, cli=dict(optimizer="mup_small_fc_mlp", lo_impl="pallas", num_tasks=2, trunc_length=2,
                                      steps_per_jit=2, local_batch_size=4, progress=False))
     task = MLPTask(parse_task_name("mumlp-w64-d2_fashionmnist-28x28x1"), TaskSettings.from_config(cfg), ds)
@@ -248,4 +244,4 @@ def test_meta_train_unroll_with_the_kernel_lowers_for_cuda(monkeypatch):
         lowering_platforms=("cuda",)).as_text()
     kernels = [p for p in jax.tree.leaves(task.init(KEY)) if p.ndim == 2 and p.size >= lo.fused_min_size]
     assert len(kernels) == 2  # 784×64 and 64×64; 64×10 is below fused_min_size
-    assert text.count("custom_call @__gpu$xla.gpu.triton") == len(kernels)
+    assert text.count(TRITON_CALL) == len(kernels)
