@@ -12,7 +12,7 @@ from mulo.data.images import IMAGE_SOURCES
 
 IMAGE_DATASETS = tuple(IMAGE_SOURCES)
 TEXT_PATTERNS = ("lm1b-s{seq}-v32k", "tinyshakespeare-s{seq}-vbyte")
-_TEXT = re.compile(r"^(lm1b)-s(\d+)-v32k$|^(tinyshakespeare)-s(\d+)-vbyte$")
+_TEXT = re.compile(r"^(lm1b)-s(\d+)-v32k$|^(tinyshakespeare)-s(\d+)-vbyte$", re.ASCII)  # ASCII digits only
 KINDS = {"image": IMAGE_DATASETS, "text": TEXT_PATTERNS}
 
 

@@ -29,6 +29,7 @@ from mulo.registry import TaskFamily, model_family, task_models
 _MODEL = re.compile(r"^([a-z]+)-w([^-]*)-d([^-]*)((?:-[^-]*)*)$")
 
 GRAMMAR = "{model}-w{width}-d{depth}_{dataset}"
+MAX_SIZE = 2**31 - 1  # widths, depths and sequence lengths fit int32, like every integer config key
 
 
 def __getattr__(name: str):
@@ -75,48 +76,54 @@ class TaskSpec:
 
 
 def _positive(name: str, part: str, text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise TaskError(f"bad {part} {text!r} in task name {name!r}: expected a positive integer "
-                        f"(grammar {GRAMMAR})")
+    # ASCII digits only: str.isdigit() is true for '²' and '١', which int() refuses or reads as another number
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SIZE:
+        raise TaskError(f"bad {part} {_clip(text)!r} in task name {_clip(name)!r}: expected a positive integer "
+                        f"of at most {MAX_SIZE} (grammar {GRAMMAR})")
     return int(text)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def parse_task_name(name: str, d_head: int = 64) -> TaskSpec:
     """Parse and validate one task name; raise ``TaskError`` (one line) naming the bad part. The model names, the
     dataset kind each takes and their own checks come from the registered task families (``mulo.registry``)."""
     name = name.strip()
+    shown = _clip(name)  # an over-long name is shown cut, so the error stays one short line
     if name.count("_") != 1:
-        raise TaskError(f"bad task name {name!r}: expected {GRAMMAR}, e.g. mumlp-w128-d3_fashionmnist-28x28x1 or "
+        raise TaskError(f"bad task name {shown!r}: expected {GRAMMAR}, e.g. mumlp-w128-d3_fashionmnist-28x28x1 or "
                         f"mutransformer-w256-d2_tinyshakespeare-s64-vbyte")
     model_part, dataset = name.split("_")
     models = ", ".join(task_models())
     m = _MODEL.match(model_part)
     if not m:
-        raise TaskError(f"bad model part {model_part!r} in task name {name!r}: expected {{model}}-w{{width}}-d{{depth}} "
-                        f"with model one of {models}")
+        raise TaskError(f"bad model part {_clip(model_part)!r} in task name {shown!r}: expected "
+                        f"{{model}}-w{{width}}-d{{depth}} with model one of {models}")
     model, width_text, depth_text, options = m.groups()
     family = model_family(model)
     if family is None:
-        raise TaskError(f"bad model {model!r} in task name {name!r}: expected one of {models}")
+        raise TaskError(f"bad model {_clip(model)!r} in task name {shown!r}: expected one of {models}")
     width = _positive(name, "width", width_text)
     depth = _positive(name, "depth", depth_text)
 
     kind = dataset_kind(dataset)
     if kind is None:
-        raise TaskError(f"bad dataset {dataset!r} in task name {name!r}: expected one of {accepted()} "
+        raise TaskError(f"bad dataset {_clip(dataset)!r} in task name {shown!r}: expected one of {accepted()} "
                         f"(seq a positive integer)")
     text = parse_text_dataset(dataset)
-    if text is not None and text[1] < 1:
-        raise TaskError(f"bad sequence length in dataset {dataset!r} of task name {name!r}: expected a positive "
-                        f"integer")
+    if text is not None and not 1 <= text[1] <= MAX_SIZE:
+        raise TaskError(f"bad sequence length in dataset {_clip(dataset)!r} of task name {shown!r}: expected a "
+                        f"positive integer of at most {MAX_SIZE}")
     if family.dataset_kind is not None and kind != family.dataset_kind:
         article = "an" if family.dataset_kind[0] in "aeiou" else "a"
-        raise TaskError(f"bad dataset {dataset!r} for model {model!r} in task name {name!r}: {family.plural} take "
+        raise TaskError(f"bad dataset {dataset!r} for model {model!r} in task name {shown!r}: {family.plural} take "
                         f"{article} {family.dataset_kind} dataset, one of {accepted(family.dataset_kind)}")
     if options and not family.takes_options:
         takers = [f"{f.plural} ({', '.join(f.models)})" for _, f in _families() if f.takes_options]
-        raise TaskError(f"bad part {options!r} in task name {name!r}: only {' and '.join(takers) or 'no model'} "
-                        f"take parts after the depth")
+        raise TaskError(f"bad part {_clip(options)!r} in task name {shown!r}: only "
+                        f"{' and '.join(takers) or 'no model'} take parts after the depth")
     spec = TaskSpec(model=model, width=width, depth=depth, dataset=dataset, options=options)
     if family.check is not None:
         family.check(spec, d_head)

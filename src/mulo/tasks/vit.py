@@ -67,7 +67,7 @@ from mulo.tasks.transformer import DenseBlock
 PAPER_HEADS = {192: 3, 384: 6, 768: 8, 1024: 8, 2048: 16, 3072: 16}
 MAX_DEFAULT_PATCH = 16
 SP_POS_STD = 0.02
-_OPTION = re.compile(r"-([ph])(\d+)$")
+_OPTION = re.compile(r"-([ph])(\d{1,9})$", re.ASCII)  # ASCII digits, at most 9 of them (fits int32)
 MODEL_PART = "{model}-w{width}-d{depth}[-p{patch}][-h{heads}]"
 
 
