@@ -20,6 +20,7 @@ import ast
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -486,11 +487,39 @@ def validate(data: Mapping[str, Any]) -> dict[str, Any]:
     if out["trunc_length"] % out["steps_per_jit"]:
         raise ConfigError(f"bad value {out['steps_per_jit']} for config key 'steps_per_jit': expected a divisor of "
                           f"trunc_length={out['trunc_length']}")
+    if out["coordinator_address"] is not None:
+        check_host_port("coordinator_address", out["coordinator_address"])
     if out["local_batch_size"] % out["gradient_accumulation_steps"]:
         raise ConfigError(f"bad value {out['gradient_accumulation_steps']} for config key "
                           f"'gradient_accumulation_steps': expected a divisor of "
                           f"local_batch_size={out['local_batch_size']}")
     return out
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$", re.ASCII)  # a host name or IPv4 address
+
+
+def check_host_port(key: str, text: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets, ``[::1]:1234``) with a port in 1..65535, else a one-line ConfigError."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"bad value {_short(text)} for config key '{key}': expected host:port (IPv6 as "
+                           f"[addr]:port) with a port in 1..65535; {why}")
+
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise bad("no ':port'" if not colon else "no host")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise bad(f"port {_clip(port)!r}")
+    if host.startswith("[") or host.endswith("]"):
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.startswith("[") and host.endswith("]") else "?")
+        except ValueError:
+            raise bad(f"host {_clip(host)!r} is not a bracketed IPv6 address") from None
+    elif not _HOST.match(host):
+        raise bad(f"host {_clip(host)!r} is not a host name or address")
+    return host, int(port)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

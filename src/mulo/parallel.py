@@ -96,12 +96,30 @@ def initialize_distributed(cfg: Any) -> bool:
     kwargs = distributed_kwargs(cfg)
     if kwargs is None or jax.distributed.is_initialized():
         return False
+    _check_detection_method(kwargs)
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
         text = " ".join(str(exc).split())[:300]
         raise ConfigError(f"cannot start jax.distributed with {kwargs}: {text}") from None
     return True
+
+
+def _check_detection_method(kwargs: Mapping[str, Any]) -> None:
+    """JAX logs an unknown or absent cluster detection method as an error line and then fails on a missing
+    coordinator address: say it in one ConfigError line instead, naming the methods this JAX has."""
+    method = kwargs.get("cluster_detection_method")
+    if method is None:
+        return
+    from jax._src.clusters import ClusterEnv  # the registry of JAX's cluster detections (no public API lists them)
+
+    envs = {env.name: env for env in ClusterEnv._cluster_types if env.name}
+    if method not in envs:
+        raise ConfigError(f"bad value {method!r} for config key 'cluster_detection_method': expected one of "
+                          f"{', '.join(sorted(envs))} (JAX's cluster detections) or None")
+    if not envs[method].is_env_present() and "coordinator_address" not in kwargs:
+        raise ConfigError(f"cluster_detection_method {method!r} finds no {method} launch here: start the processes "
+                          f"under it, or give coordinator_address, num_processes and process_id")
 
 
 def agree(flag: bool) -> bool:
