@@ -104,7 +104,23 @@ def test_a_real_typo_still_gets_our_suggestion():
         cli.parse(["meta-train", *QUICK, "--num_task", "2"])
 
 
-def test_cli_main_prints_the_notices_before_an_error(capsys):
+def test_an_error_is_one_line_that_names_the_reference_flags_it_read(capsys):
+    """Issue 28: a notice line and then the error were two lines where one was promised."""
     code = cli.main(["meta-train", *QUICK, "--needs_state", "--num_outer_steps", "0"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[0].startswith("note: --needs_state ignored") and err[1].startswith("error: ")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: bad value 0 for config key 'num_outer_steps'")
+    assert err[0].endswith("(the reference's spelling was read: --needs_state ignored)")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--needs_state=maybe"], "bad value 'maybe' for the reference's --needs_state: expected true or false"),
+    (["--from_checkpoint=sometimes"], "bad value 'sometimes' for the reference's --from_checkpoint"),
+    (["--test_project="], "the reference's --test_project needs a value"),
+    (["--train_project", " "], "the reference's --train_project needs a value"),
+    (["--test_checkpoint"], "the reference's --test_checkpoint needs a value"),
+    (["--tfds_data_dir", "--seed", "1"], "the reference's --tfds_data_dir needs a value"),
+])
+def test_bad_values_of_reference_flags_are_one_line(argv, needle, capsys):
+    code = cli.main(["meta-train", *QUICK, *argv, "--output_dir", "/nonexistent/never"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err

@@ -120,9 +120,14 @@ def translate(argv: Sequence[str], commands: Sequence[str]) -> tuple[list[str], 
             elif i < len(tokens) and tokens[i].lower() in _BOOL_WORDS:
                 value = tokens[i]
                 i += 1
+            if value.strip().lower() not in _BOOL_WORDS:
+                raise ConfigError(f"bad value {value[:80]!r} for the reference's --{name}: expected true or false "
+                                  f"(or the bare flag)")
         else:
             value = inline if inline is not None else (tokens[i] if i < len(tokens) else None)
             i += inline is None and value is not None
+            if value is None or not value.strip() or value.startswith("--"):
+                raise ConfigError(f"the reference's --{name} needs a value: --{name} VALUE (it sets --{alias.key})")
         if alias.key is None:
             note(f"note: --{name} {alias.note}")
             continue

@@ -118,12 +118,36 @@ def _check_unknown(unknown: list[str]) -> None:
     raise ConfigError(f"unexpected argument {unknown[0]!r}")
 
 
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
+def parse(argv: Sequence[str], notices: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """Parse argv into (args, validated config). The reference's flags, config names and run_type are accepted
-    (``mulo.aliases``), with one notice line each on stderr."""
-    argv, notices = aliases.translate(argv, list(COMMANDS))
-    for line in notices:
-        print(line, file=sys.stderr)
+    (``mulo.aliases``), each with a notice line: printed on stderr once the command line is valid, or, given a
+    ``notices`` list, appended to it for the caller to print after the command succeeded. When the command line
+    is not valid, the error is the only line and names the reference's flags it read (``with_notices``)."""
+    argv, said = aliases.translate(argv, list(COMMANDS))
+    try:
+        args, cfg = _parse(argv)
+    except MuloError as exc:
+        raise with_notices(exc, said) from None
+    if notices is None:
+        for line in said:
+            print(line, file=sys.stderr)
+    else:
+        notices += said
+    return args, cfg
+
+
+def with_notices(exc: MuloError, notices: Sequence[str]) -> MuloError:
+    """The error with the alias notices folded into its one line (short: each up to its reason)."""
+    if not notices:
+        return exc
+    short = [n.removeprefix("note: ").split(" (")[0].split(": ")[0] if " ignored: " in n
+             else n.removeprefix("note: ").split(" (")[0] for n in notices]
+    folded = type(exc)(f"{exc} (the reference's spelling was read: {'; '.join(short)})")
+    folded.exit_code = exc.exit_code
+    return folded
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
     parser = build_parser()
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:
@@ -147,13 +171,17 @@ def _handler(command: str) -> Callable[[Config, argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    notices: list[str] = []
     try:
         runtime.library_dirs()  # before mmengine/yapf, matplotlib, keras or wandb are imported
-        args, cfg = parse(argv)
+        args, cfg = parse(argv, notices)
         runtime.apply(cfg)
-        return int(_handler(args.command)(cfg, args) or 0)
+        code = int(_handler(args.command)(cfg, args) or 0)
+        for line in notices:  # how the reference's spelling was read: after success only (an error says it)
+            print(line, file=sys.stderr)
+        return code
     except MuloError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {with_notices(exc, notices)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
