@@ -117,12 +117,65 @@ def read_hub_folder(folder: str | os.PathLike, origin: str | None = None) -> tup
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{origin}: cannot read {CONFIG_FILE} ({type(e).__name__}: {e})") from None
+    unsupported = _unsupported_dtypes(folder / WEIGHTS_FILE)
+    if unsupported:
+        name, dtype = unsupported[0]
+        raise CheckpointError(f"{origin}: {WEIGHTS_FILE} holds {name} as {dtype}; supported dtypes are "
+                              f"{', '.join(SUPPORTED_DTYPES)} (BF16 is read as float32)")
     try:
-        tensors = load_file(str(folder / WEIGHTS_FILE))
+        tensors = load_file(str(folder / WEIGHTS_FILE)) if not _has_bf16(folder / WEIGHTS_FILE) \
+            else _load_with_bf16(folder / WEIGHTS_FILE)
     except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"{origin}: {WEIGHTS_FILE} is corrupt or unreadable ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     return theta_from_hub(tensors, config, origin)
+
+
+SUPPORTED_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _header(path: Path) -> dict:
+    """The JSON header of a safetensors file ({} when it cannot be read: safetensors then says what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size <= 100_000_000 else {}
+    except (OSError, ValueError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _unsupported_dtypes(path: Path) -> list[tuple[str, str]]:
+    """(tensor, dtype) of every tensor whose dtype is not a float numpy can hold (F8_E4M3, I8, BOOL, ...)."""
+    return [(name, str(entry.get("dtype"))) for name, entry in _header(path).items()
+            if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") not in SUPPORTED_DTYPES]
+
+
+def _has_bf16(path: Path) -> bool:
+    return any(isinstance(e, dict) and e.get("dtype") == "BF16" for e in _header(path).values())
+
+
+def _load_with_bf16(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a file holding BF16 ones, which numpy has no dtype for: a bfloat16 is the top half of a
+    float32, so widening its bits by 16 zero bits is the exact float32 value."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="numpy") as f:
+        names = list(f.keys())
+    header = _header(path)
+    size = int.from_bytes(path.read_bytes()[:8], "little")
+    body = path.read_bytes()[8 + size:]
+    for name in names:
+        entry = header[name]
+        begin, end = entry["data_offsets"]
+        if entry["dtype"] == "BF16":
+            bits = np.frombuffer(body[begin:end], dtype="<u2").astype(np.uint32) << 16
+            out[name] = bits.view(np.float32).reshape(entry["shape"])
+        else:
+            out[name] = np.frombuffer(body[begin:end], dtype={"F32": "<f4", "F16": "<f2", "F64": "<f8"}[
+                entry["dtype"]]).reshape(entry["shape"])
+    return out
 
 
 def parse_repo(spec: str) -> tuple[str, str | None]:
@@ -132,6 +185,26 @@ def parse_repo(spec: str) -> tuple[str, str | None]:
     if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
         raise CheckpointError(f"bad Hugging Face model {spec!r}: expected hf:OWNER/NAME or hf:OWNER/NAME@REVISION")
     return repo, (revision or None)
+
+
+def check_endpoint(endpoint: str | None) -> None:
+    """HF_ENDPOINT must be an http(s) URL with a host and a valid port: huggingface_hub parses it when imported and
+    raises ValueError on a bad port or a broken IPv6 host."""
+    if endpoint is None:
+        return
+    from urllib.parse import urlparse
+
+    try:
+        url = urlparse(endpoint)
+        ok = url.scheme in ("http", "https") and bool(url.hostname)
+        url.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        ok, why = False, f" ({e})"
+    else:
+        why = ""
+    if not ok:
+        raise CheckpointError(f"bad HF_ENDPOINT {endpoint[:200]!r}: expected an http(s) URL such as "
+                              f"https://huggingface.co{why}")
 
 
 def reachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
@@ -162,6 +235,7 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
     ``huggingface_hub.hf_hub_download`` (tests pass a fake, which skips the reachability check)."""
     probe = fetch is None
     if fetch is None:
+        check_endpoint(endpoint if endpoint is not None else os.environ.get("HF_ENDPOINT"))
         from huggingface_hub import hf_hub_download as fetch
     kwargs = dict(revision=revision, cache_dir=None if cache_dir is None else str(cache_dir))
     if endpoint is not None:

@@ -1,0 +1,143 @@
+"""Issue 28: the last inputs that crashed or were accepted, a sweep refused for its storage, a disk that fills during
+meta-training, a checkpoint silently corrupted, noise around warnings, and a fuzz of bad values generated from the
+config schema and the task-name grammar (all checked in this one process, without running anything).
+
+The CLI cases run in-process through ``mulo.cli.main`` and stop in the checks before anything is created (the
+helpers come from ``test_reliability``)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mulo.cli import main, parse
+from mulo.config import SCHEMA
+from mulo.errors import TaskError
+from test_reliability import (COORD, META_TEST, QUICKSTART, QUIET, _library_dirs, listing, mt, one_line,  # noqa: F401
+                              qs, run, sweep)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tracebacks that are now one line
+
+
+@pytest.mark.parametrize("task, needle", [
+    ("mumlp-w128\u00b2-d3_fashionmnist-28x28x1", "bad width '128\u00b2'"),  # str.isdigit() is true for '²'
+    ("mumlp-w" + "9" * 400 + "-d3_fashionmnist-28x28x1", "bad width '999"),  # OverflowError in model init
+    ("mumlp-w16-d\u0661_fashionmnist-28x28x1", "bad depth"),  # an Arabic-Indic 1: int() reads it, we do not
+    ("mutransformer-w8-d1_tinyshakespeare-s" + "9" * 30 + "-vbyte", "bad sequence length"),
+    ("muvit-w8-d1-p" + "9" * 30 + "_cifar10-32x32x3", "bad part '-p999"),
+])
+def test_task_sizes_that_crashed_are_one_line(tmp_path, capsys, task, needle):
+    line = one_line(*run(qs(tmp_path / "O", "--task", task), capsys), needle)
+    assert len(line) < 600
+    assert not (tmp_path / "O").exists()
+
+
+@pytest.mark.parametrize("address, needle", [
+    ("notahostport", "no ':port'"), ("127.0.0.1:99999", "port '99999'"), ("127.0.0.1:0", "port '0'"),
+    ("[::1:1234", "bracketed IPv6"), ("::1:1234", "not a host name"), (":1234", "no host"),
+    ("host:\u0661\u0662", "port"),
+])
+def test_a_bad_coordinator_address_is_one_line_before_anything_starts(tmp_path, capsys, address, needle):
+    one_line(*run(qs(tmp_path / "O", "--coordinator_address", address, "--num_processes", "2", "--process_id", "0"),
+                  capsys), "'coordinator_address'", "host:port", needle)
+    assert not (tmp_path / "O").exists()
+
+
+def test_good_coordinator_addresses_pass_validation(tmp_path):
+    for address in ("127.0.0.1:1234", "[::1]:80", "node-1.cluster:65535"):
+        assert parse(qs(tmp_path / "O", "--coordinator_address", address))[1].coordinator_address == address
+
+
+@pytest.mark.parametrize("method, needle", [("bogus", "expected one of"), ("slurm", "finds no slurm launch")])
+def test_a_bad_cluster_detection_method_is_one_line_without_jax_log_lines(tmp_path, capsys, monkeypatch, method,
+                                                                         needle):
+    from mulo import parallel
+
+    monkeypatch.setattr(parallel.jax.distributed, "is_initialized", lambda: False)
+    for var in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    one_line(*run(qs(tmp_path / "O", "--distributed", "on", "--cluster_detection_method", method), capsys),
+             "cluster_detection_method", needle)
+    assert not (tmp_path / "O").exists()
+
+
+# ---- the Hugging Face hub: a bad HF_ENDPOINT, unsupported dtypes, bf16
+
+
+def _safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
+    """A safetensors file written by hand (8-byte little-endian header size, JSON header, the raw bytes), so that
+    dtypes numpy has no type for can be stored."""
+    header, body = {}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+def _hub_tensors(hidden: int = 4) -> dict[str, np.ndarray]:
+    """The six MetaMLP tensors with values a bfloat16 holds exactly (multiples of 1/8 in [-2, 2])."""
+    from mulo.optimizers import hub
+
+    rng = np.random.default_rng(0)
+    return {k: (rng.integers(-16, 17, size=s) / 8).astype(np.float32) for k, s in hub._expected_shapes(hidden).items()}
+
+
+def _hub_folder(folder: Path, dtype: str, hidden: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"input_size": 39, "hidden_size": hidden, "hidden_layers": 1}))
+    tensors = {}
+    for k, x in _hub_tensors(hidden).items():
+        if dtype == "BF16":
+            raw = (x.view(np.uint32) >> 16).astype("<u2").tobytes()  # exact: the low 16 bits are zero here
+        elif dtype == "F32":
+            raw = x.astype("<f4").tobytes()
+        else:  # an 8-bit dtype numpy cannot hold
+            raw = bytes(x.size)
+        tensors[k] = (dtype if k == "network.input.weight" or dtype in ("BF16", "F32") else "F32", x.shape,
+                      raw if k == "network.input.weight" or dtype in ("BF16", "F32") else x.astype("<f4").tobytes())
+    _safetensors(folder / "model.safetensors", tensors)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["F8_E4M3", "F8_E5M2", "I8"])
+def test_a_hub_tensor_of_an_unsupported_dtype_is_one_line_naming_it(tmp_path, capsys, dtype):
+    folder = _hub_folder(tmp_path / "hub", dtype)
+    one_line(*run(mt(tmp_path / "O", "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(folder)), capsys),
+             f"network.input.weight as {dtype}", "supported dtypes are F32, F16, BF16, F64")
+    assert not (tmp_path / "O").exists()
+
+
+def test_a_bf16_hub_file_is_read_exactly_as_float32(tmp_path):
+    from mulo.optimizers import hub
+
+    _, theta16 = hub.read_hub_folder(_hub_folder(tmp_path / "bf16", "BF16"))
+    _, theta32 = hub.read_hub_folder(_hub_folder(tmp_path / "f32", "F32"))
+    want = _hub_tensors()
+    np.testing.assert_array_equal(theta16["nn"]["w0"], want["network.input.weight"].T)
+    for k in theta32["nn"]:
+        assert theta16["nn"][k].dtype == np.float32
+        np.testing.assert_array_equal(theta16["nn"][k], theta32["nn"][k])
+
+
+@pytest.mark.parametrize("endpoint, needle", [
+    ("http://localhost:99999", "Port out of range"), ("http://[::1", "Invalid IPv6 URL"),
+    ("http://[zz]:80", "does not appear to be an IPv4 or IPv6"), ("ftp://example.org", "http(s) URL")])
+def test_a_bad_hf_endpoint_is_one_line(tmp_path, capsys, monkeypatch, endpoint, needle):
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    one_line(*run(mt(tmp_path / "O", "--optimizer", "mup_small_fc_mlp", "--checkpoint", "hf:btherien/mulo"), capsys),
+             "bad HF_ENDPOINT", needle)
+    assert not (tmp_path / "O").exists()
