@@ -141,3 +141,30 @@ def test_a_bad_hf_endpoint_is_one_line(tmp_path, capsys, monkeypatch, endpoint, 
     one_line(*run(mt(tmp_path / "O", "--optimizer", "mup_small_fc_mlp", "--checkpoint", "hf:btherien/mulo"), capsys),
              "bad HF_ENDPOINT", needle)
     assert not (tmp_path / "O").exists()
+
+
+# ---- report on damaged metrics
+
+
+def test_report_on_metrics_with_a_huge_number_and_a_lone_surrogate_key(tmp_path, capsys):
+    train = tmp_path / "meta-train_run"
+    train.mkdir()
+    lines = [json.dumps({"step": s, "meta_loss": 2.0 - 0.1 * s, "meta_loss/mumlp-w8-d1_fashionmnist-28x28x1":
+                         2.0 - 0.1 * s}) for s in range(1, 11)]
+    lines.insert(3, '{"step": 4, "meta_loss": ' + "9" * 400 + "}")  # OverflowError in math.isfinite
+    lines.insert(5, '{"step": 5, "meta_loss/\\udcff": 1.0}')  # a lone surrogate: matplotlib TypeError
+    lines.insert(6, '{"step": ' + "9" * 400 + ', "meta_loss": 1.0}')
+    (train / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    test = tmp_path / "meta-test_run" / "mumlp-w8-d1_fashionmnist-28x28x1" / "seed0"
+    test.mkdir(parents=True)
+    (test / "summary.json").write_text(json.dumps({"task": "mumlp-w8-d1_fashionmnist-28x28x1", "seed": 0,
+                                                   "diverged": False, "diverged_step": None}))
+    (test / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": 1.0}) + "\n" for s in range(1, 5))
+                                        + '{"step": 5, "train_loss": ' + "9" * 400 + "}\n")
+    out = tmp_path / "rep"
+    rc = main(["report", str(train), str(tmp_path / "meta-test_run"), "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err, err
+    text = (out / "report.md").read_text()
+    assert "\\udcff" in text and "| mean over tasks |" in text  # the damaged key is shown escaped
+    assert (out / "meta_loss_meta-train_run.png").stat().st_size > 0

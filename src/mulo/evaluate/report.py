@@ -128,7 +128,7 @@ def run_label(manifest: dict) -> str | None:
 def _as_float(v: Any) -> float:
     try:
         return float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond the float range
         return math.nan
 
 
@@ -162,7 +162,12 @@ def _read_metrics(path: Path) -> list[dict]:
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         _warn(f"{path}: skipped {len(bad)} damaged line(s) (line {shown})")
-    return [r for r in records if isinstance(r.get("step"), int)]
+    return [r for r in records if _is_step(r.get("step"))]
+
+
+def _is_step(step: Any) -> bool:
+    """A step counter: an int (not a bool) that fits int64 (a 400-digit number does not)."""
+    return isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 2**63
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:

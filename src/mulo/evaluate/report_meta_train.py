@@ -32,9 +32,12 @@ def meta_loss_curves(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndar
     for r in records:
         for key, value in r.items():
             name = key[len(PREFIX):] if key.startswith(PREFIX) else ("mean" if key == "meta_loss" else None)
-            if name is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            value = _finite(value)
+            if name is None or value is None:
                 continue
-            series.setdefault(name, []).append((int(r["step"]), float(value)))
+            # a damaged key (a lone surrogate) is shown escaped: matplotlib cannot draw it
+            name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+            series.setdefault(name, []).append((int(r["step"]), value))
     if len(series) == 2 and "mean" in series:  # one task: its curve is the mean
         del series["mean"]
     out = {}
@@ -42,6 +45,17 @@ def meta_loss_curves(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndar
         pairs.sort()
         out[name] = (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
     return out
+
+
+def _finite(value) -> float | None:
+    """A logged number as a finite float, else None (a bool, a string, NaN, or an integer beyond the float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def smoothing_window(n: int) -> int:
