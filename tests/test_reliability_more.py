@@ -168,3 +168,40 @@ def test_report_on_metrics_with_a_huge_number_and_a_lone_surrogate_key(tmp_path,
     text = (out / "report.md").read_text()
     assert "\\udcff" in text and "| mean over tasks |" in text  # the damaged key is shown escaped
     assert (out / "meta_loss_meta-train_run.png").stat().st_size > 0
+
+
+# ---- a sweep refused for its storage writes nothing; a password is never stored nor printed
+
+
+def test_a_sweep_refused_for_its_storage_leaves_nothing_and_the_corrected_rerun_is_not_refused(tmp_path, capsys,
+                                                                                               monkeypatch):
+    import mulo.evaluate.sweep as sweep_module
+
+    garbage = tmp_path / "not_a_db.sqlite"
+    garbage.write_bytes(b"this is not a SQLite database\n" * 100)
+    one_line(*run(sweep(tmp_path / "O", "--storage", f"sqlite:///{garbage}", "--study_name", "s"), capsys),
+             "cannot open Optuna storage", "DatabaseError")
+    assert not (tmp_path / "O").exists()  # no study.json, no lock, no run directory
+    ran = []
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda cfg, run_dir, **kw: ran.append(kw["study_name"]))
+    good = tmp_path / "good.db"
+    rc, err = run(sweep(tmp_path / "O", "--storage", f"sqlite:///{good}", "--study_name", "s"), capsys)
+    assert rc == 0 and ran == ["s"], err
+
+
+def test_a_storage_password_is_masked_in_errors_and_in_the_study_record(tmp_path, capsys):
+    from mulo.evaluate.sweep import STUDY_RECORD, claim_study, masked
+
+    url = "postgresql://alice:s3cr3t-pw@db.example.org:5432/studies"
+    line = one_line(*run(sweep(tmp_path / "O", "--storage", url), capsys), "alice:***@db.example.org")
+    assert "s3cr3t" not in line and not (tmp_path / "O").exists()
+    assert masked("mysql+pymysql://bob:pa@ss@h/db") == "mysql+pymysql://bob:***@h/db"
+    assert masked("sqlite:////x/study.db") == "sqlite:////x/study.db"
+    folder = tmp_path / "S"
+    folder.mkdir()
+    claim_study(folder, url, "s")
+    record = (folder / STUDY_RECORD).read_text()
+    assert "s3cr3t" not in record and json.loads(record)["storage"] == masked(url)
+    with pytest.raises(Exception) as refused:
+        claim_study(folder, url.replace("studies", "other"), "s")
+    assert "holds the sweep study" in str(refused.value) and "s3cr3t" not in str(refused.value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import time
 import warnings
@@ -132,27 +133,61 @@ def storage_url(cfg: Config, run_dir: Path) -> str:
     return cfg.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
+_PASSWORD = re.compile(r"://[^:/@]*:([^/]*)@")  # scheme://user:PASSWORD@host (up to the last @ before the path)
+
+
+def masked(url: str, text: str | None = None) -> str:
+    """``text`` (default: the URL itself) with the URL's password replaced by ``***``: a storage URL may hold a
+    database password, which is never stored in a file nor printed."""
+    text = url if text is None else text
+    m = _PASSWORD.search(url)
+    return text.replace(m.group(1), "***") if m and m.group(1) else text
+
+
 def check_storage(url: str | None) -> None:
-    """A ``--storage`` URL must parse and name an installed database driver, and a SQLite file must be creatable;
-    checked at once, before anything is created (a malformed URL used to be retried for ~9 s)."""
+    """A ``--storage`` URL must parse and name an installed database driver, a SQLite file must be creatable, and
+    the database must answer; checked at once, before anything is created (a malformed URL used to be retried for
+    ~9 s, an unreadable database left the run directory claimed for its study). Errors show the URL masked."""
     if url is None:
         return
     from sqlalchemy.engine import make_url
 
+    shown = masked(url)
     try:
         parsed = make_url(url)
         parsed.get_dialect()
     except ImportError as exc:
-        raise ConfigError(f"cannot open Optuna storage {url!r}: missing database driver ({exc})") from None
+        raise ConfigError(f"cannot open Optuna storage {shown!r}: missing database driver "
+                          f"({masked(url, str(exc))})") from None
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError, NoSuchModuleError, ValueError ...
-        msg = " ".join(str(exc).split())[:200]
-        raise ConfigError(f"bad value {url!r} for config key 'storage': expected a database URL such as "
+        msg = masked(url, " ".join(str(exc).split()))[:200]
+        raise ConfigError(f"bad value {shown!r} for config key 'storage': expected a database URL such as "
                           f"sqlite:////path/study.db or postgresql://user@host/db ({type(exc).__name__}: {msg})"
                           ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         from mulo.rundir import check_writable
 
         check_writable(Path(parsed.database).expanduser().parent, "the storage's SQLite folder")
+        if not Path(parsed.database).expanduser().exists():
+            return  # a new SQLite file: nothing to read yet (creating it is the sweep's first write)
+    _check_reachable(url)
+
+
+def _check_reachable(url: str) -> None:
+    """Connect once and read the table list (no retries): an unreachable server or a file that is not a database
+    is one ConfigError line."""
+    import sqlalchemy
+
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(url)
+        sqlalchemy.inspect(engine).get_table_names()
+    except Exception as exc:  # noqa: BLE001 - OperationalError, DatabaseError, ...
+        msg = masked(url, " ".join(str(exc).split()))[:200]
+        raise ConfigError(f"cannot open Optuna storage {masked(url)!r}: {type(exc).__name__}: {msg}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
@@ -172,15 +207,16 @@ def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
             return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                        direction="minimize", load_if_exists=True)
         except ImportError as exc:
-            raise ConfigError(f"cannot open Optuna storage {url!r}: missing database driver ({exc})") from None
+            raise ConfigError(f"cannot open Optuna storage {masked(url)!r}: missing database driver "
+                              f"({masked(url, str(exc))})") from None
         except Exception as exc:  # races between workers creating tables, a bad URL, an unreachable server
             if type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):  # malformed: retrying cannot help
                 last = exc
                 break
             last = exc
             time.sleep(0.5 * (i + 1))
-    msg = " ".join(str(last).split())[:200]
-    raise ConfigError(f"cannot open Optuna storage {url!r}: {type(last).__name__}: {msg}")
+    msg = masked(url, " ".join(str(last).split()))[:200]
+    raise ConfigError(f"cannot open Optuna storage {masked(url)!r}: {type(last).__name__}: {msg}")
 
 
 STUDY_KEYS = ("optimizer", "task", "num_inner_steps", "local_batch_size", "seed", "sweep_objective_frac",
@@ -396,7 +432,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     if requeued:
         print(f"[sweep] re-queued trials {requeued} whose worker stopped before finishing them")
     size = grid_size(space) if method == "grid" else None
-    print(f"[sweep] study {name!r} ({method}, {size or cfg.sweep_trials} trials) in {url}")
+    print(f"[sweep] study {name!r} ({method}, {size or cfg.sweep_trials} trials) in {masked(url)}")
 
     def waiting() -> bool:
         return any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
@@ -482,6 +518,7 @@ def claim_study(run_dir: Path, url: str, name: str) -> None:
 
     from mulo.rundir import OutputError
 
+    url = masked(url)  # no database password in the record nor in the error
     mine = {"storage": url, "study_name": name}
     path = run_dir / STUDY_RECORD
     if path.is_file():
@@ -519,6 +556,7 @@ def main(cfg: Config, args: Any = None) -> int:
     with claim(run_dir, "sweep setup", wait=SETUP_WAIT_S):
         claim_study(run_dir, storage_url(cfg, run_dir), name)
     base = getattr(args, "config", None)
+    shown = cfg.replace(storage=masked(cfg.storage)) if cfg.storage else cfg  # config.py holds no password
     startup.announce("sweep", cfg, run_dir, runs_under="trials/trial<k>")
-    run_sweep(cfg, run_dir, base_config=base, study_name=name, on_ready=lambda: write_config(run_dir, cfg))
+    run_sweep(cfg, run_dir, base_config=base, study_name=name, on_ready=lambda: write_config(run_dir, shown))
     return 0
