@@ -205,3 +205,95 @@ def test_a_storage_password_is_masked_in_errors_and_in_the_study_record(tmp_path
     with pytest.raises(Exception) as refused:
         claim_study(folder, url.replace("studies", "other"), "s")
     assert "holds the sweep study" in str(refused.value) and "s3cr3t" not in str(refused.value)
+
+
+# ---- checkpoints: silent corruption, old checkpoints, noise; metrics.jsonl on resume
+
+IDENT = {"run": "x", "num_processes": 1}
+
+
+def _saved(directory: Path, steps=(1, 2)) -> dict:
+    """Checkpoints of a state with a 256 KiB array (its data file is large enough to damage 4 KiB inside)."""
+    import jax.numpy as jnp
+
+    from mulo.meta.checkpoint import Checkpointer
+
+    rng = np.random.default_rng(0)
+    state = {"a": jnp.asarray(rng.normal(size=(256, 256)), jnp.float32), "b": jnp.ones(4)}
+    ckpt = Checkpointer(directory, 5, IDENT)
+    for s in steps:
+        ckpt.save(s, {"a": state["a"] + s, "b": state["b"] * s})
+    ckpt.close()
+    return state
+
+
+def _largest_file(step_dir: Path) -> Path:
+    return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_an_array_file_damaged_in_place_is_found_and_the_run_falls_back_in_one_line(tmp_path, capfd):
+    from mulo.meta.checkpoint import CHECKSUMS, Checkpointer
+
+    state = _saved(tmp_path)
+    assert (tmp_path / "2" / CHECKSUMS).is_file()
+    data = _largest_file(tmp_path / "2")
+    size = data.stat().st_size
+    assert size > 3 * 4096 and "/d/" in str(data)  # an array data file of orbax's OCDBT store
+    with open(data, "r+b") as f:  # 4 KiB overwritten inside, size unchanged: orbax itself reads it without error
+        f.seek(size // 2)
+        f.write(bytes(4096))
+    assert data.stat().st_size == size
+    capfd.readouterr()
+    step, restored = Checkpointer(tmp_path, 5, IDENT).restore(state)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert step == 1 and np.array_equal(np.asarray(restored["a"]), np.asarray(state["a"] + 1))
+    assert len(err) == 1 and err[0].startswith("warning: checkpoint") and "does not match its sha256" in err[0], err
+    assert "resuming from step 1" in err[0]
+    assert [p.name.split("-")[:2] for p in tmp_path.iterdir() if p.name.startswith("corrupt")] == [["corrupt", "2"]]
+    assert (tmp_path / "1" / CHECKSUMS).is_file()  # nothing older touched
+
+
+def test_checkpoints_from_before_checksums_still_load(tmp_path, capfd):
+    from mulo.meta.checkpoint import CHECKSUMS, Checkpointer
+
+    state = _saved(tmp_path)
+    for s in (1, 2):
+        (tmp_path / str(s) / CHECKSUMS).unlink()
+    step, restored = Checkpointer(tmp_path, 5, IDENT).restore(state)
+    assert step == 2 and np.array_equal(np.asarray(restored["a"]), np.asarray(state["a"] + 2))
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("damaged, with_checksums", [
+    ("_CHECKPOINT_METADATA", True), ("_CHECKPOINT_METADATA", False), ("default/array_metadatas/process_0", True),
+    ("default/array_metadatas/process_0", False), ("default/_METADATA", False)])
+def test_damaged_checkpoint_metadata_is_one_warning_line_without_library_noise(tmp_path, capfd, damaged,
+                                                                               with_checksums):
+    from mulo.meta.checkpoint import CHECKSUMS, Checkpointer
+
+    state = _saved(tmp_path)
+    if not with_checksums:
+        for s in (1, 2):
+            (tmp_path / str(s) / CHECKSUMS).unlink()
+    path = tmp_path / "2" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated JSON
+    capfd.readouterr()
+    step, _ = Checkpointer(tmp_path, 5, IDENT).restore(state)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert not [e for e in err if "absl" in e or "Exception ignored" in e or "Traceback" in e], err
+    if step == 1:
+        assert len(err) == 1 and err[0].startswith("warning: checkpoint") and "is corrupt" in err[0], err
+    else:  # orbax reads an old checkpoint whose _CHECKPOINT_METADATA is damaged without needing it
+        assert (damaged, with_checksums) == ("_CHECKPOINT_METADATA", False) and err == [], err
+
+
+def test_damaged_metrics_lines_on_resume_are_one_warning_and_the_run_continues(tmp_path, capsys):
+    from mulo.runlog import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "meta_loss": 1.0}\n{"step": "two", "meta_loss": 0.9}\n\x00\xff\xfe garbage\n'
+                     b'{"step": 3, "meta_loss": 0.8}\n{"step": true}\n{"step": 4, "meta_loss": 0.7}\n')
+    trim_metrics(path, 3)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: {path}: dropped 3 damaged line(s) (line 2, 3, 5"), err
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 3]

@@ -66,10 +66,11 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | os.PathLike, bad: list[int] | None = None) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, bad: list[int] | None = None,
+               numbers: list[int] | None = None) -> list[dict]:
     """Every complete JSON object line of a metrics file. An incomplete last line (a crash mid-write) is skipped;
     so is a damaged line anywhere (not JSON, not an object, not UTF-8), whose 1-based number is appended to ``bad``
-    when given, so the caller can warn."""
+    when given, so the caller can warn. ``numbers``, when given, gets the line number of each record returned."""
     out = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
@@ -84,6 +85,8 @@ def read_jsonl(path: str | os.PathLike, bad: list[int] | None = None) -> list[di
                 continue
             if isinstance(record, dict):
                 out.append(record)
+                if numbers is not None:
+                    numbers.append(number)
             elif bad is not None:
                 bad.append(number)
     return out

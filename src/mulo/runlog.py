@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from mulo.config import Config
-from mulo.io import append_line, to_json_line
+from mulo.io import append_line, atomic_write_text, read_jsonl, to_json_line
 
 
 def wandb_mode(cfg: Config) -> str:
@@ -73,3 +74,27 @@ class RunLogger:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _is_step(step: Any) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool)
+
+
+def trim_metrics(path: str | os.PathLike, last_step: int) -> None:
+    """On resume: keep the records up to ``last_step`` (steps redone after a resume would otherwise appear twice).
+    Damaged lines (not JSON, binary garbage) and records whose ``step`` is not an integer are dropped with one
+    warning line naming the file and the lines; the run continues."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    bad: list[int] = []
+    numbers: list[int] = []
+    records = read_jsonl(path, bad, numbers)
+    bad += [n for n, r in zip(numbers, records) if not _is_step(r.get("step"))]
+    if bad:
+        bad.sort()
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        print(f"warning: {path}: dropped {len(bad)} damaged line(s) (line {shown}: not a JSON record with an integer "
+              f"step); resuming", file=sys.stderr)
+    kept = [r for r in records if _is_step(r.get("step")) and r["step"] <= last_step]
+    atomic_write_text(path, "".join(to_json_line(r) for r in kept))

@@ -8,6 +8,9 @@ Layout of ``<run_dir>/checkpoints/``:
   Everything else a resumed run needs is a pure function of (seed, step): the PRNG keys and the data stream position.
 * ``latest``: text, the newest step (written atomically after each save; orbax's own step list is authoritative).
 * ``identity.json``: what must match for a resume (tasks, LO, estimator, shapes); a mismatch is a CheckpointError.
+* ``<step>/sha256.json``: the sha256 of every file of the step, written after the save completes and checked before
+  a restore reads anything, so bytes damaged in place (same size, still decodable) are found: such a checkpoint is
+  treated like any corrupt one. Checkpoints written before this file existed load without the check.
 
 The oldest checkpoints beyond ``checkpoints_to_keep`` are deleted after a *successful* save only; restoring never
 deletes anything, so a corrupt newest checkpoint leaves the older ones in place.
@@ -15,6 +18,7 @@ deletes anything, so a corrupt newest checkpoint leaves the older ones in place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -34,17 +38,61 @@ class CorruptCheckpoint(CheckpointError):
     """A checkpoint whose files cannot be read (an older one may still be)."""
 
 
+CHECKSUMS = "sha256.json"
+
+
 @contextmanager
 def _quiet_absl():
-    """orbax logs its failures through absl as WARNING/ERROR lines; the CheckpointError says it in one line."""
+    """orbax logs its failures through absl as WARNING/ERROR lines, and a failed read leaves coroutines whose
+    exceptions Python prints as "Exception ignored in ..." when they are collected; the CheckpointError says it in
+    one line."""
+    import gc
+
     from absl import logging as absl_logging
 
-    old = absl_logging.get_verbosity()
+    old, hook = absl_logging.get_verbosity(), sys.unraisablehook
     absl_logging.set_verbosity(absl_logging.FATAL)
+    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
+        gc.collect()  # the abandoned coroutines go now, while their exceptions are not printed
+        sys.unraisablehook = hook
         absl_logging.set_verbosity(old)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_checksums(step_dir: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file of a checkpoint step but the checksum file itself."""
+    return {str(p.relative_to(step_dir)): _digest(p) for p in sorted(step_dir.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS}
+
+
+def damaged_file(step_dir: Path) -> str | None:
+    """Why the step's files do not match its ``sha256.json`` (None when they do, or when it has none: a checkpoint
+    from before checksums)."""
+    path = step_dir / CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        want = json.loads(path.read_text(encoding="utf-8"))
+        items = list(want.items())
+    except (OSError, ValueError, AttributeError):
+        return f"its {CHECKSUMS} is unreadable"
+    for name, digest in items:
+        try:
+            if _digest(step_dir / name) != digest:
+                return f"{name} does not match its sha256"
+        except OSError:
+            return f"{name} is missing"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -73,16 +121,18 @@ class Checkpointer:
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                                  item_handlers=ocp.StandardCheckpointHandler())
+            with _quiet_absl():  # it reads every step's metadata; a damaged one is said once, at restore
+                self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                      item_handlers=ocp.StandardCheckpointHandler())
         except Exception as exc:  # noqa: BLE001 - orbax raises many kinds
             raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_one_line(exc)}") from None
 
     # ---- queries ------------------------------------------------------------------------------------------------
 
     def steps(self) -> list[int]:
-        self._manager.reload()
-        return sorted(self._manager.all_steps())
+        with _quiet_absl():
+            self._manager.reload()
+            return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -125,6 +175,8 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_one_line(exc)}") from None
         if main:
+            where = self.directory / str(int(step))
+            atomic_write_json(where / CHECKSUMS, file_checksums(where))
             atomic_write_text(self.directory / "latest", f"{int(step)}\n")
 
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
@@ -162,11 +214,15 @@ class Checkpointer:
             src = self.directory / str(s)
             if src.exists():
                 os.replace(src, self.directory / f"corrupt-{s}-{stamp}")
-        self._manager.reload()
+        with _quiet_absl():
+            self._manager.reload()
 
     def _restore_step(self, template: Any, step: int) -> Any:
         packed = _pack(template)
         where = self.directory / str(step)
+        damage = damaged_file(where)
+        if damage is not None:  # found before orbax reads a damaged byte
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt: {damage}")
         try:
             with _quiet_absl():
                 stored = self._manager.item_metadata(step)

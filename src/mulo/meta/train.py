@@ -239,11 +239,9 @@ def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
 
 def _trim_metrics(path: Path, last_step: int) -> None:
     """Drop records logged after ``last_step`` (steps redone after a resume would otherwise appear twice)."""
-    from mulo.io import atomic_write_text, read_jsonl, to_json_line
+    from mulo.runlog import trim_metrics
 
-    if path.is_file():
-        records = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
-        atomic_write_text(path, "".join(to_json_line(r) for r in records))
+    trim_metrics(path, last_step)
 
 
 def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after: int | None = None,
