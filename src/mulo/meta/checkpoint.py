@@ -18,6 +18,7 @@ deletes anything, so a corrupt newest checkpoint leaves the older ones in place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -47,17 +48,21 @@ def _quiet_absl():
     exceptions Python prints as "Exception ignored in ..." when they are collected; the CheckpointError says it in
     one line."""
     import gc
+    import logging
 
     from absl import logging as absl_logging
 
-    old, hook = absl_logging.get_verbosity(), sys.unraisablehook
+    aio = logging.getLogger("asyncio")  # "Future exception was never retrieved" of a failed write's other tasks
+    old, hook, aio_level = absl_logging.get_verbosity(), sys.unraisablehook, aio.level
     absl_logging.set_verbosity(absl_logging.FATAL)
+    aio.setLevel(logging.CRITICAL)
     sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
-        gc.collect()  # the abandoned coroutines go now, while their exceptions are not printed
+        gc.collect()  # the abandoned coroutines and futures go now, while their exceptions are not printed
         sys.unraisablehook = hook
+        aio.setLevel(aio_level)
         absl_logging.set_verbosity(old)
 
 
@@ -98,6 +103,14 @@ def damaged_file(step_dir: Path) -> str | None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return (text[:300] + "...") if len(text) > 300 else text
+
+
+def _save_reason(exc: BaseException) -> str:
+    """Why a save failed, short: a full disk is said as such (orbax reports it inside a long TensorStore error)."""
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text or "os_error_code='28'" in text:
+        return "no space left on device"
+    return _one_line(exc)
 
 
 def _pack(state: Any) -> dict:
@@ -170,14 +183,35 @@ class Checkpointer:
         if main:
             atomic_write_json(self.directory / "identity.json", self.identity)
         try:
-            self._manager.save(int(step), args=self._ocp.args.StandardSave(_pack(state)), force=True)
-            self._manager.wait_until_finished()
+            with _quiet_absl():  # a failed write is logged by orbax's writer thread with its traceback
+                self._manager.save(int(step), args=self._ocp.args.StandardSave(_pack(state)), force=True)
+                self._manager.wait_until_finished()
+            if main:  # a step without its checksums is incomplete: a failure here removes it like a failed save
+                where = self.directory / str(int(step))
+                atomic_write_json(where / CHECKSUMS, file_checksums(where))
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_one_line(exc)}") from None
+            removed = self._remove_partial(int(step)) if main else False
+            kept = [s for s in self.steps() if s != int(step)]
+            what = (f"; the partial checkpoint was removed" if removed else "") + \
+                (f", checkpoints up to step {kept[-1]} are kept" if kept else "")
+            raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_save_reason(exc)}{what}"
+                                  ) from None
         if main:
-            where = self.directory / str(int(step))
-            atomic_write_json(where / CHECKSUMS, file_checksums(where))
             atomic_write_text(self.directory / "latest", f"{int(step)}\n")
+
+    def _remove_partial(self, step: int) -> bool:
+        """Remove what a failed save of ``step`` left (orbax's ``<step>.orbax-checkpoint-tmp*`` directory, or a
+        ``<step>`` directory without its checksums); older checkpoints are not touched."""
+        import shutil
+
+        partial = [p for p in self.directory.glob(f"{step}.orbax-checkpoint-tmp*")]
+        if (self.directory / str(step)).is_dir() and not (self.directory / str(step) / CHECKSUMS).exists():
+            partial.append(self.directory / str(step))
+        for p in partial:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        with _quiet_absl():
+            self._manager.reload()
+        return bool(partial)
 
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
         """(step, state) of ``step``, shaped like ``template``. Without ``step``: the newest *loadable* checkpoint;
