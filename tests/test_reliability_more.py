@@ -331,3 +331,21 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_removes
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing older touched
     assert damaged_file(tmp_path / "2") is None and (tmp_path / "2" / CHECKSUMS).is_file()
     assert (tmp_path / "latest").read_text().strip() == "2"
+
+
+# ---- misleading messages
+
+
+def test_lo_impl_pallas_with_a_velo_theta_says_velo_has_no_pallas_implementation(tmp_path, capsys):
+    import jax
+
+    from mulo.config import load_config
+    from mulo.optimizers import build_learned, save_theta
+
+    lo = build_learned(load_config(None, cli={"optimizer": "mup_velo", "velo_param_inits": 2,
+                                              "velo_lstm_hidden_size": 4}))
+    save_theta(tmp_path / "theta_final.msgpack", lo, lo.init_theta(jax.random.PRNGKey(0)))
+    line = one_line(*run(mt(tmp_path / "O", "--optimizer", "mup_velo", "--checkpoint",
+                            str(tmp_path / "theta_final.msgpack"), "--lo_impl", "pallas"), capsys),
+                    "'lo_impl'", "VeLO has reference and fused", "no Pallas kernel", "mup_velo")
+    assert "bad header" not in line and not (tmp_path / "O").exists()

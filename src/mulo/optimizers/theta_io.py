@@ -69,10 +69,18 @@ def load_theta(path: str | os.PathLike, impl: str = "fused") -> tuple[Any, Any, 
                               f"version {VERSION}")
     try:
         header = json.loads(payload["header"])
-        lo = learned_from_hparams(header["lo_name"], header["hparams"], impl=impl)
+        name, hparams = header["lo_name"], header["hparams"]
         extra = header.get("extra", {})
         theta = payload["theta"]
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"theta file {path!r} has a bad header ({type(e).__name__}: {e})") from None
+    try:
+        lo = learned_from_hparams(name, hparams, impl=impl)
+    except ConfigError as e:
+        if "config key 'lo_impl'" in str(e):  # the LO has no such implementation: its line says which it has
+            raise ConfigError(f"{e} (theta file {path!r} holds {name})") from None
+        raise CheckpointError(f"theta file {path!r} has a bad header ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"theta file {path!r} has a bad header ({type(e).__name__}: {e})") from None
     expected = jax.eval_shape(lo.init_theta, jax.random.PRNGKey(0))
     got_shapes = jax.tree.map(lambda x: tuple(np.shape(x)), theta)
