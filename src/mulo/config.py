@@ -49,6 +49,11 @@ class Key:
 
 
 _POS = 1e-300  # "strictly positive" lower bound for floats
+# string keys where an empty (or blank) value means nothing sensible: a path "" is the working directory, a name ""
+# names nothing (optional keys take none instead)
+NON_EMPTY = ("output_dir", "data_dir", "fashion_mnist_dir", "tinyshakespeare_path", "vocab_path", "checkpoint",
+             "wandb_checkpoint_id", "storage", "study_name", "wandb_project", "wandb_entity", "compilation_cache_dir",
+             "coordinator_address", "cluster_detection_method")
 INT_MAX = 2**31 - 1  # every integer fits int32 (step counters, PRNG seeds: JAX folds larger seeds to 32 bits)
 MAX_STR = 4096  # longer strings are a pasted mistake, not a name or a path
 
@@ -388,6 +393,8 @@ def _check_range(name: str, spec: Key, v: Any, shown: Any) -> None:
         if isinstance(v, int) and abs(v) > INT_MAX:
             raise _bad(name, spec, shown, f" (at most {INT_MAX})")
     if isinstance(v, str):
+        if name in NON_EMPTY and not v.strip():
+            raise _bad(name, spec, shown, " (not empty" + ("; none for no value)" if spec.optional else ")"))
         if len(v) > MAX_STR:
             raise _bad(name, spec, shown, f" (at most {MAX_STR} characters)")
         if "\x00" in v:
@@ -410,6 +417,8 @@ def _parse_scalar(name: str, spec: Key, kind: str, text: str) -> Any:
                 return True
             if low in _FALSE:
                 return False
+            raise ValueError
+        if kind in ("int", "float") and not text.isascii():  # int() and float() read '١٢' and '１２' as 12
             raise ValueError
         if kind == "int":
             return int(text)

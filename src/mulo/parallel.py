@@ -93,6 +93,7 @@ def distributed_kwargs(cfg: Any, env: Mapping[str, str] | None = None) -> dict |
 def initialize_distributed(cfg: Any) -> bool:
     """Start JAX's distributed runtime when the config or the launcher asks for it (see ``distributed_kwargs``).
     Must run before anything touches a JAX backend. Returns whether it initialised."""
+    _check_detection_name(cfg.cluster_detection_method)
     kwargs = distributed_kwargs(cfg)
     if kwargs is None or jax.distributed.is_initialized():
         return False
@@ -105,19 +106,27 @@ def initialize_distributed(cfg: Any) -> bool:
     return True
 
 
+def _detections() -> dict[str, Any]:
+    from jax._src.clusters import ClusterEnv  # the registry of JAX's cluster detections (no public API lists them)
+
+    return {env.name: env for env in ClusterEnv._cluster_types if env.name}
+
+
+def _check_detection_name(method: str | None) -> None:
+    """A cluster_detection_method JAX does not have is one ConfigError line naming those it has (checked whether or
+    not this run starts jax.distributed)."""
+    if method is not None and method not in _detections():
+        raise ConfigError(f"bad value {method[:80]!r} for config key 'cluster_detection_method': expected one of "
+                          f"{', '.join(sorted(_detections()))} (JAX's cluster detections) or None")
+
+
 def _check_detection_method(kwargs: Mapping[str, Any]) -> None:
-    """JAX logs an unknown or absent cluster detection method as an error line and then fails on a missing
-    coordinator address: say it in one ConfigError line instead, naming the methods this JAX has."""
+    """JAX logs an absent cluster detection method as an error line and then fails on a missing coordinator
+    address: say it in one ConfigError line instead."""
     method = kwargs.get("cluster_detection_method")
     if method is None:
         return
-    from jax._src.clusters import ClusterEnv  # the registry of JAX's cluster detections (no public API lists them)
-
-    envs = {env.name: env for env in ClusterEnv._cluster_types if env.name}
-    if method not in envs:
-        raise ConfigError(f"bad value {method!r} for config key 'cluster_detection_method': expected one of "
-                          f"{', '.join(sorted(envs))} (JAX's cluster detections) or None")
-    if not envs[method].is_env_present() and "coordinator_address" not in kwargs:
+    if not _detections()[method].is_env_present() and "coordinator_address" not in kwargs:
         raise ConfigError(f"cluster_detection_method {method!r} finds no {method} launch here: start the processes "
                           f"under it, or give coordinator_address, num_processes and process_id")
 
