@@ -349,3 +349,127 @@ def test_lo_impl_pallas_with_a_velo_theta_says_velo_has_no_pallas_implementation
                             str(tmp_path / "theta_final.msgpack"), "--lo_impl", "pallas"), capsys),
                     "'lo_impl'", "VeLO has reference and fused", "no Pallas kernel", "mup_velo")
     assert "bad header" not in line and not (tmp_path / "O").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fuzz: bad values generated from the config schema and bad names from the task-name grammar, in this one process
+
+
+HUGE = "9" * 400
+_NUMBER_BAD = ["\u0661\u0662", "\u00b2", "\uff11\uff12", "\u0663.\u0665", "\u0661e3", "\u00bd", HUGE, "-" + HUGE,
+               "1e400", "-1e400", "NaN", "+inf", "", "   ", "0b102", "1e", "--1", "1.5e", "0x"]
+_SCHEMA_BAD = {
+    "int": _NUMBER_BAD + ["1.5", "2.0"],
+    "float": _NUMBER_BAD,
+    "bool": ["\u0661", "\u0660", "tru", "", "nan", "2", "\uff54rue", HUGE],
+    "list[int]": ["1,\u0661\u0662", "1,,x", HUGE, "1,nan", "", "\u00b2", "8,-" + HUGE],
+    "list[float]": ["1,\u0661", HUGE + "," + HUGE, "", "1,1e400", "nan"],
+    "list[str]": ["", ",,,", " , "],
+    "dict": ["{'a': 1e400}", "{", "", "{1: 2}", "[]", HUGE, "{'x': float('nan')}"],
+}
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def schema_bad_values(key: str) -> list[str]:
+    """Values no key of this type accepts: wrong type, out of range (the schema's bounds), NaN, empty, huge, digits
+    that are not ASCII, strings with NUL or a lone surrogate; choices misspelled (upper case, full width, padded)."""
+    from mulo.config import NON_EMPTY
+
+    spec = SCHEMA[key]
+    values = list(_SCHEMA_BAD.get(spec.type, []))
+    if spec.type in ("int", "float"):
+        if spec.min is not None:
+            values += [repr(spec.min - 1) if spec.type == "int" else f"{spec.min - 1:g}", "-" + HUGE]
+        if spec.max is not None:
+            values.append(str(spec.max + 1))
+    if spec.type == "str":
+        values = ["\x00", "a\x00b", "\udcff", "x" * 5000]
+        if key in NON_EMPTY:
+            values += ["", " \t"]
+        if spec.choices:
+            c = str(spec.choices[0])
+            values += ["", " ", c.upper() + "\u0301", _fullwidth(c), c + "\x00", c + "x"]
+    return values
+
+
+SCHEMA_CASES = [(key, value) for key in SCHEMA for value in schema_bad_values(key)]
+
+
+@pytest.fixture
+def validate_only(monkeypatch):
+    """main() with the parser built once (building it is most of the time of a refused command line) and the
+    command's handler replaced by one that fails the test: a value that got past validation would start the run."""
+    import mulo.cli as cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+
+    def started(name):
+        raise AssertionError(f"{name} was started: a bad value was accepted")
+
+    monkeypatch.setattr(cli, "_handler", started)
+
+
+def test_every_key_refuses_generated_bad_values_in_one_line(tmp_path, capsys, validate_only):
+    assert len(SCHEMA_CASES) >= 600 and {k for k, _ in SCHEMA_CASES} == set(SCHEMA)
+    out = tmp_path / "O"
+    for key, value in SCHEMA_CASES:
+        argv = ["meta-train", "--config", QUICKSTART, f"--{key}={value}"]
+        if key != "output_dir":
+            argv += ["--output_dir", str(out)]
+        rc, err = run(argv, capsys)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and len(err[0]) < 600, (key, value, err)
+        assert key in err[0], (key, value, err[0])
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+_SIZE_BAD = ["", "0", "-1", "\u00b2", "128\u00b2", "\u0661\u0662", "\uff11\uff12", "1.5", HUGE, "2147483648", " 8",
+             "0x10", "1e3", "+8", "8_0"]
+_DATASET_BAD = ["fashionmnist", "cifar10-32x32x1", "lm1b-s0-v32k", "lm1b-s\u0661-v32k", "tinyshakespeare-s-vbyte",
+                f"tinyshakespeare-s{HUGE}-vbyte", "lm1b-s2147483648-v32k", "", "x" * 5000, "FASHIONMNIST-28X28X1"]
+_IMAGE, _TEXT = "fashionmnist-28x28x1", "tinyshakespeare-s64-vbyte"
+
+
+def grammar_bad_names() -> list[str]:
+    """Bad task names from the grammar {model}-w{width}-d{depth}[-options]_{dataset}: each part wrong in turn."""
+    from mulo.tasks.names import MODELS
+
+    names = []
+    for model in MODELS:
+        data = _TEXT if "transformer" in model else _IMAGE
+        names += [f"{model}-w{bad}-d1_{data}" for bad in _SIZE_BAD]
+        names += [f"{model}-w64-d{bad}_{data}" for bad in _SIZE_BAD]
+        names.append(f"{model}-w64-d1_{_IMAGE if data == _TEXT else _TEXT}")  # the other dataset kind
+    names += [f"{model}-w64-d1_{bad}" for model in ("mumlp", "mutransformer") for bad in _DATASET_BAD]
+    names += ["", "_", "mumlp-w8-d1", f"mumlp-w8-d1__{_IMAGE}", "mumlp_w8_d1", f"MUMLP-w8-d1_{_IMAGE}",
+              f"mumlpx-w8-d1_{_IMAGE}", "mumlp-w8_" + _IMAGE, f"mumlp-d1-w8_{_IMAGE}", f"mumlp-w8-d1-p4_{_IMAGE}",
+              "\x00", f"mumlp-w8-d1_{_IMAGE}\udcff", f"mutransformer-w100-d1_{_TEXT}", "mumlp-w8-d1_" + _IMAGE * 2]
+    names += [f"muvit-w8-d1{opt}_{_IMAGE}" for opt in ("-p0", "-p3", "-p4-p4", "-h0", "-x1", "-p", "-p\u0661",
+                                                         "-h3", "-p" + "9" * 12, "-h" + HUGE)]
+    return names
+
+
+def test_every_generated_bad_task_name_is_one_task_error_line():
+    from mulo.tasks.names import parse_task_name
+
+    names = grammar_bad_names()
+    assert len(names) >= 200
+    for name in names:
+        with pytest.raises(TaskError) as err:
+            parse_task_name(name)
+        line = str(err.value)
+        assert "\n" not in line and len(line) < 600, (name[:40], line)
+
+
+def test_bad_task_names_through_the_cli_are_one_line_and_write_nothing(tmp_path, capsys):
+    """Every 8th generated name through meta-train's own handler (where task names are parsed)."""
+    out = tmp_path / "O"
+    for name in grammar_bad_names()[::8]:
+        if "," in name or not name.strip():
+            continue
+        rc, err = run(qs(out, "--task", name), capsys)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and len(err[0]) < 600, (name[:40], err)
+    assert not out.exists()

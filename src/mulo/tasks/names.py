@@ -29,6 +29,7 @@ from mulo.registry import TaskFamily, model_family, task_models
 _MODEL = re.compile(r"^([a-z]+)-w([^-]*)-d([^-]*)((?:-[^-]*)*)$")
 
 GRAMMAR = "{model}-w{width}-d{depth}_{dataset}"
+MAX_NAME = 256  # characters; longer is a pasted mistake (and would make the error lines of later checks long)
 MAX_SIZE = 2**31 - 1  # widths, depths and sequence lengths fit int32, like every integer config key
 
 
@@ -124,6 +125,8 @@ def parse_task_name(name: str, d_head: int = 64) -> TaskSpec:
         takers = [f"{f.plural} ({', '.join(f.models)})" for _, f in _families() if f.takes_options]
         raise TaskError(f"bad part {_clip(options)!r} in task name {shown!r}: only "
                         f"{' and '.join(takers) or 'no model'} take parts after the depth")
+    if len(name) > MAX_NAME:
+        raise TaskError(f"bad task name {shown!r}: longer than {MAX_NAME} characters (grammar {GRAMMAR})")
     spec = TaskSpec(model=model, width=width, depth=depth, dataset=dataset, options=options)
     if family.check is not None:
         family.check(spec, d_head)
