@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,10 +19,7 @@ import pytest
 from mulo.cli import main, parse
 from mulo.config import SCHEMA
 from mulo.errors import TaskError
-from test_reliability import (COORD, META_TEST, QUICKSTART, QUIET, _library_dirs, listing, mt, one_line,  # noqa: F401
-                              qs, run, sweep)
-
-REPO = Path(__file__).resolve().parents[1]
+from test_reliability import QUICKSTART, _library_dirs, mt, one_line, qs, run, sweep  # noqa: F401 (autouse fixture)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -96,18 +91,17 @@ def _hub_tensors(hidden: int = 4) -> dict[str, np.ndarray]:
 
 
 def _hub_folder(folder: Path, dtype: str, hidden: int = 4) -> Path:
+    """A hub folder whose tensors are all BF16 or F32, or, for another dtype, whose network.input.weight has it."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"input_size": 39, "hidden_size": hidden, "hidden_layers": 1}))
     tensors = {}
     for k, x in _hub_tensors(hidden).items():
-        if dtype == "BF16":
-            raw = (x.view(np.uint32) >> 16).astype("<u2").tobytes()  # exact: the low 16 bits are zero here
-        elif dtype == "F32":
-            raw = x.astype("<f4").tobytes()
+        if dtype == "BF16":  # the top 16 bits of each float32 (exact: the low 16 bits are zero for these values)
+            tensors[k] = ("BF16", x.shape, (x.view(np.uint32) >> 16).astype("<u2").tobytes())
+        elif dtype == "F32" or k != "network.input.weight":
+            tensors[k] = ("F32", x.shape, x.astype("<f4").tobytes())
         else:  # an 8-bit dtype numpy cannot hold
-            raw = bytes(x.size)
-        tensors[k] = (dtype if k == "network.input.weight" or dtype in ("BF16", "F32") else "F32", x.shape,
-                      raw if k == "network.input.weight" or dtype in ("BF16", "F32") else x.astype("<f4").tobytes())
+            tensors[k] = (dtype, x.shape, bytes(x.size))
     _safetensors(folder / "model.safetensors", tensors)
     return folder
 

@@ -59,8 +59,10 @@ def _quiet_absl():
     sys.unraisablehook = lambda unraisable: None
     try:
         yield
+    except BaseException:
+        gc.collect()  # a failure's abandoned coroutines and futures go now, while their exceptions are not printed
+        raise
     finally:
-        gc.collect()  # the abandoned coroutines and futures go now, while their exceptions are not printed
         sys.unraisablehook = hook
         aio.setLevel(aio_level)
         absl_logging.set_verbosity(old)
@@ -182,6 +184,7 @@ class Checkpointer:
         main = is_main_process()
         if main:
             atomic_write_json(self.directory / "identity.json", self.identity)
+        existed = (self.directory / str(int(step))).exists()  # a step already there is never removed below
         try:
             with _quiet_absl():  # a failed write is logged by orbax's writer thread with its traceback
                 self._manager.save(int(step), args=self._ocp.args.StandardSave(_pack(state)), force=True)
@@ -190,23 +193,24 @@ class Checkpointer:
                 where = self.directory / str(int(step))
                 atomic_write_json(where / CHECKSUMS, file_checksums(where))
         except Exception as exc:  # noqa: BLE001
-            removed = self._remove_partial(int(step)) if main else False
+            removed = self._remove_partial(int(step), existed) if main else False
             kept = [s for s in self.steps() if s != int(step)]
-            what = (f"; the partial checkpoint was removed" if removed else "") + \
+            what = ("; the partial checkpoint was removed" if removed else "") + \
                 (f", checkpoints up to step {kept[-1]} are kept" if kept else "")
             raise CheckpointError(f"cannot save checkpoint {step} in {self.directory}: {_save_reason(exc)}{what}"
                                   ) from None
         if main:
             atomic_write_text(self.directory / "latest", f"{int(step)}\n")
 
-    def _remove_partial(self, step: int) -> bool:
+    def _remove_partial(self, step: int, existed: bool) -> bool:
         """Remove what a failed save of ``step`` left (orbax's ``<step>.orbax-checkpoint-tmp*`` directory, or a
-        ``<step>`` directory without its checksums); older checkpoints are not touched."""
+        ``<step>`` directory it created without its checksums); older checkpoints are not touched."""
         import shutil
 
-        partial = [p for p in self.directory.glob(f"{step}.orbax-checkpoint-tmp*")]
-        if (self.directory / str(step)).is_dir() and not (self.directory / str(step) / CHECKSUMS).exists():
-            partial.append(self.directory / str(step))
+        partial = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        made = self.directory / str(step)
+        if not existed and made.is_dir() and not (made / CHECKSUMS).exists():
+            partial.append(made)
         for p in partial:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         with _quiet_absl():

@@ -157,24 +157,24 @@ def _has_bf16(path: Path) -> bool:
 
 def _load_with_bf16(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a file holding BF16 ones, which numpy has no dtype for: a bfloat16 is the top half of a
-    float32, so widening its bits by 16 zero bits is the exact float32 value."""
+    float32, so widening its bits by 16 zero bits is the exact float32 value. safetensors checks the file first."""
     from safetensors import safe_open
 
+    with safe_open(str(path), framework="numpy"):
+        pass  # raises SafetensorError for a malformed header or offsets
+    data = path.read_bytes()
+    body = data[8 + int.from_bytes(data[:8], "little"):]
     out = {}
-    with safe_open(str(path), framework="numpy") as f:
-        names = list(f.keys())
-    header = _header(path)
-    size = int.from_bytes(path.read_bytes()[:8], "little")
-    body = path.read_bytes()[8 + size:]
-    for name in names:
-        entry = header[name]
+    for name, entry in _header(path).items():
+        if name == "__metadata__":
+            continue
         begin, end = entry["data_offsets"]
+        raw = body[begin:end]
         if entry["dtype"] == "BF16":
-            bits = np.frombuffer(body[begin:end], dtype="<u2").astype(np.uint32) << 16
-            out[name] = bits.view(np.float32).reshape(entry["shape"])
+            x = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
         else:
-            out[name] = np.frombuffer(body[begin:end], dtype={"F32": "<f4", "F16": "<f2", "F64": "<f8"}[
-                entry["dtype"]]).reshape(entry["shape"])
+            x = np.frombuffer(raw, dtype={"F32": "<f4", "F16": "<f2", "F64": "<f8"}[entry["dtype"]])
+        out[name] = x.reshape(entry["shape"])
     return out
 
 
