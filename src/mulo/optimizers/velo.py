@@ -1,24 +1,31 @@
 """VeLO's hypernetwork learned optimizer: ``velo`` (SP) and ``mup_velo`` (μVeLO, reference_design.md §1.4).
 
-A per-tensor LSTM reads per-tensor features and produces, for every tensor, ``param_inits`` mixing controls and a
-learning-rate multiplier; the controls mix a bank of ``param_inits`` small per-parameter MLPs into the one MLP that
-updates that tensor:
+The update rule is Google's ``HyperV2`` (learned_optimization, ``research/general_lopt/hyper_v2.py``) exactly, with
+every input, order, constant and state of it, quirks included, so that a HyperV2 θ (VeLO's released weights,
+``velo_weights``) maps one to one onto this module's θ. A per-tensor LSTM reads per-tensor features and produces, for
+every tensor, ``param_inits`` mixing controls and a learning-rate multiplier; the controls mix a bank of
+``param_inits`` small per-parameter MLPs into the one MLP that updates that tensor:
 
-* **LSTM inputs** (28 per tensor, ``LSTM_FEATURES``): 9 embeddings ``tanh(10 (f − τ))`` of the fraction of training
-  done f (τ = 0.03 … 1.1), 9 loss-buffer features (EMAs of the loss at 10 half-lives from 10 steps to the run's
-  length, each relative to its running minimum), for the parameter-RMS-normalised tensor: the clipped log of the
-  variance of each momentum (3), of the mean and of the variance of the RMS accumulator (1 + 1), and a one-hot of the
-  tensor's rank (5; dimensions > 1 counted). A *mix layer* gives every tensor the element-wise max over all tensors
-  of a 2-layer ReLU embedding, so the controls depend on the whole model but stay equivariant to reordering tensors.
+* **LSTM inputs** (30 per tensor, ``LSTM_FEATURES``, in HyperV2's sorted-key order): 9 embeddings ``tanh(10 (f − τ))``
+  of the fraction of training done f = step / num_steps (τ = 0.03 … 1.1); 9 loss-buffer features (EMAs of the loss at
+  10 half-lives log-spaced from 10 steps to ``num_steps``, below 10 too, each but the longest relative to its running
+  minimum and the next); then, for the parameter-RMS-normalised tensor (the accumulators *before* this step's
+  gradient): the clipped log of the mean of the RMS accumulator (1), a one-hot of the tensor's rank (5; dimensions > 1
+  counted; rank >= 5 is all zeros), of the variance of each momentum (3), and of the mean square of the RMS
+  accumulator's deviation from each momentum's mean (3: HyperV2 subtracts the momentum's mean, not the RMS's own).
+* **Mix layer**: ``relu(linear_1(x))``, max over all tensors, added to ``linear_2(x)``: the LSTM's input. HyperV2
+  also computes a first ``linear(x)`` and discards it; its weights (``mix0_*``) are kept in θ, unused, so that θ maps
+  one to one. The LSTM (haiku's: gates i, g, f, o, forget bias +1) starts from the initial state stored in θ
+  (``init_h``, ``init_c``, meta-trained in VeLO's released weights).
 * **Per-parameter MLP** (30 inputs → ``ff_hidden_size`` × ``ff_hidden_layers`` ReLU → 3): g, clip(g, ±0.1), p,
-  momenta (3), RMS (1), m·rsqrt(RMS) (3), rsqrt(RMS) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1), the Adafactor
-  row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the Adafactor-
-  normalised momenta (3) (``PARAM_FEATURES``, 14 groups), each column normalised over the tensor by its
-  second moment (as VeLO's normaliser over the tensor's axes). Its
-  weights are ``interp_mult · mean_k(control_k · θ_k)`` over the bank.
+  momenta (3), RMS (1), m·rsqrt(RMS + 1e-6) (3), rsqrt(RMS + 1e-6) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1),
+  the Adafactor row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the
+  Adafactor-normalised momenta (3; ``m · v**-0.5`` without ε for unfactored tensors) (``PARAM_FEATURES``, 14 groups),
+  each column normalised over the tensor by its second moment. Its weights are ``interp_mult · mean_k(control_k ·
+  θ_k)`` over the bank (HyperV2: interp_mult 100).
 * **Step**: ``direction · exp(exp_mult · magnitude) · step_mult · lr_mult``, times RMS(p) when ``param_scale_mult``
-  (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (it is not width
-  invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
+  (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (the μLO paper's
+  μVeLO: it is not width invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
 
 Two implementations of the per-parameter MLP compute the same function (config key ``lo_impl``):
 
@@ -28,11 +35,10 @@ Two implementations of the per-parameter MLP compute the same function (config k
   that XLA fuses into one loop over the tensor, so neither the stack nor the activations are written to memory
   (``dir_mag_fused``; BENCHMARKS.md, "μVeLO", has the cost of both).
 
-Differences from the upstream code (learned_optimization's HyperV2, copied by the μLO reference): the mix layer is
-the 2-layer embedding it was meant to be (upstream computes its first layer and discards it), the variance of the RMS
-accumulator is taken around its own mean (upstream subtracts the momentum's mean), and the LSTM's state starts at 0
-instead of a stored (zero) initial state. The fraction of training comes from ``num_steps`` given to
-``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length.
+``num_steps`` (given to ``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length)
+must be >= 1, and every ``update`` needs the loss (VeLO's loss features): both are refused otherwise, as HyperV2 does.
+θ files of mulo's VeLO before it matched HyperV2 (no ``semantics`` hyper-parameter; a 2-layer mix layer, 28 LSTM
+inputs, zero initial state) are refused with one line: their θ has no HyperV2 meaning, so there is no converter.
 """
 
 from __future__ import annotations
@@ -50,12 +56,17 @@ from mulo.optimizers.features import (Acc, decay_from_param, effective_weights, 
                                       fused_inputs, init_acc, mean_squares, product, safe_rsqrt, update_acc)
 
 FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the longest and its running minimum
-MAX_RANK = 5  # rank one-hot
+NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the next longer one and its running minimum
+LOSS_MIN_INIT = 999999999999.0  # the loss buffer's initial running minimum (HyperV2's)
+MAX_RANK = 5  # rank one-hot: ranks 0 … 4; rank >= 5 is all zeros (HyperV2's)
 PARAM_FEATURE_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "fac_g", "g_rsqrt_rms", "row",
                         "col", "rsqrt_row", "rsqrt_col", "fac_m")
 PARAM_FEATURES = 30
-LSTM_FEATURES = len(FRACTION_TIMESCALES) + (NUM_LOSS_EMAS - 1) + 3 + 1 + 1 + MAX_RANK  # 28
+# HyperV2's LSTM inputs in its (sorted-key) order: fraction_left, loss_features, mean_rms, rank, var_m, var_rms
+LSTM_GROUPS = (("fraction_left", len(FRACTION_TIMESCALES)), ("loss_features", NUM_LOSS_EMAS - 1), ("mean_rms", 1),
+               ("rank", MAX_RANK), ("var_m", 3), ("var_rms", 3))
+LSTM_FEATURES = sum(n for _, n in LSTM_GROUPS)  # 30
+SEMANTICS = "hyperv2"  # VeloHParams.semantics: θ files without it hold the earlier (non-HyperV2) rule
 GRAD_CLIP = 1000.0
 NORM_EPS = 1e-5
 NUM_OUTPUTS = 3  # direction, magnitude, unused (VeLO's)
@@ -79,7 +90,15 @@ class VeloHParams(HParamsDict):
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    semantics: str = SEMANTICS  # the update rule θ was trained under (θ files before HyperV2 parity had none)
     KIND = "VeLO"  # in error lines (not a field)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VeloHParams":
+        if "semantics" not in d:
+            raise ConfigError("this VeLO theta was written by mulo before its VeLO matched Google's HyperV2 (other "
+                              "LSTM inputs and mix layer): it cannot be loaded; meta-train it again")
+        return super().from_dict(d)
 
     def __post_init__(self):
         for key in ("lstm_hidden_size", "param_inits", "ff_hidden_size", "ff_hidden_layers"):
@@ -87,6 +106,8 @@ class VeloHParams(HParamsDict):
                 raise ConfigError(f"VeLO's {key} must be >= 1, got {getattr(self, key)}")
         if len(self.momentum_decays) != 3 or len(self.rms_decays) != 1 or len(self.adafactor_decays) != 3:
             raise ConfigError("VeLO needs 3 momentum, 1 RMS and 3 Adafactor decays (30 features per parameter)")
+        if self.semantics != SEMANTICS:
+            raise ConfigError(f"unknown VeLO semantics {self.semantics!r}; this mulo runs {SEMANTICS!r}")
 
 
 class VeloState(NamedTuple):
@@ -113,8 +134,9 @@ def fraction_embedding(fraction: jax.Array) -> jax.Array:
 
 
 def loss_decays(num_steps: jax.Array) -> jax.Array:
-    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps``."""
-    top = jnp.log10(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 10.0))
+    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps`` (>= 1; below 10 the half-lives fall from 10
+    to ``num_steps``, as HyperV2's)."""
+    top = jnp.log10(jnp.asarray(num_steps, jnp.float32))
     return jnp.exp(-1.0 / jnp.logspace(1.0, top, NUM_LOSS_EMAS))
 
 
@@ -140,17 +162,18 @@ def _clip_log_abs(v):
 
 
 def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
-    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor (``m``, ``v``: its accumulator tuples)."""
+    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor in ``LSTM_GROUPS`` order (``m``, ``v``: its accumulator
+    tuples before this step's gradient)."""
     norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
-    # var(x · norm) = norm² · var(x): the reductions read the accumulators themselves, nothing of p's size is written
-    variance = lambda x: jnp.mean(jnp.square(x - jnp.mean(x))) * jnp.square(norm)
-    var_m = jnp.stack([variance(x) for x in m])
+    # mean((x − c)² · norm²): the reductions read the accumulators themselves, nothing of p's size is written
+    spread = lambda x, centre: jnp.mean(jnp.square(x - centre)) * jnp.square(norm)
+    means_m = [jnp.mean(x) for x in m]
+    var_m = jnp.stack([spread(x, c) for x, c in zip(m, means_m)])
     mean_rms = jnp.mean(v[0]) * norm
-    var_rms = variance(v[0])
+    var_rms = jnp.stack([spread(v[0], c) for c in means_m])  # around the momenta's means (HyperV2's)
     rank = int(np.sum(np.asarray(p.shape) > 1))
-    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
-                            _clip_log_abs(mean_rms)[None], _clip_log_abs(var_rms)[None],
-                            jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
+    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(mean_rms)[None],
+                            jax.nn.one_hot(rank, MAX_RANK), _clip_log_abs(var_m), _clip_log_abs(var_rms)])
 
 
 def _dense(w, b, x):
@@ -161,8 +184,8 @@ def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
     """(controls (T, param_inits), lr_mult (T,), h, c) for the (T, LSTM_FEATURES) per-tensor inputs ``x``.
     Each row is one tensor; the mix layer's max over rows is the only coupling, so permuting tensors permutes the
     outputs."""
-    mix = jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))
-    mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], mix))
+    # HyperV2's mix layer: its first linear (mix0) is computed and discarded there, so it is not computed here
+    mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], x))
     x = _dense(rnn["in_w"], rnn["in_b"], x) + jnp.max(mix, axis=0, keepdims=True)
     gates = x @ rnn["lstm_wx"] + h @ rnn["lstm_wh"] + rnn["lstm_b"]
     i, g, f, o = jnp.split(gates, 4, axis=-1)
@@ -186,7 +209,7 @@ def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
         fac_g, fac_m = g[..., None] * rc, m * rc
     else:
         row = col = stack(acc.diag)
-        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + 1e-6) ** -0.5
+        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * row ** -0.5  # no ε (HyperV2's)
     return [g[..., None], jnp.clip(g, -0.1, 0.1)[..., None], p[..., None], m, v, m * rsqrt, rsqrt, fac_g,
             g[..., None] * rsqrt, row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
 
@@ -231,7 +254,7 @@ def fused_columns(p, g, acc: Acc) -> tuple[list, list]:
     holds (factors broadcastable to p.shape whose product is the column, [columns]) and ``small`` (an array on a
     factored shape, broadcastable to p.shape, [columns]); an unfactored tensor's second moment, VeLO's row and column
     features both, is one entry with two columns."""
-    full, small = fused_inputs(p, g, acc)
+    full, small = fused_inputs(p, g, acc, diag_mom_eps=0.0)
     columns = lambda idx: [_COLUMN_OF_FUSED[i] for i in idx]
     rsqrt_rms = jax.lax.rsqrt(acc.v[0] + 1e-6)
     full = [(f, columns(i)) for f, i in full] + [((jnp.clip(g, -0.1, 0.1),), [1]), ((g, rsqrt_rms), [14])]
@@ -313,12 +336,13 @@ class VeloLO:
         lh, k, fh, nl = hp.lstm_hidden_size, hp.param_inits, hp.ff_hidden_size, hp.ff_hidden_layers
         keys = iter(jax.random.split(key, 8 + nl + 1))
         rnn = {"mix0_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix0_b": jnp.zeros((lh,)),
-               "mix1_w": _normal(next(keys), lh, (lh, lh)), "mix1_b": jnp.zeros((lh,)),
+               "mix1_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix1_b": jnp.zeros((lh,)),
                "in_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "in_b": jnp.zeros((lh,)),
                "lstm_wx": _normal(next(keys), lh, (lh, 4 * lh)), "lstm_wh": _normal(next(keys), lh, (lh, 4 * lh)),
                "lstm_b": jnp.zeros((4 * lh,)),
                "ctrl_w": _normal(next(keys), lh, (lh, k)), "ctrl_b": jnp.zeros((k,)),
-               "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,))}
+               "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,)),
+               "init_h": jnp.zeros((lh,)), "init_c": jnp.zeros((lh,))}  # the LSTM's initial state (meta-trained)
         sizes = [PARAM_FEATURES] + [fh] * nl + [NUM_OUTPUTS]
         ff = {}
         for i in range(nl + 1):
@@ -335,20 +359,27 @@ class VeloLO:
         b_f = decay_from_param(hp.adafactor_decays, jnp.zeros((3,)))
 
         def init(params, num_steps: int = 1) -> VeloState:
+            if isinstance(num_steps, (int, np.integer)) and num_steps < 1:
+                raise ValueError(f"VeLO needs the planned number of steps (num_steps >= 1), got {num_steps}")
             if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
                 raise ValueError("update_scales must have the structure of the params")
             accs = jax.tree.map(lambda p: init_acc(jnp.asarray(p), 3, 1, 3), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             n = len(jax.tree.leaves(params))
-            zeros = lambda: jnp.zeros((n, hp.lstm_hidden_size), jnp.float32)  # two buffers (loops donate the state)
+            # the stored initial state, once per tensor; two buffers (loops donate the state)
+            start = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n, hp.lstm_hidden_size)) + 0.0
             steps = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
-            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), zeros(), zeros(),
-                             jnp.zeros((NUM_LOSS_EMAS,), jnp.float32), jnp.full((NUM_LOSS_EMAS,), 1e12, jnp.float32),
+            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), start(theta["rnn"]["init_h"]),
+                             start(theta["rnn"]["init_c"]), jnp.zeros((NUM_LOSS_EMAS,), jnp.float32),
+                             jnp.full((NUM_LOSS_EMAS,), LOSS_MIN_INIT, jnp.float32),
                              loss_decays(steps), jnp.asarray(0, jnp.int32), steps)
 
         def update(state: VeloState, grads, loss=None, key=None) -> VeloState:
             del key
-            loss = jnp.asarray(0.0 if loss is None else loss, jnp.float32)
+            if loss is None:
+                raise ValueError("VeLO needs the training loss at every step (its loss features): update(state, "
+                                 "grads, loss)")
+            loss = jnp.asarray(loss, jnp.float32)
             means, running_min = update_loss_buffer(state.loss_means, state.loss_min, state.loss_decays,
                                                     state.iteration, loss)
             loss_feats = loss_features(means, running_min, state.loss_decays, state.iteration + 1)
