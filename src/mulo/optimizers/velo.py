@@ -44,7 +44,7 @@ inputs, zero initial state) are refused with one line: their θ has no HyperV2 m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -319,6 +319,7 @@ class VeloLO:
     name: str
     hparams: VeloHParams = field(default_factory=VeloHParams)
     impl: str = "fused"  # one of IMPLEMENTATIONS (config key lo_impl): how the per-parameter MLP is computed
+    needs_loss: ClassVar[bool] = True  # update reads the loss, init the planned length (mulo.optimizers.export)
 
     def __post_init__(self):
         if self.name not in DEFAULTS:
