@@ -130,3 +130,113 @@ def theta_from_hyperv2(tree: Any, origin: str = "HyperV2 theta", sizes: dict | N
             ff[f"w{i}"] = _array(ff_in[f"w{i}"], origin, f"ff_mod_stack/~/w{i}", (k, widths[i - 1], widths[i]))
         ff[f"b{i}"] = _array(ff_in[f"b{i}"], origin, f"ff_mod_stack/~/b{i}", (k, widths[i]))
     return sizes, {"rnn": rnn, "ff": ff}
+
+
+# ------------------------------------------------------------------------------------------------ files and names
+
+GOOGLE_CHECKPOINT = "aug12_continue_on_bigger_2xbs_200kstep_bigproblem_v2_5620"
+GOOGLE_URL = ("https://storage.googleapis.com/gresearch/learned_optimization/pretrained_lopts/"
+              f"{GOOGLE_CHECKPOINT}/params")
+FLAX_FILE = "theta.state"  # amoudgl/velo-4000's file name
+PYLO_REPOS = ("Pauljanson002/VeLO_RNN", "Pauljanson002/VeLO_MLP")
+# velo:NAME -> where it comes from (README "Use a pretrained LO")
+NAMES = {"velo-4000": f"hf:amoudgl/velo-4000 ({FLAX_FILE}: Google's released VeLO, flax msgpack)",
+         "pylo": f"hf:{PYLO_REPOS[0]} + hf:{PYLO_REPOS[1]} (PyLO's safetensors conversion of Google's VeLO)",
+         "google": f"{GOOGLE_URL} (Google's checkpoint; read from a local copy: velo:PATH)"}
+
+
+def velo_lo(sizes: dict, impl: str = "fused"):
+    """VeLO (``velo``: HyperV2's step, 100× interpolation and RMS(p) factor) with the given sizes."""
+    from mulo.optimizers.velo import VeloHParams, VeloLO
+
+    return VeloLO("velo", VeloHParams(**sizes, **HYPERV2_HPARAMS), impl=impl)
+
+
+def read_flax_file(path, origin: str | None = None, impl: str = "fused") -> tuple[Any, dict]:
+    """(lo, θ) from a flax msgpack file: Google's checkpoint ({params: θ, gen_id, step}) or a bare θ (theta.state)."""
+    import os
+
+    from flax import serialization
+
+    origin = origin or os.fspath(path)
+    if not os.path.isfile(path):
+        _fail(origin, "no such file")
+    try:
+        with open(path, "rb") as f:
+            tree = serialization.msgpack_restore(f.read())
+    except Exception as e:  # msgpack raises several unrelated types on corrupt input
+        _fail(origin, f"not a flax msgpack file ({type(e).__name__}: {str(e)[:120]})")
+    if isinstance(tree, Mapping) and set(tree) == {"params", "gen_id", "step"}:  # ParameterCheckpoint
+        tree = tree["params"]
+    sizes, theta = theta_from_hyperv2(tree, origin)
+    return velo_lo(sizes, impl), theta
+
+
+def _pylo_rnn(tensors: Mapping, config: Any, origin: str) -> tuple[dict, dict]:
+    if not isinstance(config, Mapping) or config.get("mix_layers", True) is not True:
+        _fail(origin, "VeLO_RNN's config.json must be a JSON object with mix_layers true")
+    lh, k = config.get("lstm_hidden_size", 512), config.get("param_inits", 256)
+    n_in = config.get("input_size", 30)
+    names = {"mix0": "mix_layer1", "mix1": "mix_layer2", "in": "final_mix_layer", "ctrl": "rnn_to_controls",
+             "lr": "step_size"}
+    want = {f"{m}.{p}" for m in (*names.values(), "lstm.linear") for p in ("weight", "bias")}
+    _keys(tensors, want | {"lstm_init_state.0", "lstm_init_state.1"}, origin, "VeLO_RNN's model.safetensors")
+    tree = {"rnn_params": {}, "lstm_init_state": {"hidden": tensors["lstm_init_state.0"],
+                                                  "cell": tensors["lstm_init_state.1"]}}
+    outs = {"mix0": lh, "mix1": lh, "in": lh, "ctrl": k, "lr": 1}
+    ins = {"mix0": n_in, "mix1": n_in, "in": n_in, "ctrl": lh, "lr": lh}
+    for ours, theirs in names.items():
+        w = _array(tensors[f"{theirs}.weight"], origin, f"{theirs}.weight", (outs[ours], ins[ours]))
+        tree["rnn_params"][RNN_MODULES[ours]] = {"w": w.T, "b": tensors[f"{theirs}.bias"]}
+    w = _array(tensors["lstm.linear.weight"], origin, "lstm.linear.weight", (4 * lh, 2 * lh))
+    tree["rnn_params"][LSTM_MODULE] = {"w": w.T, "b": tensors["lstm.linear.bias"]}
+    return tree, {"lstm_hidden_size": lh, "param_inits": k}
+
+
+def _pylo_mlp(tensors: Mapping, config: Any, origin: str) -> tuple[dict, dict]:
+    if not isinstance(config, Mapping):
+        _fail(origin, "VeLO_MLP's config.json is not a JSON object")
+    k, fh = config.get("param_inits", 256), config.get("hidden_size", 4)
+    hidden = config.get("hidden_layers", 1)
+    if config.get("input_size", 30) != 30 or config.get("output_size", 3) != 3:
+        _fail(origin, "VeLO_MLP's config.json must have input_size 30 and output_size 3")
+    banks = ["input_weights_", "input_bias_", "output_weights_", "output_bias_"]
+    banks += [f"hidden_{w}_.{i}" for i in range(hidden) for w in ("weights", "bias")]
+    working = [b[:-1] if b.endswith("_") else b.replace("_.", ".") for b in banks]  # PyLO's mixed copies: not θ
+    _keys({k: v for k, v in tensors.items() if k not in working}, set(banks), origin, "VeLO_MLP's model.safetensors")
+    w0 = _array(tensors["input_weights_"], origin, "input_weights_", (k, fh, 30)).transpose(0, 2, 1)
+    ff, start = {}, 0
+    for i, size in enumerate(GROUP_SIZES):  # HyperV2 keeps the first layer one weight per feature group
+        ff[f"w0__{i}"], start = w0[:, start:start + size], start + size
+    ff["b0"] = tensors["input_bias_"]
+    for i in range(hidden):
+        w = _array(tensors[f"hidden_weights_.{i}"], origin, f"hidden_weights_.{i}", (k, fh, fh))
+        ff[f"w{i + 1}"], ff[f"b{i + 1}"] = w.transpose(0, 2, 1), tensors[f"hidden_bias_.{i}"]
+    w = _array(tensors["output_weights_"], origin, "output_weights_", (k, 3, fh))
+    ff[f"w{hidden + 1}"], ff[f"b{hidden + 1}"] = w.transpose(0, 2, 1), tensors["output_bias_"]
+    return {"~": ff}, {"param_inits": k, "ff_hidden_size": fh, "ff_hidden_layers": hidden + 1}
+
+
+def read_pylo_folders(rnn_folder, mlp_folder, origin: str = "PyLO VeLO", impl: str = "fused") -> tuple[Any, dict]:
+    """(lo, θ) from PyLO's two hub folders (VeLO_RNN, VeLO_MLP: config.json + model.safetensors each)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    parts = []
+    for folder, what in ((rnn_folder, "VeLO_RNN"), (mlp_folder, "VeLO_MLP")):
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            tensors = load_file(str(folder / "model.safetensors"))
+        except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
+            _fail(origin, f"cannot read {what} in {folder} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+        parts.append((tensors, config, f"{origin} ({what})"))
+    rnn_tree, rnn_sizes = _pylo_rnn(*parts[0])
+    ff_tree, ff_sizes = _pylo_mlp(*parts[1])
+    if rnn_sizes["param_inits"] != ff_sizes["param_inits"]:
+        _fail(origin, f"VeLO_RNN has {rnn_sizes['param_inits']} controls but VeLO_MLP {ff_sizes['param_inits']} MLPs")
+    sizes, theta = theta_from_hyperv2({**rnn_tree, "ff_mod_stack": ff_tree}, origin, {**rnn_sizes, **ff_sizes})
+    return velo_lo(sizes, impl), theta
