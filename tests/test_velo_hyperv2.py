@@ -329,14 +329,7 @@ def test_theta_maps_one_to_one():
         np.float32))  # m's weights: the fourth group, columns 3..5
 
 
-def test_one_line_errors_for_a_missing_loss_or_length_and_an_old_theta_file(tmp_path):
-    import json
-
-    from flax import serialization
-
-    from mulo.errors import CheckpointError
-    from mulo.optimizers.theta_io import FORMAT, VERSION, load_theta
-
+def test_one_line_errors_for_a_missing_loss_or_length():
     lo = V.VeloLO("velo", V.VeloHParams(**SIZES, **V.DEFAULTS["velo"]))
     opt = lo.opt_fn(lo.init_theta(jax.random.PRNGKey(0)))
     params = {"w": jnp.ones((3, 2))}
@@ -344,11 +337,49 @@ def test_one_line_errors_for_a_missing_loss_or_length_and_an_old_theta_file(tmp_
         opt.init(params, 0)
     with pytest.raises(ValueError, match="needs the training loss"):
         opt.update(opt.init(params, 5), params, None)
-    hp = lo.hparams.to_dict()
+    with pytest.raises(Exception, match="unknown VeLO semantics 'hyperv3'"):
+        V.VeloHParams(semantics="hyperv3")
+
+
+def test_a_theta_file_from_before_hyperv2_parity_runs_its_own_rule(tmp_path):
+    """θ files without a semantics entry hold mulo's earlier VeLO: they load as semantics "mulo-v1" (its 28 LSTM
+    inputs, 2-layer mix layer, zero initial state), never as HyperV2, and both paths run it alike."""
+    import json
+
+    from flax import serialization
+
+    from mulo.errors import CheckpointError
+    from mulo.optimizers.theta_io import FORMAT, VERSION, load_theta
+
+    old = V.VeloLO("mup_velo", V.VeloHParams(**SIZES, **V.DEFAULTS["mup_velo"], semantics=V.MULO_V1))
+    theta = jax.tree.map(np.asarray, old.init_theta(jax.random.PRNGKey(0)))
+    assert theta["rnn"]["mix1_w"].shape == (8, 8) and "init_h" not in theta["rnn"]
+    hp = old.hparams.to_dict()
     del hp["semantics"]  # as written before HyperV2 parity
-    payload = {"format": FORMAT, "version": VERSION, "header": json.dumps({"lo_name": "velo", "hparams": hp}),
-               "theta": jax.tree.map(np.asarray, lo.init_theta(jax.random.PRNGKey(0)))}
-    (tmp_path / "old.msgpack").write_bytes(serialization.msgpack_serialize(payload))
-    with pytest.raises(CheckpointError, match="before its VeLO matched Google's HyperV2") as err:
-        load_theta(tmp_path / "old.msgpack")
+    write = lambda path, th: path.write_bytes(serialization.msgpack_serialize(
+        {"format": FORMAT, "version": VERSION, "header": json.dumps({"lo_name": "mup_velo", "hparams": hp}),
+         "theta": th}))
+    write(tmp_path / "old.msgpack", theta)
+    steps = {}
+    for impl in ("reference", "fused"):
+        lo, loaded, _ = load_theta(tmp_path / "old.msgpack", impl=impl)
+        assert lo.hparams.semantics == V.MULO_V1
+        opt = lo.opt_fn(loaded, {"w": 0.5, "b": 1.0})
+        params = {"w": jnp.full((4, 3), 0.1), "b": jnp.zeros((3,))}
+        grads = {"w": jnp.cos(jnp.arange(12.0)).reshape(4, 3), "b": jnp.ones((3,))}
+        state = opt.update(opt.init(params, 5), grads, jnp.float32(1.0))
+        steps[impl] = jax.tree.map(lambda a, b: np.asarray(a - b), params, opt.params(state))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), steps["reference"],
+                 steps["fused"])
+    assert np.abs(steps["fused"]["w"]).max() > 0
+    # its rule: 28 inputs, the rank one-hot last and clamped at rank 4
+    p = jnp.ones((2, 2, 2, 2, 2))
+    m, v = (jnp.ones_like(p),) * 3, (jnp.ones_like(p),)
+    x = V.tensor_features(p, m, v, 0.5, jnp.zeros((9,)), V.MULO_V1)
+    assert x.shape == (28,) and list(np.asarray(x[-5:])) == [0, 0, 0, 0, 1]
+    # a HyperV2-shaped θ under an old header is refused, one line
+    write(tmp_path / "mixed.msgpack", jax.tree.map(np.asarray, V.VeloLO("mup_velo", V.VeloHParams(
+        **SIZES, **V.DEFAULTS["mup_velo"])).init_theta(jax.random.PRNGKey(0))))
+    with pytest.raises(CheckpointError, match="do not match mup_velo") as err:
+        load_theta(tmp_path / "mixed.msgpack")
     assert "\n" not in str(err.value)

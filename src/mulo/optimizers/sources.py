@@ -89,7 +89,8 @@ def load_velo(name: str, impl: str = "fused", **download_kwargs) -> tuple[Any, A
         path = rnn / hub.WEIGHTS_FILE
     elif name == "google":
         raise CheckpointError(f"velo:google is not downloaded by mulo (Google Cloud Storage, not the hub): copy "
-                              f"{W.GOOGLE_URL} to a file and pass velo:PATH, or use velo:velo-4000 (a copy on the Hugging Face hub)")
+                              f"{W.GOOGLE_URL} to a file and pass velo:PATH, or use velo:velo-4000 (a copy on the "
+                              f"Hugging Face hub)")
     elif Path(name).is_file():
         lo, theta = W.read_flax_file(name, impl=impl)
         path = Path(name)

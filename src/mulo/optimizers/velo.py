@@ -6,8 +6,8 @@ every input, order, constant and state of it, quirks included, so that a HyperV2
 every tensor, ``param_inits`` mixing controls and a learning-rate multiplier; the controls mix a bank of
 ``param_inits`` small per-parameter MLPs into the one MLP that updates that tensor:
 
-* **LSTM inputs** (30 per tensor, ``LSTM_FEATURES``, in HyperV2's sorted-key order): 9 embeddings ``tanh(10 (f − τ))``
-  of the fraction of training done f = step / num_steps (τ = 0.03 … 1.1); 9 loss-buffer features (EMAs of the loss at
+* **LSTM inputs** (30 per tensor, ``LSTM_FEATURES``, in HyperV2's sorted-key order): 9 embeddings
+  ``tanh(10 (f − τ))`` of the fraction of training done f = step / num_steps (τ = 0.03 … 1.1); 9 loss-buffer features (EMAs of the loss at
   10 half-lives log-spaced from 10 steps to ``num_steps``, below 10 too, each but the longest relative to its running
   minimum and the next); then, for the parameter-RMS-normalised tensor (the accumulators *before* this step's
   gradient): the clipped log of the mean of the RMS accumulator (1), a one-hot of the tensor's rank (5; dimensions > 1
@@ -37,8 +37,12 @@ Two implementations of the per-parameter MLP compute the same function (config k
 
 ``num_steps`` (given to ``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length)
 must be >= 1, and every ``update`` needs the loss (VeLO's loss features): both are refused otherwise, as HyperV2 does.
-θ files of mulo's VeLO before it matched HyperV2 (no ``semantics`` hyper-parameter; a 2-layer mix layer, 28 LSTM
-inputs, zero initial state) are refused with one line: their θ has no HyperV2 meaning, so there is no converter.
+``semantics="mulo-v1"`` (hyper-parameter ``semantics``; default ``"hyperv2"``) is mulo's earlier VeLO, kept only so
+that θ trained under it still runs as it was trained: 28 LSTM inputs (var of the RMS around its own mean, one value;
+ranks >= 4 share the last one-hot bit; mean and var of the RMS before the rank), a 2-layer mix layer (mix0 then mix1,
+H×H), the LSTM starting from zeros (no init_h / init_c in θ), m·(v + 1e-6)^-0.5 for unfactored tensors and loss
+half-lives of at least 10 steps. θ files written before HyperV2 parity carry no ``semantics`` and load as
+``"mulo-v1"``, never as HyperV2; their θ has no HyperV2 meaning, so there is no converter to it.
 """
 
 from __future__ import annotations
@@ -66,7 +70,18 @@ PARAM_FEATURES = 30
 LSTM_GROUPS = (("fraction_left", len(FRACTION_TIMESCALES)), ("loss_features", NUM_LOSS_EMAS - 1), ("mean_rms", 1),
                ("rank", MAX_RANK), ("var_m", 3), ("var_rms", 3))
 LSTM_FEATURES = sum(n for _, n in LSTM_GROUPS)  # 30
-SEMANTICS = "hyperv2"  # VeloHParams.semantics: θ files without it hold the earlier (non-HyperV2) rule
+SEMANTICS = "hyperv2"  # VeloHParams.semantics: the default, Google's HyperV2
+MULO_V1 = "mulo-v1"  # mulo's earlier rule (θ files without a semantics entry hold it)
+LSTM_FEATURES_V1 = 28
+
+
+def lstm_features(semantics: str) -> int:
+    return LSTM_FEATURES_V1 if semantics == MULO_V1 else LSTM_FEATURES
+
+
+def diag_mom_eps(semantics: str) -> float:
+    """ε of an unfactored tensor's m·(v + ε)^-0.5 feature: none in HyperV2."""
+    return 1e-6 if semantics == MULO_V1 else 0.0
 GRAD_CLIP = 1000.0
 NORM_EPS = 1e-5
 NUM_OUTPUTS = 3  # direction, magnitude, unused (VeLO's)
@@ -90,15 +105,13 @@ class VeloHParams(HParamsDict):
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
-    semantics: str = SEMANTICS  # the update rule θ was trained under (θ files before HyperV2 parity had none)
+    semantics: str = SEMANTICS  # the update rule θ was trained under: SEMANTICS or MULO_V1
     KIND = "VeLO"  # in error lines (not a field)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VeloHParams":
-        if "semantics" not in d:
-            raise ConfigError("this VeLO theta was written by mulo before its VeLO matched Google's HyperV2 (other "
-                              "LSTM inputs and mix layer): it cannot be loaded; meta-train it again")
-        return super().from_dict(d)
+        # written before HyperV2 parity: the earlier rule, explicitly (never silently run as HyperV2)
+        return super().from_dict(d if "semantics" in d else {**d, "semantics": MULO_V1})
 
     def __post_init__(self):
         for key in ("lstm_hidden_size", "param_inits", "ff_hidden_size", "ff_hidden_layers"):
@@ -106,8 +119,8 @@ class VeloHParams(HParamsDict):
                 raise ConfigError(f"VeLO's {key} must be >= 1, got {getattr(self, key)}")
         if len(self.momentum_decays) != 3 or len(self.rms_decays) != 1 or len(self.adafactor_decays) != 3:
             raise ConfigError("VeLO needs 3 momentum, 1 RMS and 3 Adafactor decays (30 features per parameter)")
-        if self.semantics != SEMANTICS:
-            raise ConfigError(f"unknown VeLO semantics {self.semantics!r}; this mulo runs {SEMANTICS!r}")
+        if self.semantics not in (SEMANTICS, MULO_V1):
+            raise ConfigError(f"unknown VeLO semantics {self.semantics!r}; expected {SEMANTICS!r} or {MULO_V1!r}")
 
 
 class VeloState(NamedTuple):
@@ -133,10 +146,11 @@ def fraction_embedding(fraction: jax.Array) -> jax.Array:
     return jnp.tanh(10.0 * (jnp.asarray(fraction, jnp.float32) - jnp.asarray(FRACTION_TIMESCALES, jnp.float32)))
 
 
-def loss_decays(num_steps: jax.Array) -> jax.Array:
+def loss_decays(num_steps: jax.Array, semantics: str = SEMANTICS) -> jax.Array:
     """EMA decays for half-lives log-spaced from 10 steps to ``num_steps`` (>= 1; below 10 the half-lives fall from 10
-    to ``num_steps``, as HyperV2's)."""
-    top = jnp.log10(jnp.asarray(num_steps, jnp.float32))
+    to ``num_steps``, as HyperV2's; mulo-v1: at least 10)."""
+    steps = jnp.asarray(num_steps, jnp.float32)
+    top = jnp.log10(jnp.maximum(steps, 10.0) if semantics == MULO_V1 else steps)
     return jnp.exp(-1.0 / jnp.logspace(1.0, top, NUM_LOSS_EMAS))
 
 
@@ -161,7 +175,7 @@ def _clip_log_abs(v):
     return jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * v)), -5.0, 5.0) * 0.5
 
 
-def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
+def tensor_features(p, m, v, fraction, loss_feats, semantics: str = SEMANTICS) -> jax.Array:
     """The LSTM's ``LSTM_FEATURES`` inputs for one tensor in ``LSTM_GROUPS`` order (``m``, ``v``: its accumulator
     tuples before this step's gradient)."""
     norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
@@ -172,6 +186,11 @@ def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
     mean_rms = jnp.mean(v[0]) * norm
     var_rms = jnp.stack([spread(v[0], c) for c in means_m])  # around the momenta's means (HyperV2's)
     rank = int(np.sum(np.asarray(p.shape) > 1))
+    if semantics == MULO_V1:
+        var_own = spread(v[0], jnp.mean(v[0]))
+        return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
+                                _clip_log_abs(mean_rms)[None], _clip_log_abs(var_own)[None],
+                                jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
     return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(mean_rms)[None],
                             jax.nn.one_hot(rank, MAX_RANK), _clip_log_abs(var_m), _clip_log_abs(var_rms)])
 
@@ -180,12 +199,15 @@ def _dense(w, b, x):
     return x @ w + b
 
 
-def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
+def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array, semantics: str = SEMANTICS):
     """(controls (T, param_inits), lr_mult (T,), h, c) for the (T, LSTM_FEATURES) per-tensor inputs ``x``.
     Each row is one tensor; the mix layer's max over rows is the only coupling, so permuting tensors permutes the
     outputs."""
     # HyperV2's mix layer: its first linear (mix0) is computed and discarded there, so it is not computed here
-    mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], x))
+    if semantics == MULO_V1:  # the 2-layer embedding
+        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))))
+    else:
+        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], x))
     x = _dense(rnn["in_w"], rnn["in_b"], x) + jnp.max(mix, axis=0, keepdims=True)
     gates = x @ rnn["lstm_wx"] + h @ rnn["lstm_wh"] + rnn["lstm_b"]
     i, g, f, o = jnp.split(gates, 4, axis=-1)
@@ -199,7 +221,7 @@ def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
 # ----------------------------------------------------------------------------------------- per-parameter MLP
 
 
-def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
+def param_feature_groups(p, g, acc: Acc, mom_eps: float = 0.0) -> list[jax.Array]:
     """The 14 feature groups of one tensor (rank >= 1), each (*p.shape, k), 30 columns in all."""
     stack = lambda xs: jnp.stack(xs, axis=-1)
     m, v = stack(acc.m), acc.v[0][..., None]
@@ -209,16 +231,16 @@ def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
         fac_g, fac_m = g[..., None] * rc, m * rc
     else:
         row = col = stack(acc.diag)
-        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * row ** -0.5  # no ε (HyperV2's)
+        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + mom_eps) ** -0.5  # HyperV2: ε = 0
     return [g[..., None], jnp.clip(g, -0.1, 0.1)[..., None], p[..., None], m, v, m * rsqrt, rsqrt, fac_g,
             g[..., None] * rsqrt, row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
 
 
-def param_features(p, g, acc: Acc) -> jax.Array:
+def param_features(p, g, acc: Acc, mom_eps: float = 0.0) -> jax.Array:
     """(*p.shape, 30): the groups' columns, each normalised over the tensor by its second moment."""
     axes = tuple(range(p.ndim))
     normed = [x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
-              for x in param_feature_groups(p, g, acc)]
+              for x in param_feature_groups(p, g, acc, mom_eps)]
     return jnp.concatenate(normed, axis=-1)
 
 
@@ -236,9 +258,9 @@ def mlp_apply(ff: dict, x: jax.Array, num_layers: int) -> jax.Array:
     return x @ ff[f"w{num_layers}"] + ff[f"b{num_layers}"]
 
 
-def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """(direction, magnitude), each of p's shape: the mixed MLP ``ff`` on the (*p.shape, 30) feature stack."""
-    out = mlp_apply(ff, param_features(p, g, acc), num_layers)
+    out = mlp_apply(ff, param_features(p, g, acc, mom_eps), num_layers)
     return out[..., 0], out[..., 1]
 
 
@@ -249,12 +271,12 @@ def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Ar
 _COLUMN_OF_FUSED = (0, *range(2, 14), *range(15, 30))
 
 
-def fused_columns(p, g, acc: Acc) -> tuple[list, list]:
+def fused_columns(p, g, acc: Acc, mom_eps: float = 0.0) -> tuple[list, list]:
     """VeLO's 30 columns before normalisation, as ``features.fused_inputs`` gives them: (full, small) where ``full``
     holds (factors broadcastable to p.shape whose product is the column, [columns]) and ``small`` (an array on a
     factored shape, broadcastable to p.shape, [columns]); an unfactored tensor's second moment, VeLO's row and column
     features both, is one entry with two columns."""
-    full, small = fused_inputs(p, g, acc, diag_mom_eps=0.0)
+    full, small = fused_inputs(p, g, acc, diag_mom_eps=mom_eps)
     columns = lambda idx: [_COLUMN_OF_FUSED[i] for i in idx]
     rsqrt_rms = jax.lax.rsqrt(acc.v[0] + 1e-6)
     full = [(f, columns(i)) for f, i in full] + [((jnp.clip(g, -0.1, 0.1),), [1]), ((g, rsqrt_rms), [14])]
@@ -277,7 +299,7 @@ def _dense_units(w, b, units: list) -> list:
     return [b[j] + sum(w[k, j] * u for k, u in enumerate(units)) for j in range(w.shape[1])]
 
 
-def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """``dir_mag_reference`` without the (*p.shape, 30) feature stack or the (*p.shape, H) activations.
 
     Each column's normaliser 1/sqrt(ε + mean(x²)) is a per-tensor scalar, so it is folded into the first layer's
@@ -286,7 +308,7 @@ def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array,
     they are also contracted (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
     the features into one loop over the tensor.
     """
-    full, small = fused_columns(p, g, acc)
+    full, small = fused_columns(p, g, acc, mom_eps)
     w0 = ff["w0"]  # (30, H)
     w_full = effective_weights(w0, full, mean_squares([f for f, _ in full], p.shape), NORM_EPS)  # (Kf, H)
     w_small = effective_weights(w0, small, eps=NORM_EPS) if small else None  # (Ks, H)
@@ -336,14 +358,16 @@ class VeloLO:
         hp = self.hparams
         lh, k, fh, nl = hp.lstm_hidden_size, hp.param_inits, hp.ff_hidden_size, hp.ff_hidden_layers
         keys = iter(jax.random.split(key, 8 + nl + 1))
-        rnn = {"mix0_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix0_b": jnp.zeros((lh,)),
-               "mix1_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix1_b": jnp.zeros((lh,)),
-               "in_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "in_b": jnp.zeros((lh,)),
+        n_in, v1 = lstm_features(hp.semantics), hp.semantics == MULO_V1
+        mix_in = lh if v1 else n_in  # mulo-v1's mix1 reads mix0's output
+        rnn = {"mix0_w": _normal(next(keys), n_in, (n_in, lh)), "mix0_b": jnp.zeros((lh,)),
+               "mix1_w": _normal(next(keys), mix_in, (mix_in, lh)), "mix1_b": jnp.zeros((lh,)),
+               "in_w": _normal(next(keys), n_in, (n_in, lh)), "in_b": jnp.zeros((lh,)),
                "lstm_wx": _normal(next(keys), lh, (lh, 4 * lh)), "lstm_wh": _normal(next(keys), lh, (lh, 4 * lh)),
                "lstm_b": jnp.zeros((4 * lh,)),
                "ctrl_w": _normal(next(keys), lh, (lh, k)), "ctrl_b": jnp.zeros((k,)),
                "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,)),
-               "init_h": jnp.zeros((lh,)), "init_c": jnp.zeros((lh,))}  # the LSTM's initial state (meta-trained)
+               **({} if v1 else {"init_h": jnp.zeros((lh,)), "init_c": jnp.zeros((lh,))})}  # initial state
         sizes = [PARAM_FEATURES] + [fh] * nl + [NUM_OUTPUTS]
         ff = {}
         for i in range(nl + 1):
@@ -369,11 +393,13 @@ class VeloLO:
             n = len(jax.tree.leaves(params))
             # the stored initial state, once per tensor; two buffers (loops donate the state)
             start = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n, hp.lstm_hidden_size)) + 0.0
+            v1 = hp.semantics == MULO_V1  # no stored initial state: zeros
+            init_h, init_c = (0.0, 0.0) if v1 else (theta["rnn"]["init_h"], theta["rnn"]["init_c"])
             steps = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
-            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), start(theta["rnn"]["init_h"]),
-                             start(theta["rnn"]["init_c"]), jnp.zeros((NUM_LOSS_EMAS,), jnp.float32),
+            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), start(init_h),
+                             start(init_c), jnp.zeros((NUM_LOSS_EMAS,), jnp.float32),
                              jnp.full((NUM_LOSS_EMAS,), LOSS_MIN_INIT, jnp.float32),
-                             loss_decays(steps), jnp.asarray(0, jnp.int32), steps)
+                             loss_decays(steps, hp.semantics), jnp.asarray(0, jnp.int32), steps)
 
         def update(state: VeloState, grads, loss=None, key=None) -> VeloState:
             del key
@@ -388,9 +414,10 @@ class VeloLO:
             fraction = state.iteration / state.num_steps.astype(jnp.float32)
             flat_p, treedef = jax.tree.flatten(state.params)
             leaves = lambda tree: treedef.flatten_up_to(tree)
-            rows = [tensor_features(jnp.reshape(p, m[0].shape), m, v, fraction, loss_feats)
+            rows = [tensor_features(jnp.reshape(p, m[0].shape), m, v, fraction, loss_feats, hp.semantics)
                     for p, m, v in zip(flat_p, leaves(state.mom), leaves(state.rms))]
-            controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c)
+            controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c,
+                                                    hp.semantics)
             sc = leaves(scales) if scales is not None else [1.0] * len(flat_p)
             out_p, out_acc = [], []
             for i, (p, g, m, v, row, col, diag) in enumerate(zip(
@@ -399,7 +426,7 @@ class VeloLO:
                 p1, g1 = jnp.reshape(p, m[0].shape).astype(jnp.float32), jnp.reshape(g, m[0].shape)
                 acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
                 direction, magnitude = dir_mag(mix_mlp(theta["ff"], controls[i], hp.interp_mult), p1, g1, acc,
-                                               hp.ff_hidden_layers)
+                                               hp.ff_hidden_layers, diag_mom_eps(hp.semantics))
                 step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult * lr_mult[i]
                 if hp.param_scale_mult:
                     step = step * jnp.sqrt(jnp.mean(jnp.square(p1)) + 1e-9)

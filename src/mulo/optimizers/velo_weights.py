@@ -11,8 +11,8 @@ A HyperV2 θ (learned_optimization's ``HyperV2.init``) is a tree of three parts:
 
 Files (all read without learned_optimization, haiku or torch):
 
-* Google's checkpoint (``pretrained_optimizers``: ``gs://gresearch/learned_optimization/pretrained_lopts/<name>/params``,
-  default VeLO ``aug12_continue_on_bigger_2xbs_200kstep_bigproblem_v2_5620``): flax ``serialization.to_bytes`` of
+* Google's checkpoint (``pretrained_optimizers``:
+  ``gs://gresearch/learned_optimization/pretrained_lopts/<name>/params``, default VeLO ``aug12_continue_on_bigger_2xbs_200kstep_bigproblem_v2_5620``): flax ``serialization.to_bytes`` of
   ``ParameterCheckpoint(params=θ, gen_id, step)``, i.e. msgpack of ``{"params": θ, "gen_id": str, "step": int}``;
   its ``config.gin`` sets ``HyperV2.lstm_hidden_size = 512``, ``param_inits = 256``, ``use_bugged_loss_features =
   False`` (HyperV2's defaults otherwise: the step's 100× interpolation, RMS(p) factor, step and exp mult 0.001).
@@ -153,7 +153,8 @@ def velo_lo(sizes: dict, impl: str = "fused"):
 
 
 def read_flax_file(path, origin: str | None = None, impl: str = "fused") -> tuple[Any, dict]:
-    """(lo, θ) from a flax msgpack file: Google's checkpoint ({params: θ, gen_id, step}) or a bare θ (theta.state)."""
+    """(lo, θ) from a flax msgpack file: Google's checkpoint ({params: θ, gen_id, step}) or a bare θ
+    (theta.state)."""
     import os
 
     from flax import serialization
