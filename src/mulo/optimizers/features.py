@@ -145,7 +145,7 @@ def features_reference(p: jax.Array, g: jax.Array, acc: Acc, iteration: jax.Arra
     return jnp.concatenate([stack, tf], axis=-1)
 
 
-def fused_inputs(p, g, acc):
+def fused_inputs(p, g, acc, diag_mom_eps: float = 1e-6):
     """The LO's normalised-feature inputs for the fused path, grouped by shape.
 
     Returns (full, small): ``full`` is a list of (factors, [rows of w0]) where the feature is the product of the
@@ -153,7 +153,8 @@ def fused_inputs(p, g, acc):
     shape, broadcastable to p's shape, [rows of w0]). A feature that appears twice in the reference stack (v_diag and
     rsqrt(v_diag) for unfactored tensors) appears once with both rows. Products are kept as factors so that the
     normaliser's reduction and the MLP loop each compute them in their own fused loop, instead of XLA writing every
-    product feature to memory to share it.
+    product feature to memory to share it. ``diag_mom_eps``: ε of an unfactored tensor's m·(v_diag + ε)^-0.5 (the
+    Adafactor-MLP LO's 1e-6; VeLO's HyperV2 has none).
     """
     m, v = acc.m, acc.v[0]
     rs = jax.lax.rsqrt(v + 1e-6)
@@ -178,7 +179,7 @@ def fused_inputs(p, g, acc):
         # the reference feeds v_diag twice and rsqrt(v_diag) twice: same values, same normaliser -> add the weights
         full += [((diag[i],), [13 + i, 16 + i]) for i in range(3)]
         full += [((jax.lax.rsqrt(diag[i] + 1e-8),), [19 + i, 22 + i]) for i in range(3)]
-        full += [((m[i], (diag[i] + 1e-6) ** -0.5), [25 + i]) for i in range(3)]
+        full += [((m[i], (diag[i] + diag_mom_eps) ** -0.5), [25 + i]) for i in range(3)]
     return full, small
 
 

@@ -227,8 +227,9 @@ def reachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
 
 
 def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
-             endpoint: str | None = None, fetch: Callable[..., str] | None = None) -> Path:
-    """The local folder holding the hub model's ``config.json`` and ``model.safetensors``.
+             endpoint: str | None = None, fetch: Callable[..., str] | None = None,
+             filenames: tuple[str, ...] = HUB_FILES) -> Path:
+    """The local folder holding the hub model's ``filenames`` (``config.json`` and ``model.safetensors``).
 
     Each file is looked up in the hub cache first (``local_files_only``: no network call when it is there), and
     downloaded otherwise, after a quick check that the hub can be reached at all. ``fetch`` is
@@ -242,7 +243,7 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
         kwargs["endpoint"] = endpoint
     paths = []
     with _quiet_hub():
-        for filename in HUB_FILES:
+        for filename in filenames:
             try:
                 path = fetch(repo_id, filename, local_files_only=True, **kwargs)
             except Exception:  # not cached (huggingface_hub raises LocalEntryNotFoundError and friends)
@@ -255,7 +256,7 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
                     reason = (str(e).strip().splitlines() or [""])[0][:200]
                     raise CheckpointError(f"cannot download {filename} of {repo_id} from the Hugging Face hub "
                                           f"({type(e).__name__}: {reason}); offline? Connect (or check HF_ENDPOINT, "
-                                          f"HF_HUB_OFFLINE), or copy {' and '.join(HUB_FILES)} into a folder and "
+                                          f"HF_HUB_OFFLINE), or copy {' and '.join(filenames)} into a folder and "
                                           f"pass that folder as --checkpoint") from None
             paths.append(Path(path))
     folders = {p.parent for p in paths}

@@ -1,24 +1,31 @@
 """VeLO's hypernetwork learned optimizer: ``velo`` (SP) and ``mup_velo`` (μVeLO, reference_design.md §1.4).
 
-A per-tensor LSTM reads per-tensor features and produces, for every tensor, ``param_inits`` mixing controls and a
-learning-rate multiplier; the controls mix a bank of ``param_inits`` small per-parameter MLPs into the one MLP that
-updates that tensor:
+The update rule is Google's ``HyperV2`` (learned_optimization, ``research/general_lopt/hyper_v2.py``) exactly, with
+every input, order, constant and state of it, quirks included, so that a HyperV2 θ (VeLO's released weights,
+``velo_weights``) maps one to one onto this module's θ. A per-tensor LSTM reads per-tensor features and produces, for
+every tensor, ``param_inits`` mixing controls and a learning-rate multiplier; the controls mix a bank of
+``param_inits`` small per-parameter MLPs into the one MLP that updates that tensor:
 
-* **LSTM inputs** (28 per tensor, ``LSTM_FEATURES``): 9 embeddings ``tanh(10 (f − τ))`` of the fraction of training
-  done f (τ = 0.03 … 1.1), 9 loss-buffer features (EMAs of the loss at 10 half-lives from 10 steps to the run's
-  length, each relative to its running minimum), for the parameter-RMS-normalised tensor: the clipped log of the
-  variance of each momentum (3), of the mean and of the variance of the RMS accumulator (1 + 1), and a one-hot of the
-  tensor's rank (5; dimensions > 1 counted). A *mix layer* gives every tensor the element-wise max over all tensors
-  of a 2-layer ReLU embedding, so the controls depend on the whole model but stay equivariant to reordering tensors.
+* **LSTM inputs** (30 per tensor, ``LSTM_FEATURES``, in HyperV2's sorted-key order): 9 embeddings
+  ``tanh(10 (f − τ))`` of the fraction of training done f = step / num_steps (τ = 0.03 … 1.1); 9 loss-buffer features (EMAs of the loss at
+  10 half-lives log-spaced from 10 steps to ``num_steps``, below 10 too, each but the longest relative to its running
+  minimum and the next); then, for the parameter-RMS-normalised tensor (the accumulators *before* this step's
+  gradient): the clipped log of the mean of the RMS accumulator (1), a one-hot of the tensor's rank (5; dimensions > 1
+  counted; rank >= 5 is all zeros), of the variance of each momentum (3), and of the mean square of the RMS
+  accumulator's deviation from each momentum's mean (3: HyperV2 subtracts the momentum's mean, not the RMS's own).
+* **Mix layer**: ``relu(linear_1(x))``, max over all tensors, added to ``linear_2(x)``: the LSTM's input. HyperV2
+  also computes a first ``linear(x)`` and discards it; its weights (``mix0_*``) are kept in θ, unused, so that θ maps
+  one to one. The LSTM (haiku's: gates i, g, f, o, forget bias +1) starts from the initial state stored in θ
+  (``init_h``, ``init_c``, meta-trained in VeLO's released weights).
 * **Per-parameter MLP** (30 inputs → ``ff_hidden_size`` × ``ff_hidden_layers`` ReLU → 3): g, clip(g, ±0.1), p,
-  momenta (3), RMS (1), m·rsqrt(RMS) (3), rsqrt(RMS) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1), the Adafactor
-  row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the Adafactor-
-  normalised momenta (3) (``PARAM_FEATURES``, 14 groups), each column normalised over the tensor by its
-  second moment (as VeLO's normaliser over the tensor's axes). Its
-  weights are ``interp_mult · mean_k(control_k · θ_k)`` over the bank.
+  momenta (3), RMS (1), m·rsqrt(RMS + 1e-6) (3), rsqrt(RMS + 1e-6) (1), Adafactor-normalised g (3), g·rsqrt(RMS) (1),
+  the Adafactor row and column second moments (3 + 3, an unfactored tensor's own twice), their rsqrt (3 + 3) and the
+  Adafactor-normalised momenta (3; ``m · v**-0.5`` without ε for unfactored tensors) (``PARAM_FEATURES``, 14 groups),
+  each column normalised over the tensor by its second moment. Its weights are ``interp_mult · mean_k(control_k ·
+  θ_k)`` over the bank (HyperV2: interp_mult 100).
 * **Step**: ``direction · exp(exp_mult · magnitude) · step_mult · lr_mult``, times RMS(p) when ``param_scale_mult``
-  (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (it is not width
-  invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
+  (VeLO's) and times the tensor's μP update scale for ``mup_velo``, which drops the RMS(p) factor (the μLO paper's
+  μVeLO: it is not width invariant, and is 0 for zero-initialised readouts). Gradients are clipped to ±1000.
 
 Two implementations of the per-parameter MLP compute the same function (config key ``lo_impl``):
 
@@ -28,17 +35,20 @@ Two implementations of the per-parameter MLP compute the same function (config k
   that XLA fuses into one loop over the tensor, so neither the stack nor the activations are written to memory
   (``dir_mag_fused``; BENCHMARKS.md, "μVeLO", has the cost of both).
 
-Differences from the upstream code (learned_optimization's HyperV2, copied by the μLO reference): the mix layer is
-the 2-layer embedding it was meant to be (upstream computes its first layer and discards it), the variance of the RMS
-accumulator is taken around its own mean (upstream subtracts the momentum's mean), and the LSTM's state starts at 0
-instead of a stored (zero) initial state. The fraction of training comes from ``num_steps`` given to
-``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length.
+``num_steps`` (given to ``init(params, num_steps)``: meta-test's ``num_inner_steps``, meta-train's episode length)
+must be >= 1, and every ``update`` needs the loss (VeLO's loss features): both are refused otherwise, as HyperV2 does.
+``semantics="mulo-v1"`` (hyper-parameter ``semantics``; default ``"hyperv2"``) is mulo's earlier VeLO, kept only so
+that θ trained under it still runs as it was trained: 28 LSTM inputs (var of the RMS around its own mean, one value;
+ranks >= 4 share the last one-hot bit; mean and var of the RMS before the rank), a 2-layer mix layer (mix0 then mix1,
+H×H), the LSTM starting from zeros (no init_h / init_c in θ), m·(v + 1e-6)^-0.5 for unfactored tensors and loss
+half-lives of at least 10 steps. θ files written before HyperV2 parity carry no ``semantics`` and load as
+``"mulo-v1"``, never as HyperV2; their θ has no HyperV2 meaning, so there is no converter to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +60,28 @@ from mulo.optimizers.features import (Acc, decay_from_param, effective_weights, 
                                       fused_inputs, init_acc, mean_squares, product, safe_rsqrt, update_acc)
 
 FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the longest and its running minimum
-MAX_RANK = 5  # rank one-hot
+NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the next longer one and its running minimum
+LOSS_MIN_INIT = 999999999999.0  # the loss buffer's initial running minimum (HyperV2's)
+MAX_RANK = 5  # rank one-hot: ranks 0 … 4; rank >= 5 is all zeros (HyperV2's)
 PARAM_FEATURE_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "fac_g", "g_rsqrt_rms", "row",
                         "col", "rsqrt_row", "rsqrt_col", "fac_m")
 PARAM_FEATURES = 30
-LSTM_FEATURES = len(FRACTION_TIMESCALES) + (NUM_LOSS_EMAS - 1) + 3 + 1 + 1 + MAX_RANK  # 28
+# HyperV2's LSTM inputs in its (sorted-key) order: fraction_left, loss_features, mean_rms, rank, var_m, var_rms
+LSTM_GROUPS = (("fraction_left", len(FRACTION_TIMESCALES)), ("loss_features", NUM_LOSS_EMAS - 1), ("mean_rms", 1),
+               ("rank", MAX_RANK), ("var_m", 3), ("var_rms", 3))
+LSTM_FEATURES = sum(n for _, n in LSTM_GROUPS)  # 30
+SEMANTICS = "hyperv2"  # VeloHParams.semantics: the default, Google's HyperV2
+MULO_V1 = "mulo-v1"  # mulo's earlier rule (θ files without a semantics entry hold it)
+LSTM_FEATURES_V1 = 28
+
+
+def lstm_features(semantics: str) -> int:
+    return LSTM_FEATURES_V1 if semantics == MULO_V1 else LSTM_FEATURES
+
+
+def diag_mom_eps(semantics: str) -> float:
+    """ε of an unfactored tensor's m·(v + ε)^-0.5 feature: none in HyperV2."""
+    return 1e-6 if semantics == MULO_V1 else 0.0
 GRAD_CLIP = 1000.0
 NORM_EPS = 1e-5
 NUM_OUTPUTS = 3  # direction, magnitude, unused (VeLO's)
@@ -79,7 +105,13 @@ class VeloHParams(HParamsDict):
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    semantics: str = SEMANTICS  # the update rule θ was trained under: SEMANTICS or MULO_V1
     KIND = "VeLO"  # in error lines (not a field)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VeloHParams":
+        # written before HyperV2 parity: the earlier rule, explicitly (never silently run as HyperV2)
+        return super().from_dict(d if "semantics" in d else {**d, "semantics": MULO_V1})
 
     def __post_init__(self):
         for key in ("lstm_hidden_size", "param_inits", "ff_hidden_size", "ff_hidden_layers"):
@@ -87,6 +119,8 @@ class VeloHParams(HParamsDict):
                 raise ConfigError(f"VeLO's {key} must be >= 1, got {getattr(self, key)}")
         if len(self.momentum_decays) != 3 or len(self.rms_decays) != 1 or len(self.adafactor_decays) != 3:
             raise ConfigError("VeLO needs 3 momentum, 1 RMS and 3 Adafactor decays (30 features per parameter)")
+        if self.semantics not in (SEMANTICS, MULO_V1):
+            raise ConfigError(f"unknown VeLO semantics {self.semantics!r}; expected {SEMANTICS!r} or {MULO_V1!r}")
 
 
 class VeloState(NamedTuple):
@@ -112,9 +146,11 @@ def fraction_embedding(fraction: jax.Array) -> jax.Array:
     return jnp.tanh(10.0 * (jnp.asarray(fraction, jnp.float32) - jnp.asarray(FRACTION_TIMESCALES, jnp.float32)))
 
 
-def loss_decays(num_steps: jax.Array) -> jax.Array:
-    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps``."""
-    top = jnp.log10(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 10.0))
+def loss_decays(num_steps: jax.Array, semantics: str = SEMANTICS) -> jax.Array:
+    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps`` (>= 1; below 10 the half-lives fall from 10
+    to ``num_steps``, as HyperV2's; mulo-v1: at least 10)."""
+    steps = jnp.asarray(num_steps, jnp.float32)
+    top = jnp.log10(jnp.maximum(steps, 10.0) if semantics == MULO_V1 else steps)
     return jnp.exp(-1.0 / jnp.logspace(1.0, top, NUM_LOSS_EMAS))
 
 
@@ -139,30 +175,39 @@ def _clip_log_abs(v):
     return jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * v)), -5.0, 5.0) * 0.5
 
 
-def tensor_features(p, m, v, fraction, loss_feats) -> jax.Array:
-    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor (``m``, ``v``: its accumulator tuples)."""
+def tensor_features(p, m, v, fraction, loss_feats, semantics: str = SEMANTICS) -> jax.Array:
+    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor in ``LSTM_GROUPS`` order (``m``, ``v``: its accumulator
+    tuples before this step's gradient)."""
     norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
-    # var(x · norm) = norm² · var(x): the reductions read the accumulators themselves, nothing of p's size is written
-    variance = lambda x: jnp.mean(jnp.square(x - jnp.mean(x))) * jnp.square(norm)
-    var_m = jnp.stack([variance(x) for x in m])
+    # mean((x − c)² · norm²): the reductions read the accumulators themselves, nothing of p's size is written
+    spread = lambda x, centre: jnp.mean(jnp.square(x - centre)) * jnp.square(norm)
+    means_m = [jnp.mean(x) for x in m]
+    var_m = jnp.stack([spread(x, c) for x, c in zip(m, means_m)])
     mean_rms = jnp.mean(v[0]) * norm
-    var_rms = variance(v[0])
+    var_rms = jnp.stack([spread(v[0], c) for c in means_m])  # around the momenta's means (HyperV2's)
     rank = int(np.sum(np.asarray(p.shape) > 1))
-    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
-                            _clip_log_abs(mean_rms)[None], _clip_log_abs(var_rms)[None],
-                            jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
+    if semantics == MULO_V1:
+        var_own = spread(v[0], jnp.mean(v[0]))
+        return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
+                                _clip_log_abs(mean_rms)[None], _clip_log_abs(var_own)[None],
+                                jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
+    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(mean_rms)[None],
+                            jax.nn.one_hot(rank, MAX_RANK), _clip_log_abs(var_m), _clip_log_abs(var_rms)])
 
 
 def _dense(w, b, x):
     return x @ w + b
 
 
-def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
+def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array, semantics: str = SEMANTICS):
     """(controls (T, param_inits), lr_mult (T,), h, c) for the (T, LSTM_FEATURES) per-tensor inputs ``x``.
     Each row is one tensor; the mix layer's max over rows is the only coupling, so permuting tensors permutes the
     outputs."""
-    mix = jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))
-    mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], mix))
+    # HyperV2's mix layer: its first linear (mix0) is computed and discarded there, so it is not computed here
+    if semantics == MULO_V1:  # the 2-layer embedding
+        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))))
+    else:
+        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], x))
     x = _dense(rnn["in_w"], rnn["in_b"], x) + jnp.max(mix, axis=0, keepdims=True)
     gates = x @ rnn["lstm_wx"] + h @ rnn["lstm_wh"] + rnn["lstm_b"]
     i, g, f, o = jnp.split(gates, 4, axis=-1)
@@ -176,7 +221,7 @@ def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array):
 # ----------------------------------------------------------------------------------------- per-parameter MLP
 
 
-def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
+def param_feature_groups(p, g, acc: Acc, mom_eps: float = 0.0) -> list[jax.Array]:
     """The 14 feature groups of one tensor (rank >= 1), each (*p.shape, k), 30 columns in all."""
     stack = lambda xs: jnp.stack(xs, axis=-1)
     m, v = stack(acc.m), acc.v[0][..., None]
@@ -186,16 +231,16 @@ def param_feature_groups(p, g, acc: Acc) -> list[jax.Array]:
         fac_g, fac_m = g[..., None] * rc, m * rc
     else:
         row = col = stack(acc.diag)
-        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + 1e-6) ** -0.5
+        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + mom_eps) ** -0.5  # HyperV2: ε = 0
     return [g[..., None], jnp.clip(g, -0.1, 0.1)[..., None], p[..., None], m, v, m * rsqrt, rsqrt, fac_g,
             g[..., None] * rsqrt, row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
 
 
-def param_features(p, g, acc: Acc) -> jax.Array:
+def param_features(p, g, acc: Acc, mom_eps: float = 0.0) -> jax.Array:
     """(*p.shape, 30): the groups' columns, each normalised over the tensor by its second moment."""
     axes = tuple(range(p.ndim))
     normed = [x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
-              for x in param_feature_groups(p, g, acc)]
+              for x in param_feature_groups(p, g, acc, mom_eps)]
     return jnp.concatenate(normed, axis=-1)
 
 
@@ -213,9 +258,9 @@ def mlp_apply(ff: dict, x: jax.Array, num_layers: int) -> jax.Array:
     return x @ ff[f"w{num_layers}"] + ff[f"b{num_layers}"]
 
 
-def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """(direction, magnitude), each of p's shape: the mixed MLP ``ff`` on the (*p.shape, 30) feature stack."""
-    out = mlp_apply(ff, param_features(p, g, acc), num_layers)
+    out = mlp_apply(ff, param_features(p, g, acc, mom_eps), num_layers)
     return out[..., 0], out[..., 1]
 
 
@@ -226,12 +271,12 @@ def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Ar
 _COLUMN_OF_FUSED = (0, *range(2, 14), *range(15, 30))
 
 
-def fused_columns(p, g, acc: Acc) -> tuple[list, list]:
+def fused_columns(p, g, acc: Acc, mom_eps: float = 0.0) -> tuple[list, list]:
     """VeLO's 30 columns before normalisation, as ``features.fused_inputs`` gives them: (full, small) where ``full``
     holds (factors broadcastable to p.shape whose product is the column, [columns]) and ``small`` (an array on a
     factored shape, broadcastable to p.shape, [columns]); an unfactored tensor's second moment, VeLO's row and column
     features both, is one entry with two columns."""
-    full, small = fused_inputs(p, g, acc)
+    full, small = fused_inputs(p, g, acc, diag_mom_eps=mom_eps)
     columns = lambda idx: [_COLUMN_OF_FUSED[i] for i in idx]
     rsqrt_rms = jax.lax.rsqrt(acc.v[0] + 1e-6)
     full = [(f, columns(i)) for f, i in full] + [((jnp.clip(g, -0.1, 0.1),), [1]), ((g, rsqrt_rms), [14])]
@@ -254,7 +299,7 @@ def _dense_units(w, b, units: list) -> list:
     return [b[j] + sum(w[k, j] * u for k, u in enumerate(units)) for j in range(w.shape[1])]
 
 
-def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array, jax.Array]:
+def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """``dir_mag_reference`` without the (*p.shape, 30) feature stack or the (*p.shape, H) activations.
 
     Each column's normaliser 1/sqrt(ε + mean(x²)) is a per-tensor scalar, so it is folded into the first layer's
@@ -263,7 +308,7 @@ def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int) -> tuple[jax.Array,
     they are also contracted (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
     the features into one loop over the tensor.
     """
-    full, small = fused_columns(p, g, acc)
+    full, small = fused_columns(p, g, acc, mom_eps)
     w0 = ff["w0"]  # (30, H)
     w_full = effective_weights(w0, full, mean_squares([f for f, _ in full], p.shape), NORM_EPS)  # (Kf, H)
     w_small = effective_weights(w0, small, eps=NORM_EPS) if small else None  # (Ks, H)
@@ -296,6 +341,7 @@ class VeloLO:
     name: str
     hparams: VeloHParams = field(default_factory=VeloHParams)
     impl: str = "fused"  # one of IMPLEMENTATIONS (config key lo_impl): how the per-parameter MLP is computed
+    needs_loss: ClassVar[bool] = True  # update reads the loss, init the planned length (mulo.optimizers.export)
 
     def __post_init__(self):
         if self.name not in DEFAULTS:
@@ -312,13 +358,16 @@ class VeloLO:
         hp = self.hparams
         lh, k, fh, nl = hp.lstm_hidden_size, hp.param_inits, hp.ff_hidden_size, hp.ff_hidden_layers
         keys = iter(jax.random.split(key, 8 + nl + 1))
-        rnn = {"mix0_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "mix0_b": jnp.zeros((lh,)),
-               "mix1_w": _normal(next(keys), lh, (lh, lh)), "mix1_b": jnp.zeros((lh,)),
-               "in_w": _normal(next(keys), LSTM_FEATURES, (LSTM_FEATURES, lh)), "in_b": jnp.zeros((lh,)),
+        n_in, v1 = lstm_features(hp.semantics), hp.semantics == MULO_V1
+        mix_in = lh if v1 else n_in  # mulo-v1's mix1 reads mix0's output
+        rnn = {"mix0_w": _normal(next(keys), n_in, (n_in, lh)), "mix0_b": jnp.zeros((lh,)),
+               "mix1_w": _normal(next(keys), mix_in, (mix_in, lh)), "mix1_b": jnp.zeros((lh,)),
+               "in_w": _normal(next(keys), n_in, (n_in, lh)), "in_b": jnp.zeros((lh,)),
                "lstm_wx": _normal(next(keys), lh, (lh, 4 * lh)), "lstm_wh": _normal(next(keys), lh, (lh, 4 * lh)),
                "lstm_b": jnp.zeros((4 * lh,)),
                "ctrl_w": _normal(next(keys), lh, (lh, k)), "ctrl_b": jnp.zeros((k,)),
-               "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,))}
+               "lr_w": _normal(next(keys), lh, (lh, 1)), "lr_b": jnp.zeros((1,)),
+               **({} if v1 else {"init_h": jnp.zeros((lh,)), "init_c": jnp.zeros((lh,))})}  # initial state
         sizes = [PARAM_FEATURES] + [fh] * nl + [NUM_OUTPUTS]
         ff = {}
         for i in range(nl + 1):
@@ -335,20 +384,29 @@ class VeloLO:
         b_f = decay_from_param(hp.adafactor_decays, jnp.zeros((3,)))
 
         def init(params, num_steps: int = 1) -> VeloState:
+            if isinstance(num_steps, (int, np.integer)) and num_steps < 1:
+                raise ValueError(f"VeLO needs the planned number of steps (num_steps >= 1), got {num_steps}")
             if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
                 raise ValueError("update_scales must have the structure of the params")
             accs = jax.tree.map(lambda p: init_acc(jnp.asarray(p), 3, 1, 3), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             n = len(jax.tree.leaves(params))
-            zeros = lambda: jnp.zeros((n, hp.lstm_hidden_size), jnp.float32)  # two buffers (loops donate the state)
+            # the stored initial state, once per tensor; two buffers (loops donate the state)
+            start = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n, hp.lstm_hidden_size)) + 0.0
+            v1 = hp.semantics == MULO_V1  # no stored initial state: zeros
+            init_h, init_c = (0.0, 0.0) if v1 else (theta["rnn"]["init_h"], theta["rnn"]["init_c"])
             steps = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
-            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), zeros(), zeros(),
-                             jnp.zeros((NUM_LOSS_EMAS,), jnp.float32), jnp.full((NUM_LOSS_EMAS,), 1e12, jnp.float32),
-                             loss_decays(steps), jnp.asarray(0, jnp.int32), steps)
+            return VeloState(params, pick(0), pick(1), pick(2), pick(3), pick(4), start(init_h),
+                             start(init_c), jnp.zeros((NUM_LOSS_EMAS,), jnp.float32),
+                             jnp.full((NUM_LOSS_EMAS,), LOSS_MIN_INIT, jnp.float32),
+                             loss_decays(steps, hp.semantics), jnp.asarray(0, jnp.int32), steps)
 
         def update(state: VeloState, grads, loss=None, key=None) -> VeloState:
             del key
-            loss = jnp.asarray(0.0 if loss is None else loss, jnp.float32)
+            if loss is None:
+                raise ValueError("VeLO needs the training loss at every step (its loss features): update(state, "
+                                 "grads, loss)")
+            loss = jnp.asarray(loss, jnp.float32)
             means, running_min = update_loss_buffer(state.loss_means, state.loss_min, state.loss_decays,
                                                     state.iteration, loss)
             loss_feats = loss_features(means, running_min, state.loss_decays, state.iteration + 1)
@@ -356,9 +414,10 @@ class VeloLO:
             fraction = state.iteration / state.num_steps.astype(jnp.float32)
             flat_p, treedef = jax.tree.flatten(state.params)
             leaves = lambda tree: treedef.flatten_up_to(tree)
-            rows = [tensor_features(jnp.reshape(p, m[0].shape), m, v, fraction, loss_feats)
+            rows = [tensor_features(jnp.reshape(p, m[0].shape), m, v, fraction, loss_feats, hp.semantics)
                     for p, m, v in zip(flat_p, leaves(state.mom), leaves(state.rms))]
-            controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c)
+            controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c,
+                                                    hp.semantics)
             sc = leaves(scales) if scales is not None else [1.0] * len(flat_p)
             out_p, out_acc = [], []
             for i, (p, g, m, v, row, col, diag) in enumerate(zip(
@@ -367,7 +426,7 @@ class VeloLO:
                 p1, g1 = jnp.reshape(p, m[0].shape).astype(jnp.float32), jnp.reshape(g, m[0].shape)
                 acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
                 direction, magnitude = dir_mag(mix_mlp(theta["ff"], controls[i], hp.interp_mult), p1, g1, acc,
-                                               hp.ff_hidden_layers)
+                                               hp.ff_hidden_layers, diag_mom_eps(hp.semantics))
                 step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult * lr_mult[i]
                 if hp.param_scale_mult:
                     step = step * jnp.sqrt(jnp.mean(jnp.square(p1)) + 1e-9)
