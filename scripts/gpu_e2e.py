@@ -61,7 +61,7 @@ SIZES = {
                        "--trunc_length", "2", "--steps_per_jit", "2", "--num_inner_steps", "20",
                        "--truncation_schedule_min_length", "5", "--random_initial_iteration_offset", "5",
                        "--num_outer_steps", "40", "--save_iter", "10", "--progress", "false"],
-                sigterm_after=2, resume_steps=2, lo_impl="reference", widths=(8, 16), tune_width=8, lrs=(0.1,),
+                sigterm_after=2, resume_steps=2, lo_impl="reference", widths=(8,), tune_width=8, lrs=(0.1,),
                 default_lr=0.1,
                 test=["--local_batch_size", "8", "--num_inner_steps", "20", "--test_interval", "10",
                       "--max_eval_examples", "64", "--eval_batch_size", "64", "--progress", "false"],
@@ -323,6 +323,8 @@ def main(argv=None) -> int:
         call.save()
         summary.pack(call.r, call.out, call.work)
     failed = [s["stage"] for s in call.r["stages"] if s.get("status") in ("failed", "timeout")]
+    if (call.r.get("resume_check") or {}).get("checked") and not call.r["resume_check"]["bitexact"]:
+        failed.append("resume not bit-exact")
     print(f"[gpu_e2e] done in {call.r['seconds']:.0f} s; results in {call.out}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
