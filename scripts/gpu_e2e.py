@@ -5,7 +5,7 @@ Stages, in order, each with its own timeout inside ``--budget_s`` (a stage that 
 ``e2e.json``, ``e2e.md`` and ``e2e.log`` in ``--out`` are rewritten after every stage, so a call cut short still
 returns what it did):
 
-0. ``device_check``: ``bash scripts/device_check.sh`` (issue 22) within ``--device_check_s`` (0 skips it);
+0. ``device_check``: ``bash scripts/device_check.sh`` (issue 22) within ``--device_check_s`` (default 0: skipped);
 1. ``train_a1``: ``meta-train`` of the recipe (``config/meta_train/gpu_smoke.py``), sent SIGTERM once step
    ``sigterm_after`` is logged; it saves a checkpoint after step k1 and exits;
 2. ``train_a2``: the same command with ``--auto_resume true --num_outer_steps M`` (M = k1 + 2): resumes at k1 and
@@ -56,7 +56,8 @@ SIZES = {
                       "--max_eval_examples", "10000", "--eval_batch_size", "5000"],
                 cap=dict(train_a1=240, train_a2=120, reference=120, tune_muadam=90, test_lo=150, test_muadam=100,
                          report=60),
-                est=dict(tune_muadam=45, test_lo=75, test_muadam=50, report=25, pack=10), grace=60, min_main=30),
+                est=dict(reference=45, tune_muadam=45, test_lo=75, test_muadam=50, report=25, pack=10), grace=60,
+                min_main=30),
     "cpu": dict(train=["--task", f"mumlp-w8-d3_{FMNIST}", "--local_batch_size", "8", "--num_tasks", "2",
                        "--trunc_length", "2", "--steps_per_jit", "2", "--num_inner_steps", "20",
                        "--truncation_schedule_min_length", "5", "--random_initial_iteration_offset", "5",
@@ -67,9 +68,11 @@ SIZES = {
                       "--max_eval_examples", "64", "--eval_batch_size", "64", "--progress", "false"],
                 cap=dict(train_a1=300, train_a2=120, reference=120, tune_muadam=120, test_lo=120, test_muadam=120,
                          report=120),
-                est=dict(tune_muadam=20, test_lo=20, test_muadam=20, report=15, pack=5), grace=30, min_main=5),
+                est=dict(reference=15, tune_muadam=20, test_lo=20, test_muadam=20, report=15, pack=5), grace=30,
+                min_main=5),
 }
-AFTER_MAIN = ("tune_muadam", "test_lo", "test_muadam", "report", "pack")
+# what must still fit after the meta-training stages (the MuAdam tuning is skipped, lr default_lr, when time is short)
+ESSENTIAL = ("test_lo", "test_muadam", "report", "pack")
 
 
 class Call:
@@ -197,7 +200,7 @@ def stage_train_a1(call: Call, runs: Path) -> tuple[Path | None, int | None]:
         name = "train_a1" if attempt == "first" else "train_a1_fused"
         watch = lambda: max(logged_steps(run_dir_of(out, "meta-train")), default=0) >= n  # noqa: E731
         st = call.run(name, call.cli(name, meta_train_argv(call, out)),
-                      min(call.sz["cap"]["train_a1"], call.left() - call.reserve(AFTER_MAIN) - 60), watch=watch)
+                      min(call.sz["cap"]["train_a1"], call.left() - call.reserve(ESSENTIAL)), watch=watch)
         run_dir = run_dir_of(out, "meta-train")
         if logged_steps(run_dir) or call.r["lo_impl"] != "pallas" or attempt == "fallback":
             break
@@ -215,19 +218,21 @@ def stage_resume_and_reference(call: Call, run_dir: Path, k1: int, runs: Path) -
     out = run_dir.parent
     call.run("train_a2", call.cli("train_a2", meta_train_argv(call, out, "--auto_resume", "true",
                                                               "--num_outer_steps", str(m))),
-             min(call.sz["cap"]["train_a2"], call.left() - call.reserve(AFTER_MAIN) - 60))
-    if call.left() - call.reserve(AFTER_MAIN) < call.sz["cap"]["reference"] / 2 + call.sz["min_main"]:
+             min(call.sz["cap"]["train_a2"], call.left() - call.reserve(ESSENTIAL)))
+    if call.left() - call.reserve(ESSENTIAL) < call.sz["est"]["reference"]:
         call.r["resume_check"] = {"k1": k1, "M": m, "checked": False, "why": "no time left for the reference run"}
         return call.save()
     ref = runs / "R"
     call.run("reference", call.cli("reference", meta_train_argv(call, ref, "--num_outer_steps", str(m))),
-             min(call.sz["cap"]["reference"], call.left() - call.reserve(AFTER_MAIN) - 30))
+             min(call.sz["cap"]["reference"], call.left() - call.reserve(ESSENTIAL)))
     call.r["resume_check"] = summary.compare_runs(run_dir, run_dir_of(ref, "meta-train"), k1, m)
     call.save()
 
 
 def stage_main(call: Call, run_dir: Path) -> None:
-    timeout = call.left() - call.reserve(AFTER_MAIN) - call.sz["grace"]
+    timeout = call.left() - call.reserve(ESSENTIAL + ("tune_muadam",)) - call.sz["grace"]
+    if timeout < call.sz["min_main"]:  # train rather than tune MuAdam
+        timeout = call.left() - call.reserve(ESSENTIAL) - call.sz["grace"]
     if call.args.main_s:
         timeout = min(timeout, call.args.main_s)
     if timeout < call.sz["min_main"]:
@@ -249,15 +254,14 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
     if run_dir is not None:
         call.run("test_lo", call.cli("test_lo", meta_test_argv(
             call, mt / "lo", call.sz["widths"], "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(run_dir),
-            "--lo_impl", call.r["lo_impl"])), min(call.sz["cap"]["test_lo"], call.left() - call.reserve(
-                ("tune_muadam", "test_muadam", "report", "pack"))))
+            "--lo_impl", call.r["lo_impl"])), min(call.sz["cap"]["test_lo"], call.left() - call.reserve(ESSENTIAL[1:])))
         dirs.append(run_dir_of(mt / "lo", "meta-test"))
-    lr = call.sz["default_lr"]
+    lr = call.args.lrs[0] if call.args.lrs and len(call.args.lrs) == 1 else call.sz["default_lr"]
     scan = {}
-    if len(call.sz["lrs"]) > 1 and call.left() - call.reserve(AFTER_MAIN[1:]) > call.sz["est"]["tune_muadam"]:
-        per = (min(call.sz["cap"]["tune_muadam"], call.left() - call.reserve(("test_muadam", "report", "pack")))
-               / len(call.sz["lrs"]))
-        for x in call.sz["lrs"]:
+    lrs = call.args.lrs or call.sz["lrs"]
+    if len(lrs) > 1 and call.left() - call.reserve(ESSENTIAL[1:]) > call.sz["est"]["tune_muadam"]:
+        per = min(call.sz["cap"]["tune_muadam"], call.left() - call.reserve(ESSENTIAL[1:])) / len(lrs)
+        for x in lrs:
             call.run(f"tune_muadam_lr{x:g}", call.cli(f"tune_muadam_lr{x:g}", meta_test_argv(
                 call, mt / "tune", [call.sz["tune_width"]], "--optimizer", "muadam", "--learning_rate", str(x))),
                 per)
@@ -267,7 +271,7 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
     call.r["muadam_lr"] = {"lr": lr, "scan": scan, "tuned_at_width": call.sz["tune_width"] if scan else None}
     call.run("test_muadam", call.cli("test_muadam", meta_test_argv(
         call, mt / "muadam", call.sz["widths"], "--optimizer", "muadam", "--learning_rate", str(lr))),
-        min(call.sz["cap"]["test_muadam"], call.left() - call.reserve(("report", "pack"))))
+        min(call.sz["cap"]["test_muadam"], call.left() - call.reserve(ESSENTIAL[2:])))
     dirs.append(run_dir_of(mt / "muadam", "meta-test"))
     return [d for d in dirs if d is not None]
 
@@ -284,17 +288,20 @@ def main(argv=None) -> int:
     p.add_argument("--budget_s", type=float, default=450.0, help="the whole call's seconds (the device call's "
                    "timeout_s less ~30 s)")
     p.add_argument("--device_check_s", type=float, default=None,
-                   help="seconds for scripts/device_check.sh first (default 150 on gpu, 0 on cpu; 0 skips it)")
+                   help="seconds for scripts/device_check.sh first (default 0: skipped; its full run takes ~5 "
+                        "minutes, so it fits one 8-minute call with these stages only cut short)")
     p.add_argument("--device_checks", default="", help="device_check.sh --checks (default: all)")
     p.add_argument("--main_s", type=float, default=0, help="cap the main training's seconds (0: what is left)")
     p.add_argument("--lo_impl", choices=("pallas", "fused", "reference"), default=None,
                    help="default: the recipe's (pallas) on gpu, reference on cpu")
+    p.add_argument("--lrs", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                   help="MuAdam learning rates to tune at the tuning width (default 0.3,0.1,0.03 on gpu; one rate: "
+                        "no tuning)")
     p.add_argument("--fashion_mnist_dir", default=None, help="the IDX files (default: .data/fashion-mnist if it "
                    "exists, else what mulo finds)")
     args = p.parse_args(argv)
     args.argv = argv
-    if args.device_check_s is None:
-        args.device_check_s = 150.0 if args.platform == "gpu" else 0.0
+    args.device_check_s = args.device_check_s or 0.0
     args.work = args.work or "/tmp/mulo-e2e"
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.platform == "gpu" else "cpu")
     call = Call(args)
