@@ -100,10 +100,12 @@ class Call:
 
     # ---- running one stage ------------------------------------------------------------------------------------
 
-    def run(self, name: str, cmd: list[str], timeout: float, watch=None, deadline_ok: bool = False) -> dict:
+    def run(self, name: str, cmd: list[str], timeout: float, watch=None, deadline_ok: bool = False,
+            grace: float = 5.0) -> dict:
         """Run ``cmd`` (its output to logs/<name>.log) for at most ``timeout`` seconds: then SIGTERM, ``grace`` s
-        more, SIGKILL. ``watch()`` returning True sends SIGTERM once (the planned interruption). ``deadline_ok``:
-        reaching the timeout is the planned end (the main training), not a failure."""
+        more (a meta-train run finishes its step and saves), SIGKILL to its process group. ``watch()`` returning True
+        sends SIGTERM once (the planned interruption). ``deadline_ok``: reaching the timeout is the planned end (the
+        main training), not a failure. The group stays in this session, so nothing outlives the device call."""
         log = self.work / "logs" / f"{name}.log"
         st = {"stage": name, "command": " ".join(cmd), "timeout_s": round(timeout, 1), "log": str(log)}
         if timeout < 5:
@@ -113,11 +115,11 @@ class Call:
         t0 = time.monotonic()
         term_at = kill_at = None
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, process_group=0)
             while proc.poll() is None:
                 now = time.monotonic()
                 if term_at is None and ((watch is not None and watch()) or now - t0 > timeout):
-                    term_at, kill_at = now, now + self.sz["grace"]
+                    term_at, kill_at = now, now + grace
                     st["sigterm_at_s"] = round(now - t0, 1)
                     st["sigterm_why"] = "planned" if now - t0 <= timeout else "deadline"
                     proc.send_signal(signal.SIGTERM)
@@ -200,7 +202,8 @@ def stage_train_a1(call: Call, runs: Path) -> tuple[Path | None, int | None]:
         name = "train_a1" if attempt == "first" else "train_a1_fused"
         watch = lambda: max(logged_steps(run_dir_of(out, "meta-train")), default=0) >= n  # noqa: E731
         st = call.run(name, call.cli(name, meta_train_argv(call, out)),
-                      min(call.sz["cap"]["train_a1"], call.left() - call.reserve(ESSENTIAL)), watch=watch)
+                      min(call.sz["cap"]["train_a1"], call.left() - call.reserve(ESSENTIAL)), watch=watch,
+                      grace=call.sz["grace"])
         run_dir = run_dir_of(out, "meta-train")
         if logged_steps(run_dir) or call.r["lo_impl"] != "pallas" or attempt == "fallback":
             break
@@ -218,13 +221,13 @@ def stage_resume_and_reference(call: Call, run_dir: Path, k1: int, runs: Path) -
     out = run_dir.parent
     call.run("train_a2", call.cli("train_a2", meta_train_argv(call, out, "--auto_resume", "true",
                                                               "--num_outer_steps", str(m))),
-             min(call.sz["cap"]["train_a2"], call.left() - call.reserve(ESSENTIAL)))
+             min(call.sz["cap"]["train_a2"], call.left() - call.reserve(ESSENTIAL)), grace=call.sz["grace"])
     if call.left() - call.reserve(ESSENTIAL) < call.sz["est"]["reference"]:
         call.r["resume_check"] = {"k1": k1, "M": m, "checked": False, "why": "no time left for the reference run"}
         return call.save()
     ref = runs / "R"
     call.run("reference", call.cli("reference", meta_train_argv(call, ref, "--num_outer_steps", str(m))),
-             min(call.sz["cap"]["reference"], call.left() - call.reserve(ESSENTIAL)))
+             min(call.sz["cap"]["reference"], call.left() - call.reserve(ESSENTIAL)), grace=call.sz["grace"])
     call.r["resume_check"] = summary.compare_runs(run_dir, run_dir_of(ref, "meta-train"), k1, m)
     call.save()
 
@@ -239,7 +242,7 @@ def stage_main(call: Call, run_dir: Path) -> None:
         call.r["stages"].append({"stage": "train_main", "status": "skipped", "note": "no time left in the budget"})
         return call.save()
     call.run("train_main", call.cli("train_main", meta_train_argv(call, run_dir.parent, "--auto_resume", "true")),
-             timeout, deadline_ok=True)
+             timeout, deadline_ok=True, grace=call.sz["grace"])
 
 
 def meta_test_argv(call: Call, output_dir: Path, widths, *extra: str) -> list[str]:
@@ -297,6 +300,9 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                    help="MuAdam learning rates to tune at the tuning width (default 0.3,0.1,0.03 on gpu; one rate: "
                         "no tuning)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="every stage with XLA_FLAGS=--xla_gpu_deterministic_ops=true (a rerun when the resume check "
+                        "found a difference before the resume: run-to-run nondeterminism, not the resume)")
     p.add_argument("--fashion_mnist_dir", default=None, help="the IDX files (default: .data/fashion-mnist if it "
                    "exists, else what mulo finds)")
     args = p.parse_args(argv)
@@ -311,6 +317,10 @@ def main(argv=None) -> int:
     call.r["fashion_mnist_dir"] = fm
     call.r["lo_impl"] = args.lo_impl or call.sz["lo_impl"] or summary.recipe_value(RECIPE, "lo_impl")
     os.environ.setdefault("MULO_COMPILATION_CACHE_DIR", str(call.work / "jax-cache"))  # shared by every stage
+    if args.deterministic:
+        os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                         "--xla_gpu_deterministic_ops=true"]))
+    call.r["xla_flags"] = os.environ.get("XLA_FLAGS")
     try:
         stage_device_check(call)
         runs = call.work / "meta-train"
