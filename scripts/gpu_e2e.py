@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,6 +280,29 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
     return [d for d in dirs if d is not None]
 
 
+def backend_check(call: Call) -> bool:
+    """What JAX and the driver see, from a short subprocess (this process never holds the GPU). On ``--platform gpu``
+    without a GPU: one error line, exit 2, before any stage."""
+    probe = ("import jax; d = jax.devices()[0]; "
+             "print(jax.__version__, d.platform, jax.device_count(), getattr(d, 'device_kind', '?'), sep='|')")
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        fields = out.stdout.strip().splitlines()[-1].split("|") if out.returncode == 0 and out.stdout.strip() else []
+    except subprocess.TimeoutExpired:
+        fields = []
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    call.r["environment"] = {"jax": fields[0] if fields else None, "platform": fields[1] if fields else None,
+                             "devices": fields[2] if fields else None, "device": fields[3] if fields else None,
+                             "nvidia_smi": smi.stdout.strip() if smi is not None and smi.returncode == 0 else None}
+    call.save()
+    if call.args.platform == "gpu" and (not fields or fields[1] != "gpu"):
+        print(f"error: --platform gpu but JAX sees {fields[1] if fields else 'no backend'} (JAX_PLATFORMS="
+              f"{os.environ.get('JAX_PLATFORMS')}); use --platform cpu for the dry run", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--_cli"]:
@@ -321,6 +345,8 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                          "--xla_gpu_deterministic_ops=true"]))
     call.r["xla_flags"] = os.environ.get("XLA_FLAGS")
+    if not backend_check(call):
+        return 2
     try:
         stage_device_check(call)
         runs = call.work / "meta-train"

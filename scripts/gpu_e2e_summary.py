@@ -225,13 +225,14 @@ def _fmt(x, spec=".3g"):
 
 def markdown(r: dict) -> str:
     env = r.get("environment", {})
-    lines = [f"# GPU end to end (`scripts/gpu_e2e.sh`): {env.get('device', '?')}, jax {env.get('jax', '?')}, "
-             f"{r['date']}", "", f"`{r['command']}`: budget {r['budget_s']:.0f} s, took {_fmt(r.get('seconds'))} s, "
+    lines = [f"# GPU end to end (`scripts/gpu_e2e.sh`): {env.get('device') or '?'}, jax {env.get('jax') or '?'}, "
+             f"{r['date']}", "", f"nvidia-smi: {env.get('nvidia_smi') or '–'}", "", f"`{r['command']}`: budget {r['budget_s']:.0f} s, took {_fmt(r.get('seconds'))} s, "
              f"lo_impl {r.get('lo_impl')}" + (f" ({r['lo_impl_fallback']})" if r.get("lo_impl_fallback") else ""),
              "", "## Stages", "", "| stage | status | wall s | timeout s | note |", "|---|---|---|---|---|"]
     for s in r["stages"]:
-        note = s.get("note") or (f"SIGTERM at {s['sigterm_at_s']} s ({s['sigterm_why']})" if s.get("sigterm_at_s")
-                                 is not None else "") + (f"; rc {s['rc']}" if s.get("rc") else "")
+        parts = [s.get("note"), f"SIGTERM at {s['sigterm_at_s']} s ({s['sigterm_why']})" if s.get("sigterm_at_s")
+                 is not None else None, f"rc {s['rc']}" if s.get("rc") else None, "killed" if s.get("killed") else None]
+        note = "; ".join(p for p in parts if p)
         lines.append(f"| {s['stage']} | {s.get('status')} | {_fmt(s.get('wall_s'))} | {_fmt(s.get('timeout_s'))} | "
                      f"{note} |")
     rc = r.get("resume_check") or {}
@@ -287,8 +288,6 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_outputs(r: dict, out: Path, work: Path) -> None:
     """e2e.json, e2e.md, e2e.log and the device check's files in ``out``; never raises (the call must return)."""
     try:
-        env = next((_stats(work, n) for n in ("train_a1", "train_a1_fused", "test_lo") if _stats(work, n)), {})
-        r["environment"] = {k: env.get(k) for k in ("device", "jax")}
         r["timing"] = meta_train_timing(r, work)
         r["meta_test"] = meta_test_table(r, work)
     except Exception as exc:  # noqa: BLE001

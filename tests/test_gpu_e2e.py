@@ -114,9 +114,18 @@ def test_the_comparison_catches_one_ulp_and_a_changed_metric(dry_run, tmp_path):
     assert first["step"] == m and first["key"] == "meta_loss" and first["where"] == "after the resume"
 
 
-def test_a_budget_too_small_skips_every_stage_and_still_writes_the_results(tmp_path):
+def test_a_budget_too_small_skips_every_stage_and_still_writes_the_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # main() sets defaults in os.environ for its stages: keep them here
     rc = gpu_e2e.main(["--platform", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                        "--budget_s", "3"])
     r = json.loads((tmp_path / "out" / "e2e.json").read_text())
     assert rc == 0 and r["stages"] and all(s["status"] == "skipped" for s in r["stages"])
-    assert "Not checked" in (tmp_path / "out" / "e2e.md").read_text()
+    assert r["environment"]["platform"] == "cpu" and "Not checked" in (tmp_path / "out" / "e2e.md").read_text()
+
+
+def test_gpu_mode_without_a_gpu_is_one_error_line_before_any_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    rc = gpu_e2e.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --platform gpu but JAX sees cpu"), err
+    assert json.loads((tmp_path / "out" / "e2e.json").read_text())["stages"] == []
