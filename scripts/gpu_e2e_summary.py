@@ -226,8 +226,9 @@ def _fmt(x, spec=".3g"):
 def markdown(r: dict) -> str:
     env = r.get("environment", {})
     lines = [f"# GPU end to end (`scripts/gpu_e2e.sh`): {env.get('device') or '?'}, jax {env.get('jax') or '?'}, "
-             f"{r['date']}", "", f"nvidia-smi: {env.get('nvidia_smi') or '–'}", "", f"`{r['command']}`: budget {r['budget_s']:.0f} s, took {_fmt(r.get('seconds'))} s, "
-             f"lo_impl {r.get('lo_impl')}" + (f" ({r['lo_impl_fallback']})" if r.get("lo_impl_fallback") else ""),
+             f"{r['date']}", "", f"nvidia-smi: {env.get('nvidia_smi') or '–'}", "",
+             f"`{r['command']}`: budget {r['budget_s']:.0f} s, took {_fmt(r.get('seconds'))} s, lo_impl "
+             f"{r.get('lo_impl')}" + (f" ({r['lo_impl_fallback']})" if r.get("lo_impl_fallback") else ""),
              "", "## Stages", "", "| stage | status | wall s | timeout s | note |", "|---|---|---|---|---|"]
     for s in r["stages"]:
         parts = [s.get("note"), f"SIGTERM at {s['sigterm_at_s']} s ({s['sigterm_why']})" if s.get("sigterm_at_s")
@@ -260,7 +261,8 @@ def markdown(r: dict) -> str:
         f", tuned at width {lr['tuned_at_width']} over {sorted(lr['scan'])}: final train losses "
         + ", ".join(f"{k:g}: {_fmt(v)}" for k, v in sorted(lr["scan"].items())) if lr.get("scan") else
         " (not tuned in this call)"), "",
-        "| optimizer | task | seed | steps | step ms | final train loss | test accuracy |", "|---|---|---|---|---|---|---|"]
+        "| optimizer | task | seed | steps | step ms | final train loss | test accuracy |",
+        "|---|---|---|---|---|---|---|"]
     for x in r.get("meta_test") or []:
         lines.append(f"| {x['optimizer']} | {x['task']} | {x.get('seed', '')} | {_fmt(x.get('steps'))} | "
                      f"{_fmt(x.get('step_ms'))} | {_fmt(x.get('final_train_loss'), '.4f')} | "
