@@ -260,6 +260,7 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
             call, mt / "lo", call.sz["widths"], "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(run_dir),
             "--lo_impl", call.r["lo_impl"])), min(call.sz["cap"]["test_lo"], call.left() - call.reserve(ESSENTIAL[1:])))
         dirs.append(run_dir_of(mt / "lo", "meta-test"))
+        call.r["run_dirs"]["meta_test"] = [str(d) for d in dirs if d is not None]
     lr = call.args.lrs[0] if call.args.lrs and len(call.args.lrs) == 1 else call.sz["default_lr"]
     scan = {}
     lrs = call.args.lrs or call.sz["lrs"]
@@ -277,7 +278,10 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
         call, mt / "muadam", call.sz["widths"], "--optimizer", "muadam", "--learning_rate", str(lr))),
         min(call.sz["cap"]["test_muadam"], call.left() - call.reserve(ESSENTIAL[2:])))
     dirs.append(run_dir_of(mt / "muadam", "meta-test"))
-    return [d for d in dirs if d is not None]
+    dirs = [d for d in dirs if d is not None]
+    call.r["run_dirs"]["meta_test"] = [str(d) for d in dirs]
+    call.save()
+    return dirs
 
 
 def backend_check(call: Call) -> bool:
@@ -351,6 +355,7 @@ def main(argv=None) -> int:
         stage_device_check(call)
         runs = call.work / "meta-train"
         run_dir, k1 = stage_train_a1(call, runs)
+        call.r["run_dirs"] = {"meta_train": str(run_dir) if run_dir else None, "meta_test": []}  # read as they fill
         if run_dir is not None and k1 is not None:
             stage_resume_and_reference(call, run_dir, k1, runs)
             stage_main(call, run_dir)
@@ -359,8 +364,6 @@ def main(argv=None) -> int:
             call.run("report", [sys.executable, "src/main.py", "report", *map(str, test_dirs), "--output_dir",
                                 str(call.work / "report")],
                      min(call.sz["cap"]["report"], call.left() - call.reserve(("pack",))))
-        call.r["run_dirs"] = {"meta_train": str(run_dir) if run_dir else None,
-                              "meta_test": [str(d) for d in test_dirs]}
     finally:
         call.r["seconds"] = round(time.monotonic() - call.t0, 1)
         call.save()
