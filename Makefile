@@ -1,6 +1,7 @@
 # mulo: `make test` runs the test suite, `make demo` the quickstart. Both create .venv and install everything first.
-# On a machine with an NVIDIA GPU (nvidia-smi works) JAX's CUDA 12 build of the pinned version is installed instead of
-# the CPU one; force either with `make install ACCEL=cuda` or `make install ACCEL=cpu`. `make install TF=0` leaves out
+# On a machine with an NVIDIA GPU (nvidia-smi works) JAX's CUDA build of the pinned version is installed instead of
+# the CPU one: cuda13 on a CUDA 13 driver, else cuda12 (scripts/cuda_extra.sh; CUDA=12|13 forces it); force either
+# with `make install ACCEL=cuda` or `make install ACCEL=cpu`. `make install TF=0` leaves out
 # TensorFlow, TFDS, seqio and tensorflow-text (~2.5 GB): Fashion-MNIST (IDX files) and Tiny Shakespeare still work;
 # CIFAR-10, ImageNet and LM1B, and `make test`, need the full install.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -20,12 +21,13 @@ export PYTHONUNBUFFERED := 1
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml $(VENV)/.accel-$(ACCEL)-tf$(TF)
+	if [ "$(ACCEL)" = cuda ]; then bash scripts/cuda_extra.sh >/dev/null; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ "$(TF)" = 0 ]; then grep -v -E '$(TF_PACKAGES)' requirements.txt > $(VENV)/requirements-notf.txt && \
 	  $(BIN)/python -m pip install -q -r $(VENV)/requirements-notf.txt; \
 	else $(BIN)/python -m pip install -q -r requirements.txt; fi
-	if [ "$(ACCEL)" = cuda ]; then $(BIN)/python -m pip install -q "jax[cuda12]==$(JAX_VERSION)"; fi
+	if [ "$(ACCEL)" = cuda ]; then $(BIN)/python -m pip install -q "jax[$$(bash scripts/cuda_extra.sh)]==$(JAX_VERSION)"; fi
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -14,7 +14,8 @@ flag: within 1e-5). An XLA that rejects a
 flag aborts its process; the row says so. A flag set is ``default`` (XLA's defaults) or XLA flags without their
 leading ``--``, several in one quoted argument separated by spaces: ``"xla_cpu_enable_fast_math=true xla_cpu_ftz=true"``.
 
-``--disasm`` (needs ``objdump``) dumps the first flag set's compiled program and counts the instructions of its
+The processes run on the CPU (``JAX_PLATFORMS=cpu``) unless ``JAX_PLATFORMS`` says otherwise, also on a GPU machine:
+the default flag sets are XLA:CPU's. ``--disasm`` (needs ``objdump``) dumps the first flag set's compiled program and counts the instructions of its
 largest kernel (the fused per-parameter MLP): vector FMAs, weight broadcasts and register moves (mostly stack spills
 and reloads) per loop iteration show where the time goes.
 """
@@ -80,6 +81,7 @@ def _child(shape: tuple[int, ...], impl: str, repeats: int, out: Path) -> dict:
 
 def _run(flags: str, args, out: Path, dump: Path | None = None) -> dict:
     env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")  # XLA:CPU's flags, also on a GPU machine (JAX_PLATFORMS=cuda: the GPU's)
     env["XLA_FLAGS"] = " ".join(x for x in (env.get("XLA_FLAGS", ""), _xla_flags(flags),
                                             f"--xla_dump_to={dump}" if dump else "") if x)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(out), "--shape", args.shape, "--impl", args.impl,

@@ -5,24 +5,15 @@
 #   bash scripts/device_check.sh --platform cpu --out DIR                    # CPU dry run, tiny sizes (CI runs it)
 #   bash scripts/device_check.sh --download                                  # here: fetch the wheels to carry
 #
-# The GPU machine reaches no package registry. The pure-Python packages it lacks (scripts/device_wheels.txt) are
-# downloaded here into the git-ignored folder .whl/ (MULO_WHEELS overrides) and installed there into a private
-# folder put on PYTHONPATH, with `pip install --no-index --no-deps --find-links`; nothing else is installed.
-# PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
+# The GPU machine reaches no package registry: the pure-Python packages it lacks are carried as wheels
+# (scripts/carried_wheels.sh says how; scripts/gpu_e2e.sh installs them the same way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=${MULO_WHEELS:-.whl}
-LIST=${MULO_WHEEL_LIST:-scripts/device_wheels.txt}
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-names() { grep -v '^\s*#' "$LIST" | grep -v '^\s*$'; }
+# shellcheck source=scripts/carried_wheels.sh
+source scripts/carried_wheels.sh
 
 if [[ "${1:-}" == "--download" ]]; then
-  mkdir -p "$WHEELS"
-  # pure-Python wheels (py3-none-any), the same for the GPU machine's Python 3.12
-  names | xargs "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$WHEELS"
-  ls "$WHEELS"
+  download_carried_wheels
   exit 0
 fi
 
@@ -30,18 +21,6 @@ PLATFORM=gpu
 for ((i = 1; i <= $#; i++)); do
   if [[ "${!i}" == "--platform" ]]; then j=$((i + 1)); PLATFORM=${!j}; fi
 done
-if [[ -d "$WHEELS" ]] && compgen -G "$WHEELS/*.whl" >/dev/null; then
-  SITE=$(mktemp -d "${TMPDIR:-/tmp}/mulo-site.XXXXXX")
-  # shellcheck disable=SC2046
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --find-links "$WHEELS" \
-    --target "$SITE" $(names)
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  export MULO_CARRIED_WHEELS="$(cd "$WHEELS" && ls ./*.whl | sed 's|^\./||' | tr '\n' ' ')"
-  echo "device_check: installed $(names | wc -l) carried wheel(s) from $WHEELS into $SITE" >&2
-elif [[ "$PLATFORM" == "gpu" ]]; then
-  echo "device_check: no wheels in $WHEELS (run 'bash scripts/device_check.sh --download' where PyPI is reachable);" \
-       "using what is installed" >&2
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=${WANDB_MODE:-disabled}
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3} MPLBACKEND=${MPLBACKEND:-Agg}
+install_carried_wheels device_check "$([[ "$PLATFORM" == gpu ]] && echo 1 || echo 0)"
+export_run_env
 exec "$PYTHON" scripts/device_check.py "$@"

@@ -7,6 +7,11 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# On a GPU machine (`make test` there): JAX takes GPU memory as it needs it instead of 75% of the card up front, so
+# the CLI subprocesses that tests start find memory too; and the in-process tests, which assume one device (several
+# devices are tested on forced CPU devices: tests/test_parallel.py), see one GPU. Both are no-ops on a CPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"

@@ -9,9 +9,11 @@ import sys
 from conftest import REPO
 
 
-def _bench(*args: str) -> str:
+def _bench(*args: str, cpu: bool = False) -> str:
+    """Run ``scripts/bench.py ARGS``; ``cpu``: on JAX's CPU backend (forced host devices), also on a GPU machine."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **({"JAX_PLATFORMS": "cpu"} if cpu else {}))
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+                         timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -37,7 +39,7 @@ def test_bench_bound_prints_the_lower_bound():
 
 def test_bench_meta_train_scaling_table_over_forced_devices():
     out = _bench("meta-train", "--devices", "1,2", "--widths", "8", "--num_tasks", "2", "--trunc_length", "4",
-                 "--steps_per_jit", "2", "--batch", "8", "--repeats", "2", "--lo_impl", "reference")
+                 "--steps_per_jit", "2", "--batch", "8", "--repeats", "2", "--lo_impl", "reference", cpu=True)
     rows = re.findall(r"\|\s*8\s*\|\s*(\d)\s*\|\s*[\d.]+ ± [\d.]+\s*\|\s*([\d.]+)×\s*\|", out)
     assert [n for n, _ in rows] == ["1", "2"] and float(rows[0][1]) == 1.0, out
 

@@ -63,7 +63,7 @@ def test_resident_images_gathered_from_indices_equal_host_batches(name):
 
 def test_when_data_is_kept_on_the_device():
     ds = random_image_dataset("fashionmnist-28x28x1", n=100)  # train split: 80 images of 784 bytes = 62,720 bytes
-    cpu = jax.devices()
+    cpu = jax.devices("cpu")  # the CPU backend, also on a GPU machine
     gpu = lambda limit: SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": limit})  # noqa: E731
     assert wants_resident("on", ds, cpu) and not wants_resident("off", ds, [gpu(10 ** 9)])
     assert not wants_resident("auto", ds, cpu)  # on the CPU the device is the host: nothing to save
