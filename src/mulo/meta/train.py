@@ -9,7 +9,7 @@
 that ``meta_loss_norm`` picks: ``none`` (c_j = 1, the paper's plain mean) or ``init_loss`` (c_j = the task's
 meta-loss at initialisation: the mean normalised loss of ``num_tasks`` freshly initialised optimizees on one batch,
 ``init_loss_scale``). With ``init_loss`` every task's meta-loss starts near 1 whatever its loss's units (ln 10 for a
-10-class classifier, ln 256 for a byte-level LM), so no family dominates the meta-gradient by the size of its loss
+10-class classifier, ln 259 for a byte-level LM), so no family dominates the meta-gradient by the size of its loss
 alone; since the PES/ES estimates are linear in the per-step losses, this is exactly ĝ_j / c_j. c_j depends only on
 (seed, task), never on θ, so a resumed run recomputes the same value. ``task_batch_sizes`` gives each task its own
 batch size (default ``local_batch_size`` for all), e.g. the batch its family is meta-tested with.
@@ -36,6 +36,7 @@ Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import threading
@@ -147,10 +148,16 @@ class MetaTrainer:
         self.resident = tuple(wants_resident(cfg.data_on_device, t.dataset, devices, e.unroll.data_splits)
                               for t, e in zip(self.tasks, self.estimators))  # datasets kept on the devices
         rep = self.placement.replicated
-        self.loss_scales = (tuple(init_loss_scale(t, cfg.seed, j, cfg.num_tasks, b) for j, (t, b)
-                                  in enumerate(zip(self.tasks, self.batch_sizes)))
-                            if cfg.meta_loss_norm == "init_loss" else None)
         self._outer = jax.jit(self._outer_update, out_shardings=rep)
+
+    @functools.cached_property
+    def loss_scales(self) -> tuple[float, ...] | None:
+        """c_j per task (``meta_loss_norm="init_loss"``), or None for the plain mean; computed on first use (not by a
+        trainer built only for its ``identity``)."""
+        if self.cfg.meta_loss_norm != "init_loss":
+            return None
+        return tuple(init_loss_scale(t, self.cfg.seed, j, self.cfg.num_tasks, b)
+                     for j, (t, b) in enumerate(zip(self.tasks, self.batch_sizes)))
 
     # ---- state --------------------------------------------------------------------------------------------------
 
