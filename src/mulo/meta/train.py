@@ -242,6 +242,7 @@ class MetaTrainer:
 
     def step(self, state: TrainState, streams: Sequence[Iterator]) -> tuple[TrainState, dict]:
         s = int(state.step)
+        scales = self.loss_scales or (1.0,) * len(self.tasks)  # first use outside the jitted update, which bakes them in
         grads, new_ests, per_task = [], [], []
         for j, (est, est_state) in enumerate(zip(self.estimators, state.estimators)):
             g, new, metrics = est.estimate(state.theta, est_state, _key(self.cfg.seed, 2, s, j), streams[j])
@@ -259,7 +260,6 @@ class MetaTrainer:
             for k, v in m.items():
                 metrics[f"{k}/{task.name}"] = float(v)
         metrics["meta_loss"] = float(np.mean([m["meta_loss"] for m in per_task]))
-        scales = self.loss_scales or (1.0,) * len(self.tasks)
         for family in dict.fromkeys(self.families):
             rel = [float(m["meta_loss"]) / c for m, f, c in zip(per_task, self.families, scales) if f == family]
             metrics[f"meta_loss_family/{family}"] = float(np.mean(rel))
