@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -165,3 +166,52 @@ def test_a_mixed_family_run_resumes_bit_exactly(tmp_path):
 def test_runs_from_before_the_new_keys_keep_their_identity():
     ident = MetaTrainer(_cfg(), _mixed(), ToyLO()).identity()
     assert "meta_loss_norm" not in ident and "task_batch_sizes" not in ident
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_heldout_suite_never_touches_the_meta_training_tasks_and_sweeps_its_narrowest_widths():
+    from mulo.tasks.names import parse_task_name as parse
+
+    general = load_config(REPO / "config" / "meta_train" / "cpu_mulo_general.py")
+    trained = [parse(t, general.d_head) for t in general.task]
+    widest = {}
+    for spec in trained:
+        widest[spec.family] = max(widest.get(spec.family, 0), spec.width)
+    assert set(widest) == {"mlp", "transformer", "vit"} and general.meta_loss_norm == "init_loss"
+    rows = sorted((REPO / "config" / "meta_test" / "heldout").glob("*.py"))
+    assert {r.stem for r in rows} == {"mlp_depth8", "transformer", "vit", "horizon5x"}
+    for row in rows:
+        cfg = load_config(row)
+        specs = [parse(t, cfg.d_head) for t in cfg.task]
+        assert not {s.name for s in specs} & {s.name for s in trained}
+        assert all(s.width > widest[s.family] for s in specs), row.stem  # wider than any meta-training task
+        if row.stem in ("transformer", "vit"):  # the 4x (and 16x) the meta-trained width
+            assert sorted(s.width // widest[s.family] for s in specs) == ([4, 16] if row.stem == "transformer"
+                                                                          else [4])
+        sweep = load_config(REPO / "config" / "sweeps" / "heldout" / row.name)
+        (swept,) = [parse(t, sweep.d_head) for t in sweep.task]
+        narrowest = min(specs, key=lambda s: s.width)
+        assert (swept.model, swept.depth, swept.dataset) == (narrowest.model, narrowest.depth, narrowest.dataset)
+        assert swept.width <= narrowest.width and sweep.optimizer == "muadam"
+        for key in ("local_batch_size", "num_inner_steps", "tinyshakespeare_path", "d_head"):
+            assert sweep[key] == cfg[key], (row.stem, key)
+        if any(s.family == "transformer" for s in specs):  # text the meta-training never read
+            assert cfg.tinyshakespeare_path.endswith("second_half.txt")
+            assert general.tinyshakespeare_path.endswith("first_half.txt")
+    assert load_config(REPO / "config" / "meta_test" / "heldout" / "horizon5x.py").num_inner_steps == \
+        5 * general.num_inner_steps
+
+
+def test_tinyshakespeare_halves_are_disjoint_and_cover_the_text():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("split_ts", REPO / "scripts" / "split_tinyshakespeare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.SOURCE.read_text(encoding="utf-8")
+    first, second = mod.halves(text)
+    assert first + "\n" + second == text and first.endswith("\n") and not second.startswith("\n")
+    assert abs(len(first) - len(second)) < 0.01 * len(text)
+    assert first[-200:] not in second and second[:200] not in first
