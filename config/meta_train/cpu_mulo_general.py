@@ -13,8 +13,10 @@
 # classifiers, ~ln 259 for the byte LM), so the transformer's larger loss does not dominate the meta-gradient;
 # `report` on the run directory plots meta_loss_family/<family> (mlp, transformer, vit) on that common scale.
 # step_mult 0.03, batch 128 for the MLPs, clip 1 and the outer schedule are cpu_mulo_m's (see its model card).
-# Cost: measured in short trials on the shared 2-core machine (see the model card when shipped); sized for at most
-# ~3 CPU-hours on an idle 2-core machine.
+# Cost (trial of 5 outer steps on the shared 2-core machine): ~3.5 CPU-seconds per outer step for the 4 tasks
+# (MLPs ~0.25 + ~0.5, transformer and ViT the rest), plus ~150 CPU-seconds of compilation per start (JAX's persistent
+# cache, compilation_cache_dir, saves most of it on a resume). 2500 outer steps: ~2.4 CPU-hours, i.e. 1.2-2.4 hours
+# on an idle 2-core machine; within the ~3 CPU-hour budget with room for the compiles of a few resumes.
 _base_ = ["./meta_train_base.py"]
 
 optimizer = "mup_small_fc_mlp"
@@ -32,9 +34,9 @@ steps_per_jit = 10
 num_inner_steps = 1000
 truncation_schedule_min_length = 100
 random_initial_iteration_offset = 50
-num_outer_steps = 1500
+num_outer_steps = 2500
 meta_grad_clip = 1.0
-schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=75, decay_steps=1500, end_value=3e-4, exponent=1.0)
+schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=100, decay_steps=2500, end_value=3e-4, exponent=1.0)
 save_iter = 25
 checkpoints_to_keep = 3
 prefetch_batches = 4
