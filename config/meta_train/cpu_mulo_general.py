@@ -12,9 +12,10 @@
 # meta_loss_norm = init_loss divides each task's meta-loss by its value at initialisation (~ln 10 for the image
 # classifiers, ~ln 259 for the byte LM), so the transformer's larger loss does not dominate the meta-gradient;
 # `report` on the run directory plots meta_loss_family/<family> (mlp, transformer, vit) on that common scale.
-# step_mult 0.03, batch 128 for the MLPs, clip 1 and the outer schedule are cpu_mulo_m's (see its model card).
+# step_mult 0.03, batch 128 for the MLPs, clip 1 and the shape of the outer schedule (warmup to 3e-3, cosine to
+# 3e-4) are cpu_mulo_m's (see pretrained/cpu_mulo_m_fmnist.md).
 # Cost (trial of 5 outer steps on the shared 2-core machine): ~3.5 CPU-seconds per outer step for the 4 tasks
-# (MLPs ~0.25 + ~0.5, transformer and ViT the rest), plus ~150 CPU-seconds of compilation per start (JAX's persistent
+# (single-task trials: the transformer and the ViT cost several times the MLPs), plus ~150 CPU-seconds of compilation per start (JAX's persistent
 # cache, compilation_cache_dir, saves most of it on a resume). 2500 outer steps: ~2.4 CPU-hours, i.e. 1.2-2.4 hours
 # on an idle 2-core machine; within the ~3 CPU-hour budget with room for the compiles of a few resumes.
 _base_ = ["./meta_train_base.py"]
