@@ -17,7 +17,8 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.evaluate import report_meta_train as rmt
 from mulo.io import read_jsonl
 from mulo.meta import outer
-from mulo.meta.train import MetaTrainer, _key, task_family, train
+from mulo.meta.mixture import task_family
+from mulo.meta.train import MetaTrainer, _key, train
 from mulo.tasks.names import parse_task_name
 from test_meta_toys import QuadraticTask, ToyLO
 

@@ -8,11 +8,11 @@
 **Mixing task families** (``mulo.meta.outer.combine_meta_gradients``). Task j's meta-loss is divided by a scale c_j
 that ``meta_loss_norm`` picks: ``none`` (c_j = 1, the paper's plain mean) or ``init_loss`` (c_j = the task's
 meta-loss at initialisation: the mean normalised loss of ``num_tasks`` freshly initialised optimizees on one batch,
-``init_loss_scale``). With ``init_loss`` every task's meta-loss starts near 1 whatever its loss's units (ln 10 for a
-10-class classifier, ln 259 for a byte-level LM), so no family dominates the meta-gradient by the size of its loss
-alone; since the PES/ES estimates are linear in the per-step losses, this is exactly ĝ_j / c_j. c_j depends only on
-(seed, task), never on θ, so a resumed run recomputes the same value. ``task_batch_sizes`` gives each task its own
-batch size (default ``local_batch_size`` for all), e.g. the batch its family is meta-tested with.
+``mulo.meta.mixture.init_loss_scale``). With ``init_loss`` every task's meta-loss starts near 1 whatever its loss's
+units (ln 10 for a 10-class classifier, ln 259 for a byte-level LM), so no family dominates the meta-gradient by the
+size of its loss alone; since the PES/ES estimates are linear in the per-step losses, this is exactly ĝ_j / c_j. c_j
+depends only on (seed, task), never on θ, so a resumed run recomputes the same value. ``task_batch_sizes`` gives each
+task its own batch size (default ``local_batch_size`` for all), e.g. the batch its family is meta-tested with.
 
 Reproducibility: every random number is a pure function of (seed, step). The PRNG key of outer step s and task j is
 ``fold_in(fold_in(fold_in(PRNGKey(seed), 2), s), j)`` and the data of that step is ``dataset.batches(split,
@@ -53,6 +53,7 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
+from mulo.meta.mixture import init_loss_scale, task_batch_sizes, task_family
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
@@ -77,45 +78,6 @@ def _key(seed: int, *path: int) -> jax.Array:
     for p in path:
         key = jax.random.fold_in(key, p)
     return key
-
-
-def task_family(task: Any) -> str:
-    """The family a task's meta-loss is grouped under: its registered task family (mlp, transformer, vit), or for a
-    task without a parsed name the part of its name before the first '-' or '_'."""
-    spec = getattr(task, "spec", None)
-    family = getattr(spec, "family", None)
-    return family if isinstance(family, str) else task.name.split("_")[0].split("-")[0]
-
-
-def task_batch_sizes(cfg, num_tasks: int) -> tuple[int, ...]:
-    """The batch size of each task: ``task_batch_sizes`` (one per task, in ``task`` order) or ``local_batch_size``."""
-    sizes = cfg.task_batch_sizes
-    if sizes is None:
-        return (cfg.local_batch_size,) * num_tasks
-    if len(sizes) != num_tasks:
-        raise ConfigError(f"bad value {list(sizes)} for config key 'task_batch_sizes': expected one batch size per "
-                          f"task ({num_tasks} tasks), or None for local_batch_size={cfg.local_batch_size} everywhere")
-    return tuple(int(b) for b in sizes)
-
-
-def init_loss_scale(task: Any, seed: int, task_index: int, num: int, batch_size: int) -> float:
-    """c_j of ``meta_loss_norm="init_loss"``: the mean normalised loss (``task.normalizer``) of ``num`` freshly
-    initialised optimizees, each on its own training batch of ``batch_size``. A pure function of (seed, task)."""
-    dataset = task.dataset
-    data = np.random.SeedSequence([int(seed), int(task_index), 0, 1]).generate_state(1)[0]  # not a step's stream
-    chunk = next(dataset.batches("train", (1, num, batch_size), int(data), **host_kwargs(dataset, False)))
-    batch = jax.tree.map(lambda x: x[0], device_decoder(dataset, None, by_split=True)({"train": chunk})["train"])
-    keys = jax.random.split(_key(seed, 3, task_index), num)
-
-    def one(key, b):
-        k_init, k_loss = jax.random.split(key)
-        return task.normalizer(task.loss(task.init(k_init), b, k_loss))
-
-    scale = float(jnp.mean(jax.jit(jax.vmap(one))(keys, batch)))
-    if not (np.isfinite(scale) and scale > 0):
-        raise ConfigError(f"meta_loss_norm=init_loss: task {task.name} has meta-loss {scale} at initialisation, not a "
-                          f"positive number to divide by; use meta_loss_norm=none")
-    return scale
 
 
 class MetaTrainer:
@@ -156,7 +118,7 @@ class MetaTrainer:
         trainer built only for its ``identity``)."""
         if self.cfg.meta_loss_norm != "init_loss":
             return None
-        return tuple(init_loss_scale(t, self.cfg.seed, j, self.cfg.num_tasks, b)
+        return tuple(init_loss_scale(t, self.cfg.seed, j, self.cfg.num_tasks, b, _key(self.cfg.seed, 3, j))
                      for j, (t, b) in enumerate(zip(self.tasks, self.batch_sizes)))
 
     # ---- state --------------------------------------------------------------------------------------------------
@@ -242,7 +204,7 @@ class MetaTrainer:
 
     def step(self, state: TrainState, streams: Sequence[Iterator]) -> tuple[TrainState, dict]:
         s = int(state.step)
-        scales = self.loss_scales or (1.0,) * len(self.tasks)  # first use outside the jitted update, which bakes them in
+        scales = self.loss_scales or (1.0,) * len(self.tasks)  # first used outside the jitted update (baked in)
         grads, new_ests, per_task = [], [], []
         for j, (est, est_state) in enumerate(zip(self.estimators, state.estimators)):
             g, new, metrics = est.estimate(state.theta, est_state, _key(self.cfg.seed, 2, s, j), streams[j])
