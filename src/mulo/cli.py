@@ -49,7 +49,8 @@ _RUNTIME = ("compilation_cache_dir", "compilation_cache_max_gb")
 COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "meta-train": _WHAT + ("num_outer_steps", "num_inner_steps", "num_tasks", "steps_per_jit", "trunc_length",
                            "pes_std", "gradient_estimator", "truncation_schedule", "truncation_schedule_min_length",
-                           "random_initial_iteration_offset", "meta_loss_split", "meta_learning_rate", "schedule",
+                           "random_initial_iteration_offset", "meta_loss_split", "meta_loss_norm", "task_batch_sizes",
+                           "meta_learning_rate", "schedule",
                            "meta_weight_decay", "meta_grad_clip", "save_iter", "checkpoints_to_keep", "auto_resume")
                   + _LO + _TASK + _DATA + ("use_bf16",) + _LOG + _RUNTIME,
     "meta-test": _WHAT + ("num_runs", "checkpoint", "wandb_checkpoint_id") + _LOOP + _HAND + _LO + _TASK + _DATA

@@ -138,6 +138,12 @@ SCHEMA: dict[str, Key] = {
                                            min=0),
     "meta_loss_split": Key("str", "meta-loss: pre-update train loss, post-update loss on the same batch, or on a "
                                   "meta-valid batch", choices=("train", "same_data", "meta_valid")),
+    "meta_loss_norm": Key("str", "meta-training with several tasks: none (the meta-gradient is the mean of the tasks' "
+                      "meta-gradients) or init_loss (each task's meta-loss divided by its meta-loss at "
+                      "initialisation, so that no task family dominates by the units of its loss)",
+                      choices=("none", "init_loss")),
+    "task_batch_sizes": Key("list[int]", "meta-training: one batch size per task, in the order of `task` (None: "
+                            "local_batch_size for every task)", optional=True, min=1),
     "meta_learning_rate": Key("float", "outer Adam lr when `schedule` is empty", min=_POS),
     "schedule": Key("dict", "outer AdamW schedule: init_value, peak_value, warmup_steps, decay_steps, end_value, "
                             "exponent (decay_steps includes warmup)", fields=SCHEDULE_FIELDS),

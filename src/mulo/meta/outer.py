@@ -15,7 +15,7 @@ skipping of non-finite meta-gradients.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +65,18 @@ def build_outer_optimizer(schedule: Mapping[str, Any], meta_learning_rate: float
 def from_config(cfg):
     return build_outer_optimizer(dict(cfg.schedule), cfg.meta_learning_rate, cfg.meta_weight_decay,
                                  cfg.meta_grad_clip)
+
+
+def combine_meta_gradients(grads: Sequence[Any], scales: Sequence[float] | None = None) -> Any:
+    """The meta-gradient of one outer step from the tasks' estimates: mean_j ĝ_j (``scales`` None) or
+    mean_j ĝ_j / c_j, the gradient of the mean of the meta-losses each divided by its task's scale c_j
+    (``meta_loss_norm``, see ``mulo.meta.train``)."""
+    if scales is None:
+        return jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+    if len(scales) != len(grads):
+        raise ValueError(f"{len(scales)} loss scales for {len(grads)} meta-gradients")
+    inv = [1.0 / float(c) for c in scales]
+    return jax.tree.map(lambda *g: sum(x * w for x, w in zip(g, inv)) / len(g), *grads)
 
 
 def all_finite(tree: Any) -> jax.Array:

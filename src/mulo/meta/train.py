@@ -3,7 +3,16 @@
     state = trainer.init_state()                       # θ, outer optimizer, one estimator state per task
     for step in range(start, num_outer_steps):
         for each task j: ĝ_j, state_j = estimator_j.estimate(θ, state_j, key(step, j), data_j)
-        θ ← AdamW(θ, mean_j ĝ_j)                        # skipped (and counted) if ĝ has a NaN/inf
+        θ ← AdamW(θ, mean_j ĝ_j / c_j)                  # skipped (and counted) if ĝ has a NaN/inf
+
+**Mixing task families** (``mulo.meta.outer.combine_meta_gradients``). Task j's meta-loss is divided by a scale c_j
+that ``meta_loss_norm`` picks: ``none`` (c_j = 1, the paper's plain mean) or ``init_loss`` (c_j = the task's
+meta-loss at initialisation: the mean normalised loss of ``num_tasks`` freshly initialised optimizees on one batch,
+``mulo.meta.mixture.init_loss_scale``). With ``init_loss`` every task's meta-loss starts near 1 whatever its loss's
+units (ln 10 for a 10-class classifier, ln 259 for a byte-level LM), so no family dominates the meta-gradient by the
+size of its loss alone; since the PES/ES estimates are linear in the per-step losses, this is exactly ĝ_j / c_j. c_j
+depends only on (seed, task), never on θ, so a resumed run recomputes the same value. ``task_batch_sizes`` gives each
+task its own batch size (default ``local_batch_size`` for all), e.g. the batch its family is meta-tested with.
 
 Reproducibility: every random number is a pure function of (seed, step). The PRNG key of outer step s and task j is
 ``fold_in(fold_in(fold_in(PRNGKey(seed), 2), s), j)`` and the data of that step is ``dataset.batches(split,
@@ -13,7 +22,9 @@ what the uninterrupted run would have done. The data stream is prefetched to the
 
 Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
 
-* ``metrics.jsonl`` (and wandb): per step ``meta_loss`` (mean over tasks), ``meta_loss/<task>``,
+* ``metrics.jsonl`` (and wandb): per step ``meta_loss`` (mean over tasks of the raw meta-losses),
+  ``meta_loss_family/<family>`` (mean over the family's tasks of meta_loss_j / c_j: the families on one scale when
+  ``meta_loss_norm`` is ``init_loss``), ``loss_scale/<task>`` (c_j, with ``init_loss``), ``meta_loss/<task>``,
   ``delta_loss/<task>``, ``grad_norm/<task>``, ``inner_step/<task>``, ``train_loss/<task>``, ``meta_grad_norm``,
   ``lr``, ``nonfinite`` (1 if this step's meta-gradient was skipped), ``skipped_steps`` (running count),
   ``step_time_s``, ``inner_steps_per_s``;
@@ -25,6 +36,7 @@ Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import threading
@@ -41,6 +53,7 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
+from mulo.meta.mixture import init_loss_scale, task_batch_sizes, task_family
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
@@ -80,7 +93,10 @@ class MetaTrainer:
         if len(set(names)) != len(names):
             raise ConfigError(f"duplicate task in --task {','.join(names)}")
         self.placement = placement or Placement.from_config(cfg)
-        self.placement.check(cfg.num_tasks, cfg.local_batch_size)
+        self.batch_sizes = task_batch_sizes(cfg, len(self.tasks))
+        for b in self.batch_sizes:
+            self.placement.check(cfg.num_tasks, b)
+        self.families = tuple(task_family(t) for t in self.tasks)
         schedule = TruncationSchedule.from_config(cfg)
         donate = jax.default_backend() != "cpu"
         self.estimators = [
@@ -95,6 +111,15 @@ class MetaTrainer:
                               for t, e in zip(self.tasks, self.estimators))  # datasets kept on the devices
         rep = self.placement.replicated
         self._outer = jax.jit(self._outer_update, out_shardings=rep)
+
+    @functools.cached_property
+    def loss_scales(self) -> tuple[float, ...] | None:
+        """c_j per task (``meta_loss_norm="init_loss"``), or None for the plain mean; computed on first use (not by a
+        trainer built only for its ``identity``)."""
+        if self.cfg.meta_loss_norm != "init_loss":
+            return None
+        return tuple(init_loss_scale(t, self.cfg.seed, j, self.cfg.num_tasks, b, _key(self.cfg.seed, 3, j))
+                     for j, (t, b) in enumerate(zip(self.tasks, self.batch_sizes)))
 
     # ---- state --------------------------------------------------------------------------------------------------
 
@@ -127,14 +152,16 @@ class MetaTrainer:
         keys = ("task", "optimizer", "seed", "num_tasks", "gradient_estimator", "trunc_length", "steps_per_jit",
                 "pes_std", "local_batch_size", "meta_loss_split", "truncation_schedule",
                 "truncation_schedule_min_length", "num_inner_steps", "random_initial_iteration_offset")
-        return {**{k: cfg[k] for k in keys}, "lo": getattr(self.lo, "name", type(self.lo).__name__),
+        optional = {k: cfg[k] for k, default in (("meta_loss_norm", "none"), ("task_batch_sizes", None))
+                    if cfg[k] != default}  # only when set, so that runs from before these keys still resume
+        return {**{k: cfg[k] for k in keys}, **optional, "lo": getattr(self.lo, "name", type(self.lo).__name__),
                 "lo_hparams": hp, "num_processes": jax.process_count()}
 
     # ---- data ---------------------------------------------------------------------------------------------------
 
-    @property
-    def chunk_shape(self) -> tuple[int, int, int]:
-        return (self.cfg.steps_per_jit, self.cfg.num_tasks, self.cfg.local_batch_size)
+    def chunk_shape(self, j: int = 0) -> tuple[int, int, int]:
+        """(S, N, B) of task j's data chunks."""
+        return (self.cfg.steps_per_jit, self.cfg.num_tasks, self.batch_sizes[j])
 
     def host_stream(self, j: int, start_step: int, part: tuple[slice, ...] | None = None) -> Iterator[dict]:
         """Chunks {split: {"x", "y"}} of shape (S, N, B, ...) for task j, from outer step ``start_step`` on; only
@@ -146,20 +173,21 @@ class MetaTrainer:
             seed = data_seed(cfg.seed, j, step)
             kw = {} if part is None else {"part": part}  # the whole chunk: any dataset with batches(split, shape, seed)
             kw.update(host_kwargs(dataset, self.resident[j]))  # uint8 images or indices, decoded on the device
-            its = {sp: dataset.batches(sp, self.chunk_shape, seed, **kw) for sp in splits}
+            its = {sp: dataset.batches(sp, self.chunk_shape(j), seed, **kw) for sp in splits}
             for _ in range(est.num_chunks):
                 yield {sp: next(its[sp]) for sp in splits}
 
     def streams(self, start_step: int) -> list:
         from mulo.data.prefetch import DevicePrefetcher
 
-        part = self.placement.local_block(self.chunk_shape)
-        if part == tuple(slice(0, n) for n in self.chunk_shape):
-            part = None
-        put = self.placement.chunk_putter(self.chunk_shape)
         replicate = lambda x: self.placement.put(x, self.placement.replicated)  # noqa: E731
         streams = []
         for j, (task, est) in enumerate(zip(self.tasks, self.estimators)):
+            shape = self.chunk_shape(j)
+            part = self.placement.local_block(shape)
+            if part == tuple(slice(0, n) for n in shape):
+                part = None
+            put = self.placement.chunk_putter(shape)
             images = (resident_images(task.dataset, est.unroll.data_splits, replicate) if self.resident[j]
                       else None)
             streams.append(DevicePrefetcher(self.host_stream(j, start_step, part), size=self.cfg.prefetch_batches,
@@ -169,13 +197,14 @@ class MetaTrainer:
     # ---- one outer step -----------------------------------------------------------------------------------------
 
     def _outer_update(self, theta, opt_state, grads, skipped):
-        grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+        grad = outer.combine_meta_gradients(grads, self.loss_scales)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad)))
         theta, opt_state, finite = outer.apply_meta_gradient(self.tx, theta, opt_state, grad)
         return theta, opt_state, skipped + (~finite).astype(jnp.int32), norm, finite
 
     def step(self, state: TrainState, streams: Sequence[Iterator]) -> tuple[TrainState, dict]:
         s = int(state.step)
+        scales = self.loss_scales or (1.0,) * len(self.tasks)  # first used outside the jitted update (baked in)
         grads, new_ests, per_task = [], [], []
         for j, (est, est_state) in enumerate(zip(self.estimators, state.estimators)):
             g, new, metrics = est.estimate(state.theta, est_state, _key(self.cfg.seed, 2, s, j), streams[j])
@@ -193,6 +222,11 @@ class MetaTrainer:
             for k, v in m.items():
                 metrics[f"{k}/{task.name}"] = float(v)
         metrics["meta_loss"] = float(np.mean([m["meta_loss"] for m in per_task]))
+        for family in dict.fromkeys(self.families):
+            rel = [float(m["meta_loss"]) / c for m, f, c in zip(per_task, self.families, scales) if f == family]
+            metrics[f"meta_loss_family/{family}"] = float(np.mean(rel))
+        if self.loss_scales is not None:
+            metrics.update({f"loss_scale/{t.name}": c for t, c in zip(self.tasks, self.loss_scales)})
         metrics["meta_grad_norm"] = float(norm)
         metrics["lr"] = float(lr)
         metrics["nonfinite"] = int(not bool(finite))
@@ -382,11 +416,13 @@ def run(cfg, args=None) -> int:
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
     lo = build_learned(cfg)
     outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
-    Placement.from_config(cfg).check(cfg.num_tasks, cfg.local_batch_size)  # pairs and batch split over the devices
+    for b in task_batch_sizes(cfg, len(tasks)):  # pairs and batch split over the devices
+        Placement.from_config(cfg).check(cfg.num_tasks, b)
     run_dir = run_dir_path(cfg, "meta-train")
     splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
     preflight.check_data(tasks, splits)
-    check_fits(preflight.meta_train_footprint(cfg, tasks, lo, splits), "meta-train")
+    biggest = cfg.replace(local_batch_size=max(task_batch_sizes(cfg, len(tasks))))  # a bound for every task
+    check_fits(preflight.meta_train_footprint(biggest, tasks, lo, splits), "meta-train")
     main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
     with claim(run_dir, "meta-train") if main else nullcontext():
         if main:
