@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 import mulo.mup as mup
-from mulo.optimizers import as_optax
+from mulo.optimizers import as_optax, sources
 from mulo.optimizers.hand_designed import muadam_transform
 
 LO = "pretrained:cpu_mulo_m_fmnist"
@@ -33,6 +33,8 @@ def arguments(doc: str, widths: str, steps: int, batch: int, lrs: str) -> argpar
     p.add_argument("--steps", type=int, default=steps, help="training steps per run (default %(default)s)")
     p.add_argument("--batch", type=int, default=batch, help="batch size (default %(default)s)")
     p.add_argument("--muadam_lrs", default=lrs, help="MuAdam learning rates swept at the narrowest width")
+    p.add_argument("--lo_impl", default="fused", choices=("fused", "reference"),
+                   help="how the μLO computes (the same function; reference compiles faster on small models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
@@ -85,11 +87,12 @@ def compare(args: argparse.Namespace, model: Callable, batches: Callable[[int], 
         sweep[lr] = final(losses)
         print(f"MuAdam lr {lr:g} at width {narrow}: final train loss {sweep[lr]:.4f}")
     best_lr = min(sweep, key=sweep.get)
+    lo = sources.load_source(LO, impl=args.lo_impl)[:2]
     results = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "widths": args.widths,
                "muadam_sweep": {str(k): v for k, v in sweep.items()}, "muadam_lr": best_lr, "runs": []}
     for width in args.widths:
         meta, params, scales = setups[width]
-        for name, tx in (("μLO " + LO, as_optax(LO, update_scales=scales, num_steps=args.steps)),
+        for name, tx in (("μLO " + LO, as_optax(lo, update_scales=scales, num_steps=args.steps)),
                          (f"MuAdam lr {best_lr:g}", muadam_transform(best_lr, scales))):
             start = time.perf_counter()
             trained, losses = train(loss_fn, params, tx, batches(args.seed), args.steps)

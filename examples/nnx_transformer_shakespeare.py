@@ -60,16 +60,20 @@ class LM(nnx.Module):
         return self.head(self.ln(h)) / h.shape[-1]  # the μP readout multiplier: mulo.mup.readout_multiplier(meta)
 
 
+def width_of(state) -> int:
+    return jax.tree.leaves(state["head"]["kernel"])[0].shape[0]
+
+
 def model():
-    graphs = {}
+    graphs = {}  # width -> the nnx graph definition that merges with a state of that width
 
     def init_fn(width):
         graph, state = nnx.split(LM(width, nnx.Rngs(0)))
-        graphs[state["head"]["kernel"].value.shape[0]] = graph
+        graphs[width_of(state)] = graph
         return state
 
     def loss_fn(state, batch):
-        logits = nnx.merge(graphs[state["head"]["kernel"].value.shape[0]], state)(batch["x"])
+        logits = nnx.merge(graphs[width_of(state)], state)(batch["x"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
         mask = batch["y"] != 0  # pad
         return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
