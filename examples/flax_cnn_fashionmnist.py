@@ -1,7 +1,7 @@
 """A flax linen CNN on Fashion-MNIST trained by the shipped μLO and by MuAdam, at widths 64 and 1024.
 
-    python examples/flax_cnn_fashionmnist.py                          # the README's numbers (about 15 CPU-minutes)
-    python examples/flax_cnn_fashionmnist.py --steps 5 --widths 32,64 # a smoke run (the test does this)
+    python examples/flax_cnn_fashionmnist.py               # the README's numbers (15 minutes on a shared 2-core CPU)
+    python examples/flax_cnn_fashionmnist.py --steps 2 --widths 32 --lo_impl reference  # a smoke run (as the test)
 
 The model is ordinary flax: two stride-2 3x3 convolutions of width/8 channels, a global average pool, two Dense
 layers of ``width`` units and a 10-way readout. The μP bits: ``mulo.mup`` infers every parameter's role and fan_in

@@ -1,7 +1,7 @@
 """A flax nnx decoder-only transformer on Tiny Shakespeare (bytes) trained by the shipped μLO and by MuAdam.
 
-    python examples/nnx_transformer_shakespeare.py                          # the README's numbers
-    python examples/nnx_transformer_shakespeare.py --steps 5 --widths 32,64 # a smoke run (the test does this)
+    python examples/nnx_transformer_shakespeare.py --lo_impl reference  # the README's numbers (20 CPU-minutes)
+    python examples/nnx_transformer_shakespeare.py --steps 2 --widths 32 --lo_impl reference  # a smoke run
 
 An ordinary nnx model (pre-LN blocks: causal self-attention with heads of 16 dimensions, a 4x MLP; byte embedding,
 a learned position embedding, a readout). The μP bits written into the model: attention logits q.k / d_head (not
