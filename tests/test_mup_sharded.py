@@ -37,3 +37,35 @@ def test_sharded_params_take_the_same_lo_steps_with_a_quarter_of_the_state_per_d
         assert 0.25 <= r["fraction_sharded"] <= MAX_FRACTION, (name, r)  # every step, the state stays split
         assert r["fraction_single"] == 1.0
         assert r["compiles"] == 1, (name, r)  # one jitted program for every step
+
+
+def test_place_like_params_follows_each_parameter_and_replicates_the_rest():
+    """In-process, on a 1-device mesh: a state array of its parameter's shape takes the parameter's sharding, a
+    smaller one (an Adafactor factor) and the counters are replicated; unsharded params leave the state as it is."""
+    from typing import Any, NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from mulo.parallel import place_like_params
+
+    class State(NamedTuple):
+        params: Any
+        mom: Any
+        fac_row: Any
+        iteration: jax.Array
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("fsdp",))
+    params = {"w": jax.device_put(jnp.ones((4, 6)), NamedSharding(mesh, P(None, "fsdp"))),
+              "b": jax.device_put(jnp.ones((6,)), NamedSharding(mesh, P("fsdp")))}
+    state = State(None, {"w": (jnp.zeros((4, 6)),), "b": (jnp.zeros((6,)),)}, {"w": (jnp.zeros((6,)),), "b": ()},
+                  jnp.asarray(0))
+    placed = place_like_params(state, params)
+    assert placed.params is None
+    assert placed.mom["w"][0].sharding.spec == P(None, "fsdp") and placed.mom["b"][0].sharding.spec == P("fsdp")
+    assert placed.fac_row["w"][0].sharding.spec == P() and placed.iteration.sharding.spec == P()
+    assert np.array_equal(placed.mom["w"][0], state.mom["w"][0])
+    plain = {"w": jnp.ones((4, 6)), "b": jnp.ones((6,))}
+    assert place_like_params(state, plain) is state
