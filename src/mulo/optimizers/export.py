@@ -29,8 +29,8 @@ import jax
 import optax
 
 from mulo.optimizers import sources
-from mulo.parallel import place_like_params
 from mulo.optimizers.theta_io import load_theta
+from mulo.parallel import place_like_params
 
 
 def as_optax(lo_checkpoint: str | os.PathLike | tuple, update_scales: Any = None,
