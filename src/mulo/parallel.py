@@ -342,3 +342,35 @@ def on_each_device(devices: Sequence[jax.Device], work: Callable[[jax.Device, Ca
         t.join()
     if errors:
         raise errors[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a user's sharded parameters (FSDP-style): an optimizer's state placed like them
+
+
+def _follow(shape: tuple[int, ...], param_shape: tuple[int, ...], sharding: NamedSharding) -> NamedSharding:
+    """The sharding of a state array belonging to a parameter: the parameter's when the shapes are equal, else
+    replicated (e.g. Adafactor's row / column factors, O(n) of an O(n²) matrix)."""
+    return sharding if tuple(shape) == tuple(param_shape) else NamedSharding(sharding.mesh, P())
+
+
+def place_like_params(state: Any, params: Any) -> Any:
+    """``state`` (a NamedTuple of fields, e.g. a learned optimizer's) with every per-parameter array placed like its
+    parameter (``_follow``) and everything else replicated over the params' mesh. Unchanged unless every param is a
+    concrete array with a ``NamedSharding`` (nothing to follow otherwise, e.g. under jit)."""
+    leaves, treedef = jax.tree.flatten(params)
+    shardings = [getattr(p, "sharding", None) if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer)
+                 else None for p in leaves]
+    if not leaves or not all(isinstance(s, NamedSharding) for s in shardings):
+        return state
+    replicated = NamedSharding(shardings[0].mesh, P())
+
+    def place(field):
+        try:
+            per_param = treedef.flatten_up_to(field)
+        except (ValueError, TypeError):
+            return jax.tree.map(lambda x: jax.device_put(x, replicated), field)
+        return treedef.unflatten([jax.tree.map(lambda a: jax.device_put(a, _follow(a.shape, p.shape, s)), sub)
+                                  for sub, p, s in zip(per_param, leaves, shardings)])
+
+    return type(state)(*[place(f) for f in state])

@@ -27,7 +27,8 @@ from mulo.errors import ConfigError
 from mulo.io import atomic_write_bytes, atomic_write_json
 
 
-def _stats(acts: dict, acts0: dict) -> dict[str, tuple[float, float]]:
+def activation_stats(acts: dict, acts0: dict) -> dict[str, tuple[float, float]]:
+    """Per layer, the mean |x_t| and the std of x_t - x_1 (``acts0``: the activations at t = 1)."""
     return {k: (jnp.mean(jnp.abs(v)), jnp.std(v - acts0[k])) for k, v in acts.items()}
 
 
@@ -48,7 +49,7 @@ def coord_data(tasks: Sequence[Any], make_optimizer: Callable[[Any], Any], steps
         state = opt.init(params, steps)
 
         acts_fn = jax.jit(task.activations)
-        stats_fn = jax.jit(_stats)
+        stats_fn = jax.jit(activation_stats)
 
         @jax.jit
         def step(state, key):

@@ -40,6 +40,7 @@ import optax
 
 from mulo.optimizers import sources
 from mulo.optimizers.theta_io import load_theta
+from mulo.parallel import place_like_params
 
 
 def as_optax(lo_checkpoint: str | os.PathLike | tuple, update_scales: Any = None,
@@ -69,7 +70,8 @@ def as_optax(lo_checkpoint: str | os.PathLike | tuple, update_scales: Any = None
 
     def init_fn(params):
         state = opt.init(params, 0 if num_steps is None else int(num_steps))
-        return state._replace(params=None)
+        # sharded (FSDP-style) params: each device keeps only its part of the state, the part of its params
+        return place_like_params(state._replace(params=None), params)
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del extra_args  # other transformations' extra arguments (optax.chain passes them all)

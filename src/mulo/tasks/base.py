@@ -61,6 +61,22 @@ def update_scales(param_meta: Any, hidden_lr_mult: float = 1.0) -> Any:
                         is_leaf=lambda x: isinstance(x, ParamMeta))
 
 
+def init_std(meta: ParamMeta) -> float | None:
+    """The muP initial standard deviation of a weight: sqrt(1 / fan_in) for input and hidden weights, 0 for the
+    readout (zero-initialised), None for vectors (biases and norms keep their own initialisation)."""
+    if meta.role == "vector":
+        return None
+    return 0.0 if meta.role == "output" else (1.0 / meta.fan_in) ** 0.5
+
+
+def readout_multiplier(meta: ParamMeta, output_mult: float = 1.0) -> float:
+    """The muP forward multiplier of a readout's output: ``output_mult / fan_in`` (mulo's tasks multiply their logits,
+    readout bias included, by it). Only a readout has one."""
+    if meta.role != "output":
+        raise ValueError(f"only a readout (role 'output') has a forward multiplier, not a {meta.role!r} tensor")
+    return output_mult / meta.fan_in
+
+
 class Dataset(Protocol):
     """A dataset with splits ``train``, ``meta_valid`` and ``test`` (train and meta_valid never overlap)."""
 
