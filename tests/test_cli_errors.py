@@ -29,3 +29,13 @@ def test_missing_data_and_bad_input_are_one_line(tmp_path, argv, needle):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_one_line_joins_whitespace_and_cuts_long_messages():
+    from mulo.errors import one_line
+
+    assert one_line(ValueError("first line\n  second\tline\r\n")) == "first line second line"
+    assert one_line(OSError("x" * 301)) == "x" * 300 + "..."
+    assert one_line("y" * 300) == "y" * 300  # the limit itself is not cut
+    assert one_line("a b " * 5, limit=5) == "a b a..."
+    assert one_line("z " * 400, limit=None) == ("z " * 400).strip()

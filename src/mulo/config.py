@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
-from mulo.errors import ConfigError
+from mulo.errors import ConfigError, one_line
 from mulo.registry import OPTIMIZER_CHOICES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -554,7 +554,7 @@ def _read_file(path: str | os.PathLike) -> dict[str, Any]:
     except ConfigError:
         raise
     except (Exception, SystemExit) as exc:  # mmengine raises many kinds (SyntaxError, FileNotFoundError, ...)
-        msg = _clip(" ".join(str(exc).split()), 300)
+        msg = _clip(one_line(exc, None), 300)
         raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {msg}") from None
     return _to_plain(cfg.to_dict())
 

@@ -29,3 +29,11 @@ class CheckpointError(MuloError):
 
 class NotImplementedYet(MuloError):
     """A subcommand whose implementation has not landed yet."""
+
+
+def one_line(exc: BaseException | str, limit: int | None = 300) -> str:
+    """An exception's message (or a text) as one line for an error line: every run of whitespace (newlines of a
+    library's multi-line message among them) becomes one space, and a text longer than ``limit`` characters is cut
+    there, with "..." (``limit=None``: not cut)."""
+    text = " ".join(str(exc).split())
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from mulo.errors import MuloError
+from mulo.errors import MuloError, one_line
 
 
 class OutOfMemory(MuloError):
@@ -136,7 +136,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def out_of_memory_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = one_line(exc, None)
     if "RESOURCE_EXHAUSTED" in text:
         text = text[text.index("RESOURCE_EXHAUSTED"):]
     return (f"out of memory ({text[:200] or type(exc).__name__}): use a smaller width, batch (local_batch_size, "

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mulo.errors import ConfigError
+from mulo.errors import ConfigError, one_line
 
 AXES = ("pairs", "batch")
 DISTRIBUTED_MODES = ("auto", "on", "off")
@@ -101,7 +101,7 @@ def initialize_distributed(cfg: Any) -> bool:
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
-        text = " ".join(str(exc).split())[:300]
+        text = one_line(exc)
         raise ConfigError(f"cannot start jax.distributed with {kwargs}: {text}") from None
     return True
 

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from mulo.errors import DataError, MuloError
+from mulo.errors import DataError, MuloError, one_line
 from mulo.memory import Footprint, add, check_fits, example_bytes, footprint, tree_bytes
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit]
 
 
 def check_data(tasks: Sequence[Any], splits: Iterable[str]) -> None:
@@ -34,7 +30,7 @@ def check_data(tasks: Sequence[Any], splits: Iterable[str]) -> None:
                 raise
             except Exception as exc:  # a reader's unexpected failure on a damaged file is still one line
                 raise DataError(f"cannot read the {split} split of {ds.name}: {type(exc).__name__}: "
-                                f"{_one_line(exc)}") from None
+                                f"{one_line(exc)}") from None
             if first is None:
                 raise DataError(f"the {split} split of {ds.name} is empty")
 

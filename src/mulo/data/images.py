@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from mulo.data.sampling import check_split, epoch_indices, num_items, split_rng
-from mulo.errors import DataError
+from mulo.errors import DataError, one_line
 from mulo.io import private_tempdir
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -82,7 +82,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
-        raise DataError(f"{path} is damaged ({type(exc).__name__}: {_one_line(exc)}): download it again; "
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: {one_line(exc)}): download it again; "
                         f"{IMAGE_SOURCES['fashionmnist-28x28x1'].how_to_get}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
@@ -132,10 +132,6 @@ def load_fashion_mnist_idx(folder: Path, which: str) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(x[..., None]), y.astype(np.int32)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
 def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: bool, how_to_get: str,
                     chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """A whole TFDS image split as (uint8 NHWC, int32 labels), filled chunk by chunk (no float copy)."""
@@ -154,7 +150,7 @@ def load_tfds_split(tfds_name: str, split: str, data_dir: str | None, download: 
     except Exception as exc:  # tfds raises AssertionError / DatasetNotFoundError / FileNotFoundError ...
         where = data_dir or "the TFDS default data_dir"
         raise DataError(f"TFDS dataset {tfds_name} ({split}) not available in {where}: {how_to_get} "
-                        f"[{type(exc).__name__}: {_one_line(exc)}]") from None
+                        f"[{type(exc).__name__}: {one_line(exc)}]") from None
     finally:
         absl_logging.set_verbosity(verbosity)
     n = int(ds.cardinality())

@@ -23,7 +23,7 @@ import numpy as np
 
 from mulo.data.sampling import check_split, num_items, split_rng
 from mulo.data.tf_env import import_seqio, import_tf, import_tfds
-from mulo.errors import DataError
+from mulo.errors import DataError, one_line
 from mulo.io import private_tempdir
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped with the package (see assets/README.md)
@@ -172,7 +172,7 @@ class LM1B:
                                shuffle_files=seed is not None, read_config=read_config)
         except Exception as exc:
             where = self.data_dir or "the TFDS default data_dir"
-            msg = " ".join(str(exc).split())[:300]
+            msg = one_line(exc)
             raise DataError(f"TFDS dataset lm1b not available in {where}: prepare it with `tfds build lm1b` or set "
                             f"tfds_download true [{type(exc).__name__}: {msg}]") from None
         length, eos = self.seq_len + 1, int(vocab.eos_id)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mulo.config import Config
-from mulo.errors import CheckpointError, ConfigError, MuloError
+from mulo.errors import CheckpointError, ConfigError, MuloError, one_line
 from mulo.layout import CHECKPOINTS, LATEST, THETA_DIR, THETA_FINAL, is_theta_step_file
 from mulo.registry import HAND_DESIGNED
 
@@ -154,7 +154,7 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
     except MuloError:
         raise
     except Exception as exc:  # network errors, auth errors, wandb.errors.CommError for unknown runs, ...
-        msg = " ".join(str(exc).split())[:200]
+        msg = one_line(exc, 200)
         raise CheckpointError(f"cannot fetch wandb run {run_path} ({type(exc).__name__}: {msg}); wandb may be "
                               f"offline or the run unknown: download its theta file and pass --checkpoint PATH"
                               ) from None
@@ -168,7 +168,7 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
     try:
         best.download(root=str(dest), replace=True)
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
+        msg = one_line(exc, 200)
         raise CheckpointError(f"cannot download {best.name} from wandb run {run_path} ({type(exc).__name__}: "
                               f"{msg})") from None
     path = dest / best.name

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import jax
 
-from mulo.errors import CheckpointError
+from mulo.errors import CheckpointError, one_line
 from mulo.io import atomic_write_json, atomic_write_text
 from mulo.parallel import is_main_process
 
@@ -102,17 +102,12 @@ def damaged_file(step_dir: Path) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:300] + "...") if len(text) > 300 else text
-
-
 def _save_reason(exc: BaseException) -> str:
     """Why a save failed, short: a full disk is said as such (orbax reports it inside a long TensorStore error)."""
     text = str(exc)
     if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in text or "os_error_code='28'" in text:
         return "no space left on device"
-    return _one_line(exc)
+    return one_line(exc)
 
 
 def _pack(state: Any) -> dict:
@@ -140,7 +135,7 @@ class Checkpointer:
                 self._manager = ocp.CheckpointManager(self.directory, options=options,
                                                       item_handlers=ocp.StandardCheckpointHandler())
         except Exception as exc:  # noqa: BLE001 - orbax raises many kinds
-            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_one_line(exc)}") from None
+            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {one_line(exc)}") from None
 
     # ---- queries ------------------------------------------------------------------------------------------------
 
@@ -163,7 +158,7 @@ class Checkpointer:
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"corrupt {path}: {_one_line(exc)}") from None
+            raise CheckpointError(f"corrupt {path}: {one_line(exc)}") from None
         saved.setdefault("num_processes", 1)  # checkpoints from before multi-process runs
         procs = saved.get("num_processes"), self.identity.get("num_processes", saved["num_processes"])
         if procs[0] != procs[1]:
@@ -266,7 +261,7 @@ class Checkpointer:
                 stored = self._manager.item_metadata(step)
             stored = dict(getattr(stored, "tree", stored) or {})
         except Exception as exc:  # noqa: BLE001
-            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {_one_line(exc)}") from None
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {one_line(exc)}") from None
         if packed and not stored:  # the array metadata is gone: a damaged checkpoint, not another run's
             raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: its array metadata is missing")
         bad = [k for k in set(stored) | set(packed) if k not in stored or k not in packed
@@ -280,7 +275,7 @@ class Checkpointer:
             with _quiet_absl():
                 restored = self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
         except Exception as exc:  # noqa: BLE001
-            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {_one_line(exc)}") from None
+            raise CorruptCheckpoint(f"checkpoint {where} is corrupt or incomplete: {one_line(exc)}") from None
         return _unpack(template, restored)
 
     def close(self) -> None:
