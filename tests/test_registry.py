@@ -222,3 +222,89 @@ def test_importing_the_config_imports_no_optimizer_module():
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------- choice lists exist once
+
+def _choice_keys() -> dict[str, object]:
+    """Every config key (dict entries as key.entry) that has a list of accepted values -> that list."""
+    from mulo.config import SCHEMA
+
+    out = {}
+    for key, spec in SCHEMA.items():
+        if spec.choices is not None:
+            out[key] = spec.choices
+        for entry, sub in (spec.fields or {}).items():
+            if sub.choices is not None:
+                out[f"{key}.{entry}"] = sub.choices
+    return out
+
+
+def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
+    """Each config key's accepted values are derived, not written again: the schema holds the very tuple (``is``)
+    that the implementing module checks and dispatches on, and that tuple lives in mulo.registry."""
+    import importlib
+
+    from mulo import registry
+    from mulo.config import SCHEMA
+
+    owners = {  # config key -> (the module that implements the choice, its name for the list, registry's name)
+        "lo_impl": ("mulo.optimizers.adafac_mlp", "LO_IMPLS", "LO_IMPLS"),
+        "lo_eps_scaling": ("mulo.optimizers.adafac_mlp", "EPS_SCALINGS", "EPS_SCALINGS"),
+        "gradient_estimator": ("mulo.meta.estimators", "ESTIMATORS", "ESTIMATORS"),
+        "truncation_schedule": ("mulo.meta.truncation", "TRUNCATION_KINDS", "TRUNCATION_KINDS"),
+        "meta_loss_split": ("mulo.meta.unroll", "META_LOSS_SPLITS", "META_LOSS_SPLITS"),
+        "meta_loss_norm": ("mulo.meta.mixture", "META_LOSS_NORMS", "META_LOSS_NORMS"),
+        "distributed": ("mulo.parallel", "DISTRIBUTED_MODES", "DISTRIBUTED_MODES"),
+        "data_on_device": ("mulo.data.transfer", "ON_DEVICE_MODES", "ON_DEVICE_MODES"),
+        "wandb_mode": ("mulo.runtime", "WANDB_MODES", "WANDB_MODES"),
+        "jax_default_matmul_precision": ("mulo.runtime", "MATMUL_PRECISIONS", "MATMUL_PRECISIONS"),
+        # sweep.py keeps an equal copy (METHODS) until it imports SWEEP_METHODS (it is being split elsewhere)
+        "sweep_config.method": ("mulo.evaluate.sweep", "METHODS", "SWEEP_METHODS"),
+    }
+    choices = _choice_keys()
+    assert set(choices) == set(owners) | {"optimizer"}, "a new choice key needs its owner listed here"
+    for key, (module, name, reg_name) in owners.items():
+        owned = getattr(importlib.import_module(module), name)
+        assert choices[key] is getattr(registry, reg_name), key
+        if key == "sweep_config.method":
+            assert tuple(owned) == choices[key], key
+        else:
+            assert owned is choices[key], key
+    # optimizer: hand-designed names, then every registered learned optimizer (read when validated)
+    assert tuple(SCHEMA["optimizer"].choices) == registry.HAND_DESIGNED + learned_names()
+    assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(SCHEMA["optimizer"].choices)
+    # schedule: its entries are SCHEDULE_KEYS, the list mulo.meta.outer checks a schedule against
+    from mulo.meta import outer
+
+    assert tuple(SCHEMA["schedule"].fields) == registry.SCHEDULE_KEYS and outer.SCHEDULE_KEYS is registry.SCHEDULE_KEYS
+
+
+def test_every_lo_impl_is_taken_by_an_lo_and_velo_takes_a_subset():
+    from mulo.optimizers import velo
+    from mulo.optimizers.adafac_mlp import AdafacMLPLO
+    from mulo.registry import LO_IMPLS
+
+    assert all(AdafacMLPLO("mup_small_fc_mlp", impl=impl).impl == impl for impl in LO_IMPLS)
+    assert set(velo.IMPLEMENTATIONS) < set(LO_IMPLS)
+    with pytest.raises(ConfigError, match="lo_impl"):
+        AdafacMLPLO("mup_small_fc_mlp", impl="fast")
+
+
+def test_the_implementations_refuse_values_outside_their_list():
+    """The lists are what the implementations check (not only the config): a value outside them is one line."""
+    from mulo.meta.mixture import divides_by_init_loss
+    from mulo.parallel import distributed_kwargs
+    from mulo.runtime import check_environment, set_matmul_precision
+
+    assert divides_by_init_loss("init_loss") and not divides_by_init_loss("none")
+    with pytest.raises(ConfigError, match="meta_loss_norm.*none, init_loss"):
+        divides_by_init_loss("init")
+    cfg = {"distributed": "maybe", "coordinator_address": None, "num_processes": None, "process_id": None}
+    with pytest.raises(ConfigError, match="'distributed': expected one of auto, on, off"):
+        distributed_kwargs(type("C", (dict,), {"__getattr__": dict.__getitem__})(cfg), env={})
+    with pytest.raises(ConfigError, match="float32, tensorfloat32, bfloat16"):
+        set_matmul_precision("highest")
+    with pytest.raises(ConfigError, match="WANDB_MODE: expected one of online, offline, disabled"):
+        check_environment({"WANDB_MODE": "loud"})
+    check_environment({"WANDB_MODE": "dryrun"})  # wandb's older name is still accepted from the environment

@@ -27,7 +27,9 @@ from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
 from mulo.errors import ConfigError, one_line
-from mulo.registry import OPTIMIZER_CHOICES
+from mulo.registry import (DISTRIBUTED_MODES, EPS_SCALINGS, ESTIMATORS, LO_IMPLS, MATMUL_PRECISIONS,
+                           META_LOSS_NORMS, META_LOSS_SPLITS, ON_DEVICE_MODES, OPTIMIZER_CHOICES, SCHEDULE_KEYS,
+                           SWEEP_METHODS, TRUNCATION_KINDS, WANDB_MODES)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = REPO_ROOT / "config" / "base.py"
@@ -57,16 +59,18 @@ NON_EMPTY = ("output_dir", "data_dir", "fashion_mnist_dir", "tinyshakespeare_pat
 INT_MAX = 2**31 - 1  # every integer fits int32 (step counters, PRNG seeds: JAX folds larger seeds to 32 bits)
 MAX_STR = 4096  # longer strings are a pasted mistake, not a name or a path
 
-SCHEDULE_FIELDS: dict[str, Key] = {
-    "init_value": Key("float", "lr at step 0", min=0.0),
-    "peak_value": Key("float", "lr at the end of the warmup", min=_POS),
-    "warmup_steps": Key("int", "linear warmup steps", min=0),
-    "decay_steps": Key("int", "total steps of warmup + cosine decay", min=1),
-    "end_value": Key("float", "lr at the end of the cosine", min=0.0),
-    "exponent": Key("float", "cosine exponent", min=_POS),
-}
+# the entries of `schedule`, in the order of SCHEDULE_KEYS (mulo.meta.outer reads them): init_value, peak_value,
+# warmup_steps, decay_steps, end_value, exponent
+SCHEDULE_FIELDS: dict[str, Key] = dict(zip(SCHEDULE_KEYS, (
+    Key("float", "lr at step 0", min=0.0),
+    Key("float", "lr at the end of the warmup", min=_POS),
+    Key("int", "linear warmup steps", min=0),
+    Key("int", "total steps of warmup + cosine decay", min=1),
+    Key("float", "lr at the end of the cosine", min=0.0),
+    Key("float", "cosine exponent", min=_POS),
+), strict=True))
 SWEEP_FIELDS: dict[str, Key] = {
-    "method": Key("str", "search method", choices=("grid", "tpe", "random")),
+    "method": Key("str", "search method", choices=SWEEP_METHODS),
     "parameters": Key("dict", "config key -> list of values (grid) or dict(low=, high=, log=)"),
     "metric": Key("str", "informational: the objective is always the tail-mean train loss"),
 }
@@ -99,17 +103,17 @@ SCHEMA: dict[str, Key] = {
     "data_on_device": Key("str", "keep the training images on the accelerator and gather each batch there (only "
                           "indices cross to the device): on, off (gathered on the host, sent as uint8), auto (on for "
                           "GPU/TPU when they fit in a quarter of its memory; off on the CPU)",
-                          choices=("auto", "on", "off")),
+                          choices=ON_DEVICE_MODES),
     # learned optimizers
     "hidden_size": Key("int", "hidden units of the learned optimizer's MLP", min=1),
     "adafac_step_mult": Key("float", "LO step multiplier (None: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp)",
                             optional=True, min=_POS),
     "adafac_exp_mult": Key("float", "LO magnitude exponent multiplier", min=0.0),
     "lo_clip_grad": Key("bool", "clip the optimizee gradient to global norm 1 inside the LO"),
-    "lo_impl": Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel, hidden layer 2 on tensor cores; interpreted on CPU; not for VeLO)", choices=("reference", "fused", "pallas")),
+    "lo_impl": Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel, hidden layer 2 on tensor cores; interpreted on CPU; not for VeLO)", choices=LO_IMPLS),
     "lo_eps_scaling": Key("str", "epsilon of the LO's per-tensor feature normaliser: none (1e-5 everywhere, the "
                           "reference) or fan_in (1e-5/fan_in for matrices, so it does not swamp the tiny gradients of "
-                          "wide hidden layers); stored with theta", choices=("none", "fan_in")),
+                          "wide hidden layers); stored with theta", choices=EPS_SCALINGS),
     # hand-designed optimizers
     "learning_rate": Key("float", "learning rate of hand-designed optimizers", min=_POS),
     "beta1": Key("float", "Adam beta1", min=0.0, max=1.0, below_max=True),
@@ -131,17 +135,17 @@ SCHEMA: dict[str, Key] = {
     "steps_per_jit": Key("int", "inner steps per jitted unroll call (must divide trunc_length)", min=1),
     "trunc_length": Key("int", "PES/ES truncation length K", min=1),
     "pes_std": Key("float", "std of the meta-parameter perturbations", min=_POS),
-    "gradient_estimator": Key("str", "meta-gradient estimator", choices=("pes", "es")),
-    "truncation_schedule": Key("str", "episode lengths", choices=("constant", "log_uniform")),
+    "gradient_estimator": Key("str", "meta-gradient estimator", choices=ESTIMATORS),
+    "truncation_schedule": Key("str", "episode lengths", choices=TRUNCATION_KINDS),
     "truncation_schedule_min_length": Key("int", "shortest episode of the log-uniform schedule", min=1),
     "random_initial_iteration_offset": Key("int", "initial inner steps drawn in [0, this) to desynchronise tasks",
                                            min=0),
     "meta_loss_split": Key("str", "meta-loss: pre-update train loss, post-update loss on the same batch, or on a "
-                                  "meta-valid batch", choices=("train", "same_data", "meta_valid")),
+                                  "meta-valid batch", choices=META_LOSS_SPLITS),
     "meta_loss_norm": Key("str", "meta-training with several tasks: none (the meta-gradient is the mean of the tasks' "
                       "meta-gradients) or init_loss (each task's meta-loss divided by its meta-loss at "
                       "initialisation, so that no task family dominates by the units of its loss)",
-                      choices=("none", "init_loss")),
+                      choices=META_LOSS_NORMS),
     "task_batch_sizes": Key("list[int]", "meta-training: one batch size per task, in the order of `task` (None: "
                             "local_batch_size for every task)", optional=True, min=1),
     "meta_learning_rate": Key("float", "outer Adam lr when `schedule` is empty", min=_POS),
@@ -178,7 +182,7 @@ SCHEMA: dict[str, Key] = {
     "coord_steps": Key("int", "steps recorded by the coordinate check", min=1),
     # logging
     "wandb_mode": Key("str", "wandb logging (the WANDB_MODE environment variable wins)",
-                      choices=("online", "offline", "disabled")),
+                      choices=WANDB_MODES),
     "wandb_project": Key("str", "wandb project"),
     "wandb_entity": Key("str", "wandb entity", optional=True),
     "log_every": Key("int", "log metrics every this many steps", min=1),
@@ -188,14 +192,14 @@ SCHEMA: dict[str, Key] = {
                                         "compiled steps instead of compiling again (None: off; the "
                                         "MULO_COMPILATION_CACHE_DIR environment variable wins)", optional=True),
     "compilation_cache_max_gb": Key("float", "size of that cache, least recently used entries evicted", min=_POS),
-    "jax_default_matmul_precision": Key("str", "precision of float32 matmuls (jax_default_matmul_precision): float32 (exact), tensorfloat32 (TF32 tensor cores on NVIDIA GPUs), bfloat16 (one bf16 pass); never left to the backend's default", choices=("float32", "tensorfloat32", "bfloat16")),
+    "jax_default_matmul_precision": Key("str", "precision of float32 matmuls (jax_default_matmul_precision): float32 (exact), tensorfloat32 (TF32 tensor cores on NVIDIA GPUs), bfloat16 (one bf16 pass); never left to the backend's default", choices=MATMUL_PRECISIONS),
     # devices and processes (mulo.parallel)
     "data_parallel": Key("int", "devices that split each batch (the mesh's batch axis); the other devices split the "
                                 "perturbation pairs (num_tasks must be a multiple of their count)", min=1,
                          max=INT_MAX),
     "distributed": Key("str", "jax.distributed.initialize: auto (under mpirun/srun or with a coordinator_address), "
                               "on (always, JAX's cluster detection), off (one process)",
-                       choices=("auto", "on", "off")),
+                       choices=DISTRIBUTED_MODES),
     "coordinator_address": Key("str", "host:port of process 0 for jax.distributed (else JAX_COORDINATOR_ADDRESS or "
                                       "the cluster's detection)", optional=True),
     "num_processes": Key("int", "number of processes of a multi-process run (else detected)", optional=True, min=1,

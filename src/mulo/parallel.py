@@ -32,9 +32,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mulo.errors import ConfigError, one_line
+from mulo.registry import DISTRIBUTED_MODES
 
 AXES = ("pairs", "batch")
-DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -75,6 +75,9 @@ def distributed_kwargs(cfg: Any, env: Mapping[str, str] | None = None) -> dict |
     Under Open MPI without a ``cluster_detection_method`` we use ``mpi4py`` (JAX's own Open MPI detection reads
     variables that Open MPI 5 no longer sets)."""
     mode = cfg.distributed
+    if mode not in DISTRIBUTED_MODES:
+        raise ConfigError(f"bad value {mode!r} for config key 'distributed': expected one of "
+                          f"{', '.join(DISTRIBUTED_MODES)}")
     if mode == "off":
         return None
     kind = launch_kind(env)

@@ -32,6 +32,21 @@ from mulo.errors import ConfigError
 # registered objects: this is the one list of their names
 HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
 
+# ---- the accepted values of the components' options: each tuple is the one list, read by the config schema (its
+# choices, so `--help` and validation import no JAX) and by the module that implements the choice (named after each)
+LO_IMPLS = ("reference", "fused", "pallas")  # lo_impl: mulo.optimizers.adafac_mlp (each LO accepts a subset)
+EPS_SCALINGS = ("none", "fan_in")  # lo_eps_scaling: mulo.optimizers.adafac_mlp / features.norm_eps
+ESTIMATORS = ("pes", "es")  # gradient_estimator: mulo.meta.estimators
+TRUNCATION_KINDS = ("constant", "log_uniform")  # truncation_schedule: mulo.meta.truncation
+META_LOSS_SPLITS = ("train", "same_data", "meta_valid")  # meta_loss_split: mulo.meta.unroll
+META_LOSS_NORMS = ("none", "init_loss")  # meta_loss_norm: mulo.meta.mixture
+SCHEDULE_KEYS = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")  # mulo.meta.outer
+DISTRIBUTED_MODES = ("auto", "on", "off")  # distributed: mulo.parallel
+ON_DEVICE_MODES = ("auto", "on", "off")  # data_on_device: mulo.data.transfer
+SWEEP_METHODS = ("grid", "tpe", "random")  # sweep_config.method: mulo.evaluate.sweep
+WANDB_MODES = ("online", "offline", "disabled")  # wandb_mode and the WANDB_MODE variable: mulo.runtime
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # jax_default_matmul_precision: mulo.runtime
+
 
 class RegistryError(ConfigError):
     """A registration that breaks the registry's rules (a duplicate name, a bad entry)."""

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mulo.registry import MATMUL_PRECISIONS, WANDB_MODES
+
 MIN_COMPILE_SECONDS = 1.0  # cheaper compilations are not worth a file
 CACHE_ENV = "MULO_COMPILATION_CACHE_DIR"  # wins over the config key (tests point it at a temporary directory)
 CACHE_ROOT = "~/.cache/mulo"
@@ -21,7 +23,8 @@ CACHE_ROOT = "~/.cache/mulo"
 # pointed at CACHE_ROOT/<sub> when the variable is unset; a value the user set is kept.
 LIBRARY_DIRS = {"KERAS_HOME": "keras", "MPLCONFIGDIR": "matplotlib", "WANDB_CACHE_DIR": "wandb/cache",
                 "WANDB_CONFIG_DIR": "wandb/config", "WANDB_DATA_DIR": "wandb/data", "WANDB_DIR": "wandb/runs"}
-WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run")  # what wandb itself accepts in WANDB_MODE
+# the WANDB_MODE variable: WANDB_MODES, or the older names wandb itself still accepts
+WANDB_ENV_MODES = WANDB_MODES + ("dryrun", "run")
 
 
 def library_dirs(environ: Any = None) -> dict[str, str]:
@@ -43,9 +46,9 @@ def check_environment(environ: Any = None) -> None:
 
     environ = os.environ if environ is None else environ
     mode = environ.get("WANDB_MODE")
-    if mode is not None and mode not in WANDB_MODES:
+    if mode is not None and mode not in WANDB_ENV_MODES:
         raise ConfigError(f"bad value {mode!r} for environment variable WANDB_MODE: expected one of "
-                          f"online, offline, disabled")
+                          f"{', '.join(WANDB_MODES)}")
 
 
 def enable_compilation_cache(cache_dir: str | None, max_gb: float) -> Path | None:
@@ -77,6 +80,11 @@ def set_matmul_precision(name: str) -> None:
     float32, TF32 or one bf16 pass; never left to the backend's default (TF32 on NVIDIA GPUs)."""
     import jax
 
+    if name not in MATMUL_PRECISIONS:
+        from mulo.errors import ConfigError
+
+        raise ConfigError(f"bad value {name!r} for config key 'jax_default_matmul_precision': expected one of "
+                          f"{', '.join(MATMUL_PRECISIONS)}")
     jax.config.update("jax_default_matmul_precision", name)
 
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-ON_DEVICE = ("auto", "on", "off")
+from mulo.registry import ON_DEVICE_MODES
+
 RESIDENT_FRACTION = 0.25  # auto: at most this fraction of the smallest device's memory for the resident splits
 
 
@@ -38,8 +39,8 @@ def wants_resident(setting: str, dataset: Any, devices: Sequence[jax.Device], sp
     """Whether ``dataset``'s ``splits`` are kept on ``devices`` (``data_on_device``): "on" for any dataset that can
     (image datasets), "off" never, "auto" on accelerators (not the CPU, where the device is the host) when the
     splits' uint8 images fit in ``RESIDENT_FRACTION`` of the smallest device's memory."""
-    if setting not in ON_DEVICE:
-        raise ValueError(f"data_on_device must be one of {ON_DEVICE}, got {setting!r}")
+    if setting not in ON_DEVICE_MODES:
+        raise ValueError(f"data_on_device must be one of {ON_DEVICE_MODES}, got {setting!r}")
     if setting == "off" or not callable(getattr(dataset, "resident_images", None)):
         return False
     if setting == "on":

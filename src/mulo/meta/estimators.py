@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from mulo.meta.unroll import InnerState, StepOutput, TruncatedUnroll
+from mulo.registry import ESTIMATORS
 
-ESTIMATORS = ("pes", "es")
 
 
 class PESState(NamedTuple):

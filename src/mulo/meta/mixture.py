@@ -12,6 +12,7 @@ import numpy as np
 
 from mulo.data.transfer import device_decoder, host_kwargs
 from mulo.errors import ConfigError
+from mulo.registry import META_LOSS_NORMS
 
 
 def task_family(task: Any) -> str:
@@ -31,6 +32,15 @@ def task_batch_sizes(cfg, num_tasks: int) -> tuple[int, ...]:
         raise ConfigError(f"bad value {list(sizes)} for config key 'task_batch_sizes': expected one batch size per "
                           f"task ({num_tasks} tasks), or None for local_batch_size={cfg.local_batch_size} everywhere")
     return tuple(int(b) for b in sizes)
+
+
+def divides_by_init_loss(meta_loss_norm: str) -> bool:
+    """Whether ``meta_loss_norm`` (one of META_LOSS_NORMS) divides each task's meta-loss by its value at
+    initialisation (``init_loss``) rather than taking the plain mean of the tasks' meta-gradients (``none``)."""
+    if meta_loss_norm not in META_LOSS_NORMS:
+        raise ConfigError(f"bad value {meta_loss_norm!r} for config key 'meta_loss_norm': expected one of "
+                          f"{', '.join(META_LOSS_NORMS)}")
+    return meta_loss_norm == "init_loss"
 
 
 def init_loss_scale(task: Any, seed: int, task_index: int, num: int, batch_size: int, key: jax.Array) -> float:

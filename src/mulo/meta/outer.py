@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from mulo.errors import ConfigError
+from mulo.registry import SCHEDULE_KEYS
 
-SCHEDULE_KEYS = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")
 
 
 def lr_schedule(schedule: Mapping[str, Any], meta_learning_rate: float) -> Callable[[Any], Any]:

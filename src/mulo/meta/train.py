@@ -53,7 +53,7 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
-from mulo.meta.mixture import init_loss_scale, task_batch_sizes, task_family
+from mulo.meta.mixture import divides_by_init_loss, init_loss_scale, task_batch_sizes, task_family
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
@@ -116,7 +116,7 @@ class MetaTrainer:
     def loss_scales(self) -> tuple[float, ...] | None:
         """c_j per task (``meta_loss_norm="init_loss"``), or None for the plain mean; computed on first use (not by a
         trainer built only for its ``identity``)."""
-        if self.cfg.meta_loss_norm != "init_loss":
+        if not divides_by_init_loss(self.cfg.meta_loss_norm):
             return None
         return tuple(init_loss_scale(t, self.cfg.seed, j, self.cfg.num_tasks, b, _key(self.cfg.seed, 3, j))
                      for j, (t, b) in enumerate(zip(self.tasks, self.batch_sizes)))

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mulo.errors import ConfigError
-
-KINDS = ("constant", "log_uniform")
+from mulo.registry import TRUNCATION_KINDS
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ class TruncationSchedule:
     initial_offset: int = 0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"bad truncation_schedule {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.kind not in TRUNCATION_KINDS:
+            raise ConfigError(f"bad truncation_schedule {self.kind!r}: expected one of {', '.join(TRUNCATION_KINDS)}")
         if self.max_length < 1:
             raise ConfigError(f"bad num_inner_steps {self.max_length}: expected >= 1")
         if self.kind == "log_uniform" and not 1 <= self.min_length <= self.max_length:

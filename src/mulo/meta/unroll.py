@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from mulo.meta.truncation import TruncationSchedule
+from mulo.registry import META_LOSS_SPLITS
 from mulo.tasks.precision import task_loss
 
-META_LOSS_SPLITS = ("train", "same_data", "meta_valid")
 
 
 class InnerState(NamedTuple):

@@ -38,10 +38,10 @@ from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEA
                                       decay_from_param, effective_weights, factored_dims, features_reference,
                                       fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
                                       safe_rsqrt, time_features, update_acc)
+from mulo.registry import EPS_SCALINGS, LO_IMPLS
 
 LO_NAMES = ("small_fc_mlp", "mup_small_fc_mlp")
 DEFAULT_STEP_MULT = {"small_fc_mlp": 0.001, "mup_small_fc_mlp": 0.01}
-EPS_SCALINGS = ("none", "fan_in")
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,8 @@ def _dir_mag_fused(nn, p, g, acc, iteration, eps=NORM_EPS):
 
 
 IMPLEMENTATIONS = {"reference": _dir_mag_reference, "fused": _dir_mag_fused}
-# the config key lo_impl; "pallas" updates each matrix with the kernel of adafac_pallas (other tensors: fused)
-LO_IMPLS = ("reference", "fused", "pallas")
+# LO_IMPLS (mulo.registry, the config key lo_impl): "pallas" updates each matrix with the kernel of adafac_pallas
+# (other tensors: fused)
 
 
 # ---------------------------------------------------------------------------------------- the learned optimizer
