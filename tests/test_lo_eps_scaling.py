@@ -93,3 +93,29 @@ def test_config_key_reaches_the_lo_and_its_theta_file(tmp_path):
         AdafacHParams(eps_scaling="fan_out")
     with pytest.raises(ConfigError, match="lo_eps_scaling"):
         load_config(None, cli={"lo_eps_scaling": "fan_out"})
+
+
+def test_pallas_with_fan_in_is_one_error_line_and_exit_2_before_anything_is_written(tmp_path, capsys):
+    """The Pallas kernel has the reference's ε: with lo_eps_scaling=fan_in it used to fall back to fused silently.
+    Meta-train (the scaling from the config) and meta-test (the scaling stored with θ) now stop with one line."""
+    from pathlib import Path
+
+    from mulo.cli import main as cli_main
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match="lo_impl=pallas does not take lo_eps_scaling=fan_in"):
+        AdafacMLPLO("mup_small_fc_mlp", AdafacHParams(hidden_size=4, eps_scaling="fan_in"), impl="pallas")
+    AdafacMLPLO("mup_small_fc_mlp", AdafacHParams(hidden_size=4), impl="pallas")  # the reference's ε: accepted
+    lo = AdafacMLPLO("mup_small_fc_mlp", AdafacHParams(hidden_size=4, eps_scaling="fan_in"))
+    save_theta(tmp_path / "t.msgpack", lo, lo.init_theta(KEY))
+    out = tmp_path / "out"
+    common = ["--lo_impl", "pallas", "--output_dir", str(out), "--wandb_mode", "disabled", "--progress", "false"]
+    runs = [["meta-train", "--config", str(repo / "config" / "meta_train" / "quickstart.py"),
+             "--lo_eps_scaling", "fan_in", *common],
+            ["meta-test", "--config", str(repo / "config" / "meta_test" / "cpu_fashionmnist.py"), "--optimizer",
+             "mup_small_fc_mlp", "--checkpoint", str(tmp_path / "t.msgpack"), *common]]
+    for argv in runs:
+        assert cli_main(argv) == 2, argv[0]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lo_impl=pallas does not take lo_eps_scaling=fan_in" in err[0], (argv[0], err)
+        assert not out.exists() or not any(out.iterdir()), argv[0]

@@ -196,6 +196,9 @@ class AdafacMLPLO:
         if self.impl not in LO_IMPLS:
             raise ConfigError(f"bad value {self.impl!r} for config key 'lo_impl': expected one of "
                               f"{', '.join(LO_IMPLS)}")
+        if self.impl == "pallas" and self.hparams.eps_scaling != "none":  # the kernel has the reference's ε
+            raise ConfigError(f"lo_impl=pallas does not take lo_eps_scaling={self.hparams.eps_scaling} (the Pallas "
+                              f"kernel has the reference's epsilon): use lo_impl=fused, the same function")
 
     @property
     def uses_mup(self) -> bool:
@@ -255,8 +258,8 @@ class AdafacMLPLO:
                 shape = p.shape
                 p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
                 acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
-                if (self.impl == "pallas" and p1.size >= self.fused_min_size and adafac_pallas.applies(p1.shape)
-                        and hp.eps_scaling == "none"):  # the kernel has the reference's ε
+                # eps_scaling is "none" with pallas (__post_init__): the kernel has the reference's ε
+                if self.impl == "pallas" and p1.size >= self.fused_min_size and adafac_pallas.applies(p1.shape):
                     new_p, new_m, new_v = adafac_pallas.update_matrix(
                         nn, p1.astype(jnp.float32), g1, Acc(m, v, row, col, diag), acc, (b_m, b_v, b_f), t, hp, s,
                         precision=jax.config.jax_default_matmul_precision)
