@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from mulo.config import SCHEMA, Config, load_config, parse_cli_value, suggest
 from mulo import aliases, runtime
 from mulo.errors import ConfigError, MuloError, NotImplementedYet
+from mulo.registry import learned_config_keys
 
 # subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
 # exit code.
@@ -34,12 +35,15 @@ POSITIONAL_RUN_DIRS = {"report"}
 
 # The config keys each subcommand reads, in the order --help lists them (first); every other key follows under
 # "other config keys" (accepted everywhere, used by other subcommands). Keys not in SCHEMA are skipped.
+# LEARNED_KEYS stands for the keys of every registered learned optimizer (mulo.registry.learned_config_keys: the
+# Adafactor-MLP LOs', VeLO's, a new LO's), put in its place by command_keys.
+LEARNED_KEYS = "<the registered learned optimizers' config keys>"
 _WHAT = ("optimizer", "task", "seed", "name_suffix", "output_dir")
 _TASK = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult", "d_head")
 _DATA = ("local_batch_size", "data_dir", "tfds_download", "fashion_mnist_dir", "tinyshakespeare_path", "vocab_path",
          "prefetch_batches")
 _EVAL = ("eval_batch_size", "max_eval_examples")
-_LO = ("hidden_size", "adafac_step_mult", "adafac_exp_mult", "lo_clip_grad", "lo_impl")
+_LO = (LEARNED_KEYS, "lo_impl")
 _HAND = ("learning_rate", "beta1", "beta2", "weight_decay", "sgd_momentum", "warmup_steps", "cosine_decay",
          "end_lr_ratio")
 _LOOP = ("num_inner_steps", "test_interval", "skip_test", "use_bf16", "test_steps_per_jit", "gradient_accumulation_steps",
@@ -60,6 +64,14 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "coord-check": _WHAT + ("widths", "coord_steps", "learning_rate") + _TASK + _DATA + _RUNTIME,
     "report": ("output_dir", "sweep_objective_frac"),
 }
+
+
+def command_keys(command: str) -> tuple[str, ...]:
+    """The config keys ``command`` reads, in --help order, each once, with LEARNED_KEYS expanded."""
+    out: list[str] = []
+    for key in COMMAND_KEYS.get(command, ()):
+        out.extend(learned_config_keys() if key == LEARNED_KEYS else (key,))
+    return tuple(k for k in dict.fromkeys(out) if k in SCHEMA)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--config", required=True, help="MMEngine config file (e.g. config/meta_train/...py)")
         p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                        help="nested overrides, e.g. schedule.peak_value=3e-3")
-        first = list(dict.fromkeys(k for k in COMMAND_KEYS.get(name, ()) if k in SCHEMA))
+        first = list(command_keys(name))
         groups = [(p.add_argument_group(f"config keys {name} reads (defaults in config/base.py)"), first),
                   (p.add_argument_group("other config keys (accepted; read by other subcommands)"),
                    [k for k in SCHEMA if k not in first])]

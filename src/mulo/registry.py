@@ -217,6 +217,12 @@ def optimizer_names() -> tuple[str, ...]:
     return HAND_DESIGNED + learned_names()
 
 
+def learned_config_keys() -> tuple[str, ...]:
+    """The config keys the registered learned optimizers read (each one's ``config_keys``, registry order, each key
+    once): hidden_size, ..., lo_eps_scaling of the Adafactor-MLP LOs, VeLO's velo_* keys, a new LO's keys."""
+    return tuple(dict.fromkeys(key for _, spec in LEARNED_OPTIMIZERS.items() for key in spec.config_keys))
+
+
 def model_family(model: str, discover: bool = True) -> TaskFamily | None:
     """The family that registered the task model ``model`` (``mumlp`` -> the MLP family), or None."""
     entries = TASK_FAMILIES.items() if discover else iter(list(TASK_FAMILIES._entries.items()))
