@@ -32,6 +32,7 @@ from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mulo.meta.unroll import InnerState, StepOutput, TruncatedUnroll
 from mulo.registry import ESTIMATORS
@@ -174,7 +175,7 @@ class TruncatedEstimator:
             "meta_loss": jnp.mean(branch_mean),  # mean_i ½(masked mean ℓ⁺ + masked mean ℓ⁻), as the reference
             "train_loss": jnp.mean(jnp.sum(out.train_loss, axis=0) / denom),
             "delta_loss": jnp.mean(delta),
-            "grad_norm": optax_global_norm(grad),
+            "grad_norm": optax.tree.norm(grad),
             "inner_step": jnp.mean(inner.inner_step[0].astype(jnp.float32)),
             "resets": jnp.sum(out.reset),
         }
@@ -200,7 +201,3 @@ class TruncatedEstimator:
         if return_pairs:
             return grad, new_state, metrics, pairs
         return grad, new_state, metrics
-
-
-def optax_global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mulo.errors import CheckpointError, ConfigError
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
@@ -198,7 +199,7 @@ class MetaTrainer:
 
     def _outer_update(self, theta, opt_state, grads, skipped):
         grad = outer.combine_meta_gradients(grads, self.loss_scales)
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grad)))
+        norm = optax.tree.norm(grad)  # the global norm (optax.global_norm's current name)
         theta, opt_state, finite = outer.apply_meta_gradient(self.tx, theta, opt_state, grad)
         return theta, opt_state, skipped + (~finite).astype(jnp.int32), norm, finite
 
