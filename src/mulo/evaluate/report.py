@@ -24,6 +24,9 @@ Written to its own directory, ``report_<first RUN_DIR's name>[+<n>more]`` next t
 * ``meta_loss_<run>.png`` for each meta-train RUN_DIR: its meta-loss per task, smoothed;
 * ``report.md``: a table per family (rows: optimizer, columns: width) of the same numbers, plus test loss;
 * ``results.json``: the same numbers at full precision.
+
+The runs are read, labelled and aggregated in ``report_runs``, drawn in ``report_plots``; this module writes the
+tables and the report directory.
 """
 
 from __future__ import annotations

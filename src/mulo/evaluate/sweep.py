@@ -20,6 +20,9 @@ trial whose process died (same machine: its pid is gone; elsewhere: no heartbeat
 Outputs in the run directory: ``trials/trial<k>/metrics.jsonl`` + ``summary.json`` per trial (and wandb, grouped by
 study), ``trials.json`` (every trial), ``best.json`` and ``best_config.py`` (``_base_`` = the sweep config plus the
 best values: ready for ``meta-test --config``).
+
+The search space is read in ``sweep_space``, the study (storage, shared settings, re-queuing) kept in ``sweep_study``;
+this module runs the trials and writes the results.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ ranks >= 4 share the last one-hot bit; mean and var of the RMS before the rank),
 H×H), the LSTM starting from zeros (no init_h / init_c in θ), m·(v + 1e-6)^-0.5 for unfactored tensors and loss
 half-lives of at least 10 steps. θ files written before HyperV2 parity carry no ``semantics`` and load as
 ``"mulo-v1"``, never as HyperV2; their θ has no HyperV2 meaning, so there is no converter to it.
+
+The LSTM and its inputs are in ``velo_lstm``, the per-parameter MLP (both implementations) in ``velo_mlp``; this
+module holds the hyper-parameters, the state, the update that joins them and the registration.
 """
 
 from __future__ import annotations
