@@ -45,3 +45,16 @@ export_run_env() {
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=${WANDB_MODE:-disabled}
   export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3} MPLBACKEND=${MPLBACKEND:-Agg}
 }
+
+# run_with_carried_wheels NAME ARGS...: install the wheels (required unless ARGS say --platform cpu), set the run
+# environment and exec scripts/NAME.py ARGS
+run_with_carried_wheels() {
+  local name=$1 platform=gpu i j
+  shift
+  for ((i = 1; i <= $#; i++)); do
+    if [[ "${!i}" == "--platform" ]]; then j=$((i + 1)); platform=${!j}; fi
+  done
+  install_carried_wheels "$name" "$([[ "$platform" == gpu ]] && echo 1 || echo 0)"
+  export_run_env
+  exec "$PYTHON" "scripts/$name.py" "$@"
+}

@@ -17,10 +17,4 @@ if [[ "${1:-}" == "--download" ]]; then
   exit 0
 fi
 
-PLATFORM=gpu
-for ((i = 1; i <= $#; i++)); do
-  if [[ "${!i}" == "--platform" ]]; then j=$((i + 1)); PLATFORM=${!j}; fi
-done
-install_carried_wheels device_check "$([[ "$PLATFORM" == gpu ]] && echo 1 || echo 0)"
-export_run_env
-exec "$PYTHON" scripts/device_check.py "$@"
+run_with_carried_wheels device_check "$@"

@@ -32,10 +32,4 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-PLATFORM=gpu
-for ((i = 1; i <= $#; i++)); do
-  if [[ "${!i}" == "--platform" ]]; then j=$((i + 1)); PLATFORM=${!j}; fi
-done
-install_carried_wheels gpu_e2e "$([[ "$PLATFORM" == gpu ]] && echo 1 || echo 0)"
-export_run_env
-exec "$PYTHON" scripts/gpu_e2e.py "$@"
+run_with_carried_wheels gpu_e2e "$@"

@@ -112,7 +112,7 @@ def test_meta_train_and_coord_check_refuse_a_held_run_directory(tmp_path, capsys
 
 
 def test_a_sweep_directory_belongs_to_one_study(tmp_path, capsys):
-    from mulo.evaluate.sweep import STUDY_RECORD, claim_study, storage_url
+    from mulo.evaluate.sweep_study import STUDY_RECORD, claim_study, storage_url
 
     argv = sweep(tmp_path / "O", "--study_name", "s")
     _, cfg = parse(argv)

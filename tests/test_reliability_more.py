@@ -184,7 +184,7 @@ def test_a_sweep_refused_for_its_storage_leaves_nothing_and_the_corrected_rerun_
 
 
 def test_a_storage_password_is_masked_in_errors_and_in_the_study_record(tmp_path, capsys):
-    from mulo.evaluate.sweep import STUDY_RECORD, claim_study, masked
+    from mulo.evaluate.sweep_study import STUDY_RECORD, claim_study, masked
 
     url = "postgresql://alice:s3cr3t-pw@db.example.org:5432/studies"
     line = one_line(*run(sweep(tmp_path / "O", "--storage", url), capsys), "alice:***@db.example.org")

@@ -7,11 +7,13 @@ import json
 import math
 import re
 
+import jax
 import numpy as np
 import pytest
 
 from mulo.cli import main as cli_main
-from mulo.evaluate.report import family_and_width, make_report
+from mulo.evaluate.report import make_report
+from mulo.evaluate.report_runs import family_and_width
 from mulo.io import read_jsonl
 from pathlib import Path
 
@@ -142,7 +144,7 @@ def test_report_puts_mup_and_sp_runs_of_a_family_in_one_figure(tmp_path):
 
 
 def test_y_axis_turns_log_when_losses_span_more_than_20x():
-    from mulo.evaluate.report import y_scale
+    from mulo.evaluate.report_plots import y_scale
 
     assert y_scale([0.3, 0.5, 0.9]) == "linear"
     assert y_scale([0.3, 0.5, 7981.9]) == "log"  # a blown-up SP run next to converged ones
@@ -150,3 +152,28 @@ def test_y_axis_turns_log_when_losses_span_more_than_20x():
     assert y_scale([0.3, 6.1]) == "log"
     assert y_scale([-1.0, 100.0]) == "linear"  # not a positive quantity: no log axis
     assert y_scale([2.0]) == "linear"
+
+
+@pytest.mark.parametrize("optimizer, sizes", [("velo", {"velo_lstm_hidden_size": 4, "velo_param_inits": 2}),
+                                              ("mup_small_fc_mlp", {"hidden_size": 8})])
+def test_learned_runs_are_labelled_by_their_meta_train_run_whatever_key_names_it(tmp_path, optimizer, sizes):
+    """Issue #24: VeLO's run names carry its lstm_hidden_size (``velo4``), not a hidden_size: the label drops the
+    ``meta-train_velo4_`` prefix as it drops ``meta-train_mup_small_fc_mlp8_`` (the θ read as meta-test reads it)."""
+    from mulo.config import load_config
+    from mulo.evaluate.lo_source import optimizer_source
+    from mulo.evaluate.report_runs import run_label
+    from mulo.optimizers import build_learned, save_theta
+    from mulo.rundir import run_name
+
+    task = "mumlp-w16-d2_fashionmnist-28x28x1"
+    cfg = load_config(None, cli={"optimizer": optimizer, "task": task, "name_suffix": "_quick", **sizes})
+    run = tmp_path / run_name(cfg, "meta-train")
+    lo = build_learned(cfg)
+    theta_dir = run / "theta"
+    theta_dir.mkdir(parents=True)
+    save_theta(theta_dir / "theta_step50.msgpack", lo, lo.init_theta(jax.random.PRNGKey(0)))
+    save_theta(run / "theta_final.msgpack", lo, lo.init_theta(jax.random.PRNGKey(0)))
+    for theta, step in ((run / "theta_final.msgpack", ""), (theta_dir / "theta_step50.msgpack", " step50")):
+        info = optimizer_source(cfg.replace(checkpoint=str(theta))).info
+        assert run_label({"optimizer": optimizer, "optimizer_info": info}) == \
+            f"{optimizer} (θ {task}_quick{step})"

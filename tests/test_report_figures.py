@@ -11,7 +11,9 @@ import pytest
 
 from mulo.cli import main as cli_main
 from mulo.evaluate import report_meta_train as rmt
-from mulo.evaluate.report import Run, aggregate, fmt_cell, plot_curves, plot_vs_width, run_label
+from mulo.evaluate.report import fmt_cell
+from mulo.evaluate.report_plots import plot_curves, plot_vs_width
+from mulo.evaluate.report_runs import Run, aggregate, run_label
 from mulo.io import append_line, atomic_write_json, to_json_line
 
 TASKS = ["mumlp-w32-d3_fashionmnist-28x28x1", "mumlp-w64-d3_fashionmnist-28x28x1"]

@@ -1,5 +1,5 @@
-"""VeLO / μVeLO (src/mulo/optimizers/velo.py): feature counts, parameter shapes, the μP scale on hidden matrices only,
-permutation equivariance of the LSTM controls, θ files and run names, the loss-buffer features, and a few PES steps
+"""VeLO / μVeLO (src/mulo/optimizers/velo.py, velo_lstm.py, velo_mlp.py): feature counts, parameter shapes, the μP
+scale on hidden matrices only, permutation equivariance of the LSTM controls, θ files and run names, the loss-buffer features, and a few PES steps
 of the meta-training engine lowering the meta-loss of a tiny task."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import pytest
 from mulo.config import load_config
 from mulo.optimizers import build_learned, load_theta, save_theta
 from mulo.optimizers import velo as V
-from mulo.optimizers.features import Acc, init_acc, update_acc
+from mulo.optimizers import velo_lstm as VL
+from mulo.optimizers import velo_mlp as VM
+from mulo.optimizers.features import Acc, factored_dims, init_acc, product, update_acc
 from mulo.rundir import run_name
 from test_meta_toys import QuadraticTask
 
@@ -29,10 +31,10 @@ def test_thirty_features_per_parameter_in_fourteen_groups(shape):
     p = jax.random.normal(KEY, shape)
     g = jax.random.normal(jax.random.PRNGKey(1), shape)
     acc = _acc_after(p, g)
-    groups = V.param_feature_groups(p, g, acc)
+    groups = VM.param_feature_groups(p, g, acc)
     assert [x.shape[-1] for x in groups] == [1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3]
-    feats = V.param_features(p, g, acc)
-    assert feats.shape == shape + (V.PARAM_FEATURES,) == shape + (30,)
+    feats = VM.param_features(p, g, acc)
+    assert feats.shape == shape + (VM.PARAM_FEATURES,) == shape + (30,)
     # every column is divided by sqrt(1e-5 + its mean square over the tensor) (VeLO's normaliser over the tensor's
     # axes), so its mean square becomes ms / (1e-5 + ms)
     axes = tuple(range(len(shape)))
@@ -47,23 +49,23 @@ def test_thirty_features_per_parameter_in_fourteen_groups(shape):
 def test_lstm_inputs_per_tensor():
     p = jax.random.normal(KEY, (6, 4))
     acc = _acc_after(p, p)
-    x = V.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,)))
-    assert x.shape == (V.LSTM_FEATURES,) == (9 + 9 + 1 + 5 + 3 + 3,)
-    np.testing.assert_allclose(x[:9], np.tanh(10 * (0.5 - np.asarray(V.FRACTION_TIMESCALES))), rtol=1e-6)
+    x = VL.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,)))
+    assert x.shape == (VL.LSTM_FEATURES,) == (9 + 9 + 1 + 5 + 3 + 3,)
+    np.testing.assert_allclose(x[:9], np.tanh(10 * (0.5 - np.asarray(VL.FRACTION_TIMESCALES))), rtol=1e-6)
     np.testing.assert_array_equal(x[19:24], [0, 0, 1, 0, 0])  # rank 2
     acc7 = _acc_after(jnp.ones((7,)), jnp.ones((7,)))
-    vec = V.tensor_features(jnp.ones((7,)), acc7.m, acc7.v, 0.5, jnp.zeros((9,)))
+    vec = VL.tensor_features(jnp.ones((7,)), acc7.m, acc7.v, 0.5, jnp.zeros((9,)))
     np.testing.assert_array_equal(vec[19:24], [0, 1, 0, 0, 0])
     shape5 = (2, 2, 2, 2, 2)
     acc5 = _acc_after(jnp.ones(shape5), jnp.ones(shape5))
-    np.testing.assert_array_equal(V.tensor_features(jnp.ones(shape5), acc5.m, acc5.v, 0.5, jnp.zeros((9,)))[19:24],
+    np.testing.assert_array_equal(VL.tensor_features(jnp.ones(shape5), acc5.m, acc5.v, 0.5, jnp.zeros((9,)))[19:24],
                                   0)  # rank >= 5: no rank bit (HyperV2's one-hot)
 
 
 def test_lstm_accumulator_statistics_are_of_the_rms_normalised_tensor():
     p = 3.0 * jax.random.normal(KEY, (6, 4))
     acc = _acc_after(p, jax.random.normal(jax.random.PRNGKey(1), (6, 4)))
-    x = np.asarray(V.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,))))
+    x = np.asarray(VL.tensor_features(p, acc.m, acc.v, 0.5, jnp.zeros((9,))))
     norm = 1.0 / np.sqrt(np.mean(np.square(np.asarray(p, np.float64))))
     clip_log = lambda v: np.clip(np.log(1e-8 + np.abs(10.0 * v)), -5.0, 5.0) * 0.5
     rms = np.asarray(acc.v[0], np.float64) * norm
@@ -118,12 +120,12 @@ def test_mup_scale_reaches_hidden_matrices_only():
 def test_lstm_controls_are_equivariant_to_permuting_tensors():
     lo = build_learned(load_config(None, cli={"optimizer": "mup_velo"}))
     theta = lo.init_theta(KEY)
-    x = jax.random.normal(KEY, (5, V.LSTM_FEATURES))
+    x = jax.random.normal(KEY, (5, VL.LSTM_FEATURES))
     h = jax.random.normal(jax.random.PRNGKey(1), (5, 16))
     c = jax.random.normal(jax.random.PRNGKey(2), (5, 16))
     perm = np.array([3, 0, 4, 1, 2])
-    out = V.lstm_controls(theta["rnn"], x, h, c)
-    out_p = V.lstm_controls(theta["rnn"], x[perm], h[perm], c[perm])
+    out = VL.lstm_controls(theta["rnn"], x, h, c)
+    out_p = VL.lstm_controls(theta["rnn"], x[perm], h[perm], c[perm])
     for a, b in zip(out, out_p):
         np.testing.assert_allclose(np.asarray(a)[perm], b, rtol=1e-5, atol=1e-6)
     # end to end: two tensors of one shape swapped in the params (and grads) -> their updates swap
@@ -150,12 +152,12 @@ def test_theta_file_keeps_the_hyper_parameters_and_run_names(tmp_path):
 
 
 def test_loss_buffer_features_start_at_zero_and_stay_in_range():
-    decays = V.loss_decays(100)
+    decays = VL.loss_decays(100)
     assert decays.shape == (10,) and float(decays[0]) == pytest.approx(np.exp(-0.1))
     means, low = jnp.zeros((10,)), jnp.full((10,), 1e12)
     for it, loss in enumerate([3.0, 2.5, 2.0, 2.2, 1.5, 1.0]):
-        means, low = V.update_loss_buffer(means, low, decays, it, jnp.float32(loss))
-        feats = V.loss_features(means, low, decays, it + 1)
+        means, low = VL.update_loss_buffer(means, low, decays, it, jnp.float32(loss))
+        feats = VL.loss_features(means, low, decays, it + 1)
         assert feats.shape == (9,) and np.all(np.abs(feats) <= 1)
         if it + 1 <= 2:
             np.testing.assert_array_equal(feats, 0)
@@ -239,16 +241,16 @@ def _tensor(shape, seed, scale=1.0):
 def test_fused_columns_are_the_reference_columns(shape):
     p, g = _tensor(shape, 1), _tensor(shape, 2, 1e-2)
     acc = _acc_two_steps(p, g)
-    raw = np.concatenate([np.asarray(x) for x in V.param_feature_groups(p, g, acc)], axis=-1)
-    full, small = V.fused_columns(p, g, acc)
+    raw = np.concatenate([np.asarray(x) for x in VM.param_feature_groups(p, g, acc)], axis=-1)
+    full, small = VM.fused_columns(p, g, acc)
     seen = []
-    for value, cols in [(np.asarray(V.product(f)), c) for f, c in full] + [(np.asarray(x), c) for x, c in small]:
+    for value, cols in [(np.asarray(product(f)), c) for f, c in full] + [(np.asarray(x), c) for x, c in small]:
         for c in cols:
             np.testing.assert_allclose(np.broadcast_to(value, shape), raw[..., c], rtol=1e-6, err_msg=f"column {c}")
         seen += cols
-    assert sorted(seen) == list(range(V.PARAM_FEATURES))  # every column once
+    assert sorted(seen) == list(range(VM.PARAM_FEATURES))  # every column once
     if len(shape) >= 2:  # the Adafactor row / column columns stay on their factored shapes
-        d1, d0 = V.factored_dims(shape)  # each is p's shape without one of the two factored axes
+        d1, d0 = factored_dims(shape)  # each is p's shape without one of the two factored axes
         assert len(small) == 12 and all(x.size * shape[d] == np.prod(shape) and x.shape[d] == 1
                                         for x, _ in small for d in [d0 if x.shape[d0] == 1 else d1])
 
@@ -258,7 +260,7 @@ def _mixed_ff(hp, seed):
     theta = lo.init_theta(jax.random.PRNGKey(seed))
     theta["ff"] = jax.tree.map(lambda w: w + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), w.shape),
                                theta["ff"])  # nonzero biases too
-    return V.mix_mlp(theta["ff"], jax.random.normal(jax.random.PRNGKey(seed + 2), (hp.param_inits,)), hp.interp_mult)
+    return VM.mix_mlp(theta["ff"], jax.random.normal(jax.random.PRNGKey(seed + 2), (hp.param_inits,)), hp.interp_mult)
 
 
 def _rel_err(a, b):
@@ -273,8 +275,8 @@ def test_fused_direction_and_magnitude_equal_the_plain_path(shape, sizes):
     ff = _mixed_ff(hp, 3)
     p, g = _tensor(shape, 4), _tensor(shape, 5, 1e-3)
     acc = _acc_two_steps(p, g)
-    want = jax.jit(V.dir_mag_reference, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
-    got = jax.jit(V.dir_mag_fused, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
+    want = jax.jit(VM.dir_mag_reference, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
+    got = jax.jit(VM.dir_mag_fused, static_argnums=4)(ff, p, g, acc, hp.ff_hidden_layers)
     # not constant (all ReLUs dead): the features reach the outputs
     assert np.prod(shape) == 1 or max(float(np.std(np.asarray(b))) for b in want) > 0
     for a, b in zip(got, want):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mulo.optimizers import velo as V
+from mulo.optimizers import velo_lstm as VL
 from mulo.optimizers.velo_weights import GROUP_SIZES, theta_from_hyperv2
 
 SIZES = {"lstm_hidden_size": 8, "param_inits": 4, "ff_hidden_size": 4, "ff_hidden_layers": 2}
@@ -351,7 +352,7 @@ def test_a_theta_file_from_before_hyperv2_parity_runs_its_own_rule(tmp_path):
     from mulo.errors import CheckpointError
     from mulo.optimizers.theta_io import FORMAT, VERSION, load_theta
 
-    old = V.VeloLO("mup_velo", V.VeloHParams(**SIZES, **V.DEFAULTS["mup_velo"], semantics=V.MULO_V1))
+    old = V.VeloLO("mup_velo", V.VeloHParams(**SIZES, **V.DEFAULTS["mup_velo"], semantics=VL.MULO_V1))
     theta = jax.tree.map(np.asarray, old.init_theta(jax.random.PRNGKey(0)))
     assert theta["rnn"]["mix1_w"].shape == (8, 8) and "init_h" not in theta["rnn"]
     hp = old.hparams.to_dict()
@@ -363,7 +364,7 @@ def test_a_theta_file_from_before_hyperv2_parity_runs_its_own_rule(tmp_path):
     steps = {}
     for impl in ("reference", "fused"):
         lo, loaded, _ = load_theta(tmp_path / "old.msgpack", impl=impl)
-        assert lo.hparams.semantics == V.MULO_V1
+        assert lo.hparams.semantics == VL.MULO_V1
         opt = lo.opt_fn(loaded, {"w": 0.5, "b": 1.0})
         params = {"w": jnp.full((4, 3), 0.1), "b": jnp.zeros((3,))}
         grads = {"w": jnp.cos(jnp.arange(12.0)).reshape(4, 3), "b": jnp.ones((3,))}
@@ -375,7 +376,7 @@ def test_a_theta_file_from_before_hyperv2_parity_runs_its_own_rule(tmp_path):
     # its rule: 28 inputs, the rank one-hot last and clamped at rank 4
     p = jnp.ones((2, 2, 2, 2, 2))
     m, v = (jnp.ones_like(p),) * 3, (jnp.ones_like(p),)
-    x = V.tensor_features(p, m, v, 0.5, jnp.zeros((9,)), V.MULO_V1)
+    x = VL.tensor_features(p, m, v, 0.5, jnp.zeros((9,)), VL.MULO_V1)
     assert x.shape == (28,) and list(np.asarray(x[-5:])) == [0, 0, 0, 0, 1]
     # a HyperV2-shaped θ under an old header is refused, one line
     write(tmp_path / "mixed.msgpack", jax.tree.map(np.asarray, V.VeloLO("mup_velo", V.VeloHParams(

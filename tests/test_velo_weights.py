@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from mulo.errors import CheckpointError
 from mulo.optimizers import as_optax, sources
-from mulo.optimizers import velo as V
+from mulo.optimizers import velo_lstm as VL
 from test_velo_hyperv2 import SIZES, hyperv2_theta
 
 LSTMState = collections.namedtuple("LSTMState", ["hidden", "cell"])  # haiku's
@@ -157,4 +157,4 @@ def test_bad_velo_files_and_names_are_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="cannot download theta.state of amoudgl/velo-4000") as err:
         sources.load_source("velo:velo-4000", fetch=_fake_fetch({}))
     assert "\n" not in str(err.value)
-    assert V.LSTM_FEATURES == 30
+    assert VL.LSTM_FEATURES == 30

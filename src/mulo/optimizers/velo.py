@@ -43,6 +43,9 @@ ranks >= 4 share the last one-hot bit; mean and var of the RMS before the rank),
 H×H), the LSTM starting from zeros (no init_h / init_c in θ), m·(v + 1e-6)^-0.5 for unfactored tensors and loss
 half-lives of at least 10 steps. θ files written before HyperV2 parity carry no ``semantics`` and load as
 ``"mulo-v1"``, never as HyperV2; their θ has no HyperV2 meaning, so there is no converter to it.
+
+The LSTM and its inputs are in ``velo_lstm``, the per-parameter MLP (both implementations) in ``velo_mlp``; this
+module holds the hyper-parameters, the state, the update that joins them and the registration.
 """
 
 from __future__ import annotations
@@ -56,34 +59,18 @@ import numpy as np
 
 from mulo.errors import ConfigError
 from mulo.optimizers.base import HParamsDict, Optimizer
-from mulo.optimizers.features import (Acc, decay_from_param, effective_weights, factored_dims, factored_stacks,
-                                      fused_inputs, init_acc, mean_squares, product, safe_rsqrt, update_acc)
-
-FRACTION_TIMESCALES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-NUM_LOSS_EMAS = 10  # 9 features: each EMA but the longest, relative to the next longer one and its running minimum
-LOSS_MIN_INIT = 999999999999.0  # the loss buffer's initial running minimum (HyperV2's)
-MAX_RANK = 5  # rank one-hot: ranks 0 … 4; rank >= 5 is all zeros (HyperV2's)
-PARAM_FEATURE_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "fac_g", "g_rsqrt_rms", "row",
-                        "col", "rsqrt_row", "rsqrt_col", "fac_m")
-PARAM_FEATURES = 30
-# HyperV2's LSTM inputs in its (sorted-key) order: fraction_left, loss_features, mean_rms, rank, var_m, var_rms
-LSTM_GROUPS = (("fraction_left", len(FRACTION_TIMESCALES)), ("loss_features", NUM_LOSS_EMAS - 1), ("mean_rms", 1),
-               ("rank", MAX_RANK), ("var_m", 3), ("var_rms", 3))
-LSTM_FEATURES = sum(n for _, n in LSTM_GROUPS)  # 30
-SEMANTICS = "hyperv2"  # VeloHParams.semantics: the default, Google's HyperV2
-MULO_V1 = "mulo-v1"  # mulo's earlier rule (θ files without a semantics entry hold it)
-LSTM_FEATURES_V1 = 28
-
-
-def lstm_features(semantics: str) -> int:
-    return LSTM_FEATURES_V1 if semantics == MULO_V1 else LSTM_FEATURES
+from mulo.optimizers.features import Acc, decay_from_param, init_acc, update_acc
+from mulo.optimizers.velo_lstm import (LOSS_MIN_INIT, MULO_V1, NUM_LOSS_EMAS, SEMANTICS, loss_decays, loss_features,
+                                       lstm_controls, lstm_features, tensor_features, update_loss_buffer)
+from mulo.optimizers.velo_mlp import IMPLEMENTATIONS, PARAM_FEATURES, mix_mlp
 
 
 def diag_mom_eps(semantics: str) -> float:
     """ε of an unfactored tensor's m·(v + ε)^-0.5 feature: none in HyperV2."""
     return 1e-6 if semantics == MULO_V1 else 0.0
+
+
 GRAD_CLIP = 1000.0
-NORM_EPS = 1e-5
 NUM_OUTPUTS = 3  # direction, magnitude, unused (VeLO's)
 DEFAULTS = {"velo": {"interp_mult": 100.0, "param_scale_mult": True},
             "mup_velo": {"interp_mult": 1.0, "param_scale_mult": False}}
@@ -137,194 +124,6 @@ class VeloState(NamedTuple):
     loss_decays: jax.Array
     iteration: jax.Array
     num_steps: jax.Array
-
-
-# ------------------------------------------------------------------------------------------------ per-tensor LSTM
-
-
-def fraction_embedding(fraction: jax.Array) -> jax.Array:
-    return jnp.tanh(10.0 * (jnp.asarray(fraction, jnp.float32) - jnp.asarray(FRACTION_TIMESCALES, jnp.float32)))
-
-
-def loss_decays(num_steps: jax.Array, semantics: str = SEMANTICS) -> jax.Array:
-    """EMA decays for half-lives log-spaced from 10 steps to ``num_steps`` (>= 1; below 10 the half-lives fall from 10
-    to ``num_steps``, as HyperV2's; mulo-v1: at least 10)."""
-    steps = jnp.asarray(num_steps, jnp.float32)
-    top = jnp.log10(jnp.maximum(steps, 10.0) if semantics == MULO_V1 else steps)
-    return jnp.exp(-1.0 / jnp.logspace(1.0, top, NUM_LOSS_EMAS))
-
-
-def update_loss_buffer(means, running_min, decays, iteration, loss):
-    """New (means, running_min) after ``loss`` (clipped to twice the current bias-corrected maximum)."""
-    corrected = means / (1.0 - decays ** (iteration + 1))
-    approx_max = jnp.where(iteration == 0, loss, jnp.max(corrected))
-    loss = jnp.minimum(jnp.abs(approx_max) * 2.0, loss)
-    means = means * decays + loss * (1.0 - decays)
-    return means, jnp.minimum(running_min, means / (1.0 - decays ** (iteration + 1)))
-
-
-def loss_features(means, running_min, decays, iteration) -> jax.Array:
-    """9 features in [-1, 1]: each shorter EMA relative to its running minimum and the next longer one (0 at first)."""
-    corrected = means / (1.0 - decays ** jnp.maximum(iteration, 1))
-    den = jnp.maximum(1e-8, corrected[1:] - running_min[:-1])
-    feat = jnp.clip((corrected[:-1] - running_min[:-1]) / den - 1.0, -1.0, 1.0)
-    return jnp.where(iteration <= 2, 0.0 * feat, feat)
-
-
-def _clip_log_abs(v):
-    return jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * v)), -5.0, 5.0) * 0.5
-
-
-def tensor_features(p, m, v, fraction, loss_feats, semantics: str = SEMANTICS) -> jax.Array:
-    """The LSTM's ``LSTM_FEATURES`` inputs for one tensor in ``LSTM_GROUPS`` order (``m``, ``v``: its accumulator
-    tuples before this step's gradient)."""
-    norm = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
-    # mean((x − c)² · norm²): the reductions read the accumulators themselves, nothing of p's size is written
-    spread = lambda x, centre: jnp.mean(jnp.square(x - centre)) * jnp.square(norm)
-    means_m = [jnp.mean(x) for x in m]
-    var_m = jnp.stack([spread(x, c) for x, c in zip(m, means_m)])
-    mean_rms = jnp.mean(v[0]) * norm
-    var_rms = jnp.stack([spread(v[0], c) for c in means_m])  # around the momenta's means (HyperV2's)
-    rank = int(np.sum(np.asarray(p.shape) > 1))
-    if semantics == MULO_V1:
-        var_own = spread(v[0], jnp.mean(v[0]))
-        return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(var_m),
-                                _clip_log_abs(mean_rms)[None], _clip_log_abs(var_own)[None],
-                                jax.nn.one_hot(min(rank, MAX_RANK - 1), MAX_RANK)])
-    return jnp.concatenate([fraction_embedding(fraction), loss_feats, _clip_log_abs(mean_rms)[None],
-                            jax.nn.one_hot(rank, MAX_RANK), _clip_log_abs(var_m), _clip_log_abs(var_rms)])
-
-
-def _dense(w, b, x):
-    return x @ w + b
-
-
-def lstm_controls(rnn: dict, x: jax.Array, h: jax.Array, c: jax.Array, semantics: str = SEMANTICS):
-    """(controls (T, param_inits), lr_mult (T,), h, c) for the (T, LSTM_FEATURES) per-tensor inputs ``x``.
-    Each row is one tensor; the mix layer's max over rows is the only coupling, so permuting tensors permutes the
-    outputs."""
-    # HyperV2's mix layer: its first linear (mix0) is computed and discarded there, so it is not computed here
-    if semantics == MULO_V1:  # the 2-layer embedding
-        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], jax.nn.relu(_dense(rnn["mix0_w"], rnn["mix0_b"], x))))
-    else:
-        mix = jax.nn.relu(_dense(rnn["mix1_w"], rnn["mix1_b"], x))
-    x = _dense(rnn["in_w"], rnn["in_b"], x) + jnp.max(mix, axis=0, keepdims=True)
-    gates = x @ rnn["lstm_wx"] + h @ rnn["lstm_wh"] + rnn["lstm_b"]
-    i, g, f, o = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    controls = _dense(rnn["ctrl_w"], rnn["ctrl_b"], h)
-    lr_mult = _dense(rnn["lr_w"], rnn["lr_b"], h)[:, 0]
-    return controls, lr_mult, h, c
-
-
-# ----------------------------------------------------------------------------------------- per-parameter MLP
-
-
-def param_feature_groups(p, g, acc: Acc, mom_eps: float = 0.0) -> list[jax.Array]:
-    """The 14 feature groups of one tensor (rank >= 1), each (*p.shape, k), 30 columns in all."""
-    stack = lambda xs: jnp.stack(xs, axis=-1)
-    m, v = stack(acc.m), acc.v[0][..., None]
-    rsqrt = jax.lax.rsqrt(v + 1e-6)
-    if factored_dims(p.shape) is not None:
-        rc, row, col = factored_stacks(p.shape, acc)
-        fac_g, fac_m = g[..., None] * rc, m * rc
-    else:
-        row = col = stack(acc.diag)
-        fac_g, fac_m = g[..., None] * safe_rsqrt(row + 1e-9), m * (row + mom_eps) ** -0.5  # HyperV2: ε = 0
-    return [g[..., None], jnp.clip(g, -0.1, 0.1)[..., None], p[..., None], m, v, m * rsqrt, rsqrt, fac_g,
-            g[..., None] * rsqrt, row, col, jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
-
-
-def param_features(p, g, acc: Acc, mom_eps: float = 0.0) -> jax.Array:
-    """(*p.shape, 30): the groups' columns, each normalised over the tensor by its second moment."""
-    axes = tuple(range(p.ndim))
-    normed = [x * jax.lax.rsqrt(NORM_EPS + jnp.mean(jnp.square(x), axis=axes, keepdims=True))
-              for x in param_feature_groups(p, g, acc, mom_eps)]
-    return jnp.concatenate(normed, axis=-1)
-
-
-def mix_mlp(ff: dict, controls: jax.Array, interp_mult: float) -> dict:
-    """One tensor's MLP: ``interp_mult · mean_k(controls_k · θ_k)`` over the bank's leading axis."""
-    def mix(w):
-        return interp_mult * jnp.mean(w * controls.reshape((-1,) + (1,) * (w.ndim - 1)), axis=0)
-
-    return jax.tree.map(mix, ff)
-
-
-def mlp_apply(ff: dict, x: jax.Array, num_layers: int) -> jax.Array:
-    for i in range(num_layers):
-        x = jax.nn.relu(x @ ff[f"w{i}"] + ff[f"b{i}"])
-    return x @ ff[f"w{num_layers}"] + ff[f"b{num_layers}"]
-
-
-def dir_mag_reference(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
-    """(direction, magnitude), each of p's shape: the mixed MLP ``ff`` on the (*p.shape, 30) feature stack."""
-    out = mlp_apply(ff, param_features(p, g, acc, mom_eps), num_layers)
-    return out[..., 0], out[..., 1]
-
-
-# ------------------------------------------------------------------------------ fused per-parameter MLP (lo_impl)
-
-# features.fused_inputs lists the Adafactor-MLP LO's 28 normalised features; VeLO's 30 columns are the same features
-# in PARAM_FEATURE_GROUPS' order plus clip(g) (column 1) and g·rsqrt(RMS) (column 14): fused_inputs index -> column
-_COLUMN_OF_FUSED = (0, *range(2, 14), *range(15, 30))
-
-
-def fused_columns(p, g, acc: Acc, mom_eps: float = 0.0) -> tuple[list, list]:
-    """VeLO's 30 columns before normalisation, as ``features.fused_inputs`` gives them: (full, small) where ``full``
-    holds (factors broadcastable to p.shape whose product is the column, [columns]) and ``small`` (an array on a
-    factored shape, broadcastable to p.shape, [columns]); an unfactored tensor's second moment, VeLO's row and column
-    features both, is one entry with two columns."""
-    full, small = fused_inputs(p, g, acc, diag_mom_eps=mom_eps)
-    columns = lambda idx: [_COLUMN_OF_FUSED[i] for i in idx]
-    rsqrt_rms = jax.lax.rsqrt(acc.v[0] + 1e-6)
-    full = [(f, columns(i)) for f, i in full] + [((jnp.clip(g, -0.1, 0.1),), [1]), ((g, rsqrt_rms), [14])]
-    return full, [(x, columns(i)) for x, i in small]
-
-
-def _first_layer_offsets(b0, w_small, small, ndim: int) -> list[jax.Array]:
-    """The first layer's bias plus the small (row / column) columns' contributions, one array (H, *small shape) per
-    distinct small shape: they are added per hidden unit inside the big loop, so that nothing of (H, *p.shape) is
-    written to memory. ``w_small``: (Ks, H) normalised weights of the ``small`` columns."""
-    lead = lambda w: w.reshape(w.shape[:1] + (1,) * ndim)
-    by_shape: dict[tuple, jax.Array] = {(1,) * ndim: lead(b0)}
-    for k, (x, _) in enumerate(small):
-        by_shape[x.shape] = by_shape.get(x.shape, 0.0) + lead(w_small[k]) * x[None]
-    return list(by_shape.values())
-
-
-def _dense_units(w, b, units: list) -> list:
-    """One dense layer on a list of same-shape arrays (one per input unit): ``b[j] + Σ_k w[k, j]·units[k]``."""
-    return [b[j] + sum(w[k, j] * u for k, u in enumerate(units)) for j in range(w.shape[1])]
-
-
-def dir_mag_fused(ff: dict, p, g, acc: Acc, num_layers: int, mom_eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
-    """``dir_mag_reference`` without the (*p.shape, 30) feature stack or the (*p.shape, H) activations.
-
-    Each column's normaliser 1/sqrt(ε + mean(x²)) is a per-tensor scalar, so it is folded into the first layer's
-    weights (exact); the full-size columns' mean squares come from one variadic reduction over products kept as
-    factors (``features.mean_squares``), the row / column Adafactor columns' from their factored arrays, on which
-    they are also contracted (``_first_layer_offsets``); the MLP is unrolled into one array expression per hidden unit, which XLA fuses with
-    the features into one loop over the tensor.
-    """
-    full, small = fused_columns(p, g, acc, mom_eps)
-    w0 = ff["w0"]  # (30, H)
-    w_full = effective_weights(w0, full, mean_squares([f for f, _ in full], p.shape), NORM_EPS)  # (Kf, H)
-    w_small = effective_weights(w0, small, eps=NORM_EPS) if small else None  # (Ks, H)
-    offsets = _first_layer_offsets(ff["b0"], w_small, small, p.ndim)
-    # computed once before the loop over the tensor, not per element inside it
-    w_full, offsets = jax.lax.optimization_barrier((w_full, offsets))
-    xs = [product(f) for f, _ in full]
-    units = [jax.nn.relu(u + sum(o[j] for o in offsets))
-             for j, u in enumerate(_dense_units(w_full, jnp.zeros(w0.shape[1:]), xs))]
-    for i in range(1, num_layers + 1):
-        units = _dense_units(ff[f"w{i}"], ff[f"b{i}"], units)
-        units = [jax.nn.relu(u) for u in units] if i < num_layers else units
-    return units[0], units[1]
-
-
-IMPLEMENTATIONS = {"reference": dir_mag_reference, "fused": dir_mag_fused}  # the config key lo_impl
 
 
 # ---------------------------------------------------------------------------------------- the learned optimizer

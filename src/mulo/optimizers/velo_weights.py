@@ -34,7 +34,7 @@ import numpy as np
 
 from mulo.errors import CheckpointError
 
-# the per-parameter MLP's 14 first-layer weight groups (velo.PARAM_FEATURE_GROUPS), columns per group
+# the per-parameter MLP's 14 first-layer weight groups (velo_mlp.PARAM_FEATURE_GROUPS), columns per group
 GROUP_SIZES = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
 # mulo θ["rnn"] name -> HyperV2 haiku module (w, b)
 RNN_MODULES = {"mix0": "linear", "mix1": "linear_1", "in": "linear_2", "ctrl": "rnn_to_controls", "lr": "step_size"}
@@ -92,7 +92,9 @@ def theta_from_hyperv2(tree: Any, origin: str = "HyperV2 theta", sizes: dict | N
     """(sizes, mulo θ) of a HyperV2 θ tree (nested maps of arrays, as flax's msgpack restores them). ``sizes``
     (lstm_hidden_size, param_inits, ff_hidden_size, ff_hidden_layers) default to those the shapes imply; every tensor
     is checked against them."""
-    from mulo.optimizers.velo import LSTM_FEATURES, NUM_OUTPUTS, PARAM_FEATURES
+    from mulo.optimizers.velo import NUM_OUTPUTS
+    from mulo.optimizers.velo_lstm import LSTM_FEATURES
+    from mulo.optimizers.velo_mlp import PARAM_FEATURES
 
     _keys(tree, {"lstm_init_state", "rnn_params", "ff_mod_stack"}, origin, "theta")
     try:
