@@ -73,7 +73,7 @@ def run(tx, params, batch, mesh=None):
 
     def step(params, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)  # VeLO reads the loss
         return optax.apply_updates(params, updates), opt_state, loss
 
     step = jax.jit(step) if mesh is None else jax.jit(step, out_shardings=(shardings, state_shardings, None))
@@ -101,7 +101,8 @@ def main() -> None:
     batch = {"x": jax.random.normal(kx, (32, SIZES[0])), "y": jax.random.randint(ky, (32,), 0, SIZES[-1])}
     velo = VeloLO("mup_velo")
     los = {"mulo": as_optax("pretrained:cpu_mulo_m_fmnist", update_scales=scales),
-           "mup_velo": as_optax((velo, velo.init_theta(jax.random.key(3))), update_scales=scales)}
+           "mup_velo": as_optax((velo, velo.init_theta(jax.random.key(3))), update_scales=scales,
+                                        num_steps=100)}
     result = {}
     for name, tx in los.items():
         single, sharded = run(tx, params, batch), run(tx, params, batch, mesh)

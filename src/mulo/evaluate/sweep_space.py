@@ -8,8 +8,7 @@ from typing import Any, Mapping
 
 from mulo.config import SCHEMA, Config
 from mulo.errors import ConfigError
-
-METHODS = ("grid", "tpe", "random")
+from mulo.registry import SWEEP_METHODS as METHODS
 
 
 def parse_sweep_config(cfg: Config) -> tuple[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ import numpy as np
 
 from mulo.config import Config
 from mulo.data.transfer import batch_decoder, host_kwargs, resident_images, wants_resident
+from mulo.errors import MuloError
 from mulo.evaluate.accumulate import value_and_grad_accumulated
 from mulo.parallel import current_device
 from mulo.tasks.precision import bf16_loss
