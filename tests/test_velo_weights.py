@@ -4,8 +4,10 @@ written here from a HyperV2-layout θ, load as that θ mapped onto mulo's (no ne
 from __future__ import annotations
 
 import collections
+import io
 import json
 import re
+import urllib.error
 
 import flax
 import numpy as np
@@ -14,7 +16,8 @@ from flax import serialization
 from safetensors.numpy import save_file
 
 from mulo.errors import CheckpointError
-from mulo.optimizers import as_optax, sources
+from mulo.optimizers import as_optax, sources, url_cache
+from mulo.optimizers import velo_weights as W
 from mulo.optimizers import velo_lstm as VL
 from test_velo_hyperv2 import SIZES, hyperv2_theta
 
@@ -149,8 +152,7 @@ def test_bad_velo_files_and_names_are_one_line(tmp_path):
         assert "\n" not in str(err.value), name
     (tmp_path / "junk").write_bytes(b"\x00not msgpack")
     for spec, message in ((f"velo:{tmp_path / 'junk'}", "not a flax msgpack file|not a map"),
-                          ("velo:nonesuch", "unknown VeLO 'nonesuch': expected velo:NAME"),
-                          ("velo:google", "not downloaded by mulo")):
+                          ("velo:nonesuch", "unknown VeLO 'nonesuch': expected velo:NAME")):
         with pytest.raises(CheckpointError, match=message) as err:
             sources.load_source(spec)
         assert "\n" not in str(err.value)
@@ -158,3 +160,49 @@ def test_bad_velo_files_and_names_are_one_line(tmp_path):
         sources.load_source("velo:velo-4000", fetch=_fake_fetch({}))
     assert "\n" not in str(err.value)
     assert VL.LSTM_FEATURES == 30
+
+
+class _Response(io.BytesIO):
+    """What urllib's urlopen returns, as far as the downloader reads it."""
+
+    def __init__(self, body: bytes, length: int):
+        super().__init__(body)
+        self.headers = {"Content-Length": str(length)}
+
+
+def test_velo_google_downloads_once_into_the_cache_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tree = _hv2()
+    body = serialization.to_bytes(ParameterCheckpoint(params=tree, gen_id="", step=0))
+    requests = []
+    serve = {"body": body, "length": len(body), "error": None}
+
+    def open_url(url, timeout):
+        requests.append((url, timeout))
+        if serve["error"] is not None:
+            raise serve["error"]
+        return _Response(serve["body"], serve["length"])
+
+    monkeypatch.setattr(url_cache, "open_url", open_url)
+    folder = tmp_path / "home" / ".cache" / "mulo" / "velo" / W.GOOGLE_CHECKPOINT
+    # a failing request and a truncated body: one line naming the URL and velo:PATH, nothing left in the cache
+    serve["error"] = urllib.error.URLError(OSError("Temporary failure in name resolution"))
+    with pytest.raises(CheckpointError, match=f"cannot download {re.escape(W.GOOGLE_URL)} .*velo:PATH") as err:
+        sources.load_source("velo:google")
+    assert "\n" not in str(err.value) and "name resolution" in str(err.value)
+    assert not folder.exists() or not any(folder.iterdir())
+    serve.update(error=None, body=body[:len(body) // 2])
+    with pytest.raises(CheckpointError, match=f"truncated: got {len(body) // 2} of {len(body)} bytes.*velo:PATH"):
+        sources.load_source("velo:google")
+    assert not any(folder.iterdir())
+    assert len(requests) == 2 and all(url == W.GOOGLE_URL and timeout > 0 for url, timeout in requests)
+    # the first good call downloads into ~/.cache/mulo/velo and loads the mapped θ; the next makes no request
+    serve["body"] = body
+    lo, theta, extra = sources.load_source("velo:google", impl="reference")
+    _assert_theta(lo, theta, tree)
+    assert [p.name for p in folder.iterdir()] == ["params"] and (folder / "params").read_bytes() == body
+    assert extra["path"] == str((folder / "params").resolve()) and len(requests) == 3
+    serve["error"] = AssertionError("the cached file must be read without a request")
+    lo, theta, _ = sources.load_source("velo:google")
+    _assert_theta(lo, theta, tree)
+    assert len(requests) == 3

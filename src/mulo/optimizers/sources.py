@@ -1,8 +1,10 @@
 """Where a learned optimizer comes from, by name: ``hf:OWNER/NAME[@REVISION]`` (the Hugging Face hub),
 ``pretrained:NAME`` (``mulo.pretrained``: a θ file shipped in ``pretrained/`` or a hub model), a folder in the hub
 layout (``config.json`` + ``model.safetensors``), or ``velo:NAME`` / ``velo:PATH`` (Google's released VeLO and its
-conversions, ``mulo.optimizers.velo_weights``). Meta-test, coord-check and ``as_optax`` go through ``load_source``;
-plain θ files and meta-train run directories are resolved by their callers as before.
+conversions, ``mulo.optimizers.velo_weights``: ``velo:google`` is Google's own checkpoint, downloaded once over HTTPS
+into ``~/.cache/mulo/velo``, ``mulo.optimizers.url_cache``; the others come from the Hugging Face hub). Meta-test,
+coord-check and ``as_optax`` go through ``load_source``; plain θ files and meta-train run directories are resolved
+by their callers as before.
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def load_source(spec: str | os.PathLike, impl: str = "fused", **download_kwargs)
 
 
 def load_velo(name: str, impl: str = "fused", **download_kwargs) -> tuple[Any, Any, dict]:
-    """(lo, θ, extra) of ``velo:NAME`` (``velo_weights.NAMES``: downloaded once into the hub cache) or ``velo:PATH``
-    (a flax msgpack file: Google's checkpoint or theta.state; or a folder holding PyLO's ``VeLO_RNN`` and
-    ``VeLO_MLP`` folders)."""
+    """(lo, θ, extra) of ``velo:NAME`` (``velo_weights.NAMES``: downloaded once into the hub cache, or into mulo's
+    cache for ``google``) or ``velo:PATH`` (a flax msgpack file: Google's checkpoint or theta.state; or a folder
+    holding PyLO's ``VeLO_RNN`` and ``VeLO_MLP`` folders)."""
     from mulo.optimizers import velo_weights as W
 
     if name == "velo-4000":
@@ -88,9 +90,12 @@ def load_velo(name: str, impl: str = "fused", **download_kwargs) -> tuple[Any, A
         lo, theta = W.read_pylo_folders(rnn, mlp, origin=f"velo:{name}", impl=impl)
         path = rnn / hub.WEIGHTS_FILE
     elif name == "google":
-        raise CheckpointError(f"velo:google is not downloaded by mulo (Google Cloud Storage, not the hub): copy "
-                              f"{W.GOOGLE_URL} to a file and pass velo:PATH, or use velo:velo-4000 (a copy on the "
-                              f"Hugging Face hub)")
+        from mulo.optimizers.url_cache import cache_path, cached_download
+
+        path = cached_download(W.GOOGLE_URL, cache_path("velo", W.GOOGLE_CHECKPOINT, "params"),
+                               by_hand="pass its path as velo:PATH (or use velo:velo-4000, a copy on the Hugging Face "
+                                       "hub)")
+        lo, theta = W.read_flax_file(path, origin=f"velo:{name} ({path})", impl=impl)
     elif Path(name).is_file():
         lo, theta = W.read_flax_file(name, impl=impl)
         path = Path(name)

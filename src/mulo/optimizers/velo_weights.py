@@ -144,7 +144,7 @@ PYLO_REPOS = ("Pauljanson002/VeLO_RNN", "Pauljanson002/VeLO_MLP")
 # velo:NAME -> where it comes from (README "Use a pretrained LO")
 NAMES = {"velo-4000": f"hf:amoudgl/velo-4000 ({FLAX_FILE}: Google's released VeLO, flax msgpack)",
          "pylo": f"hf:{PYLO_REPOS[0]} + hf:{PYLO_REPOS[1]} (PyLO's safetensors conversion of Google's VeLO)",
-         "google": f"{GOOGLE_URL} (Google's checkpoint; read from a local copy: velo:PATH)"}
+         "google": f"{GOOGLE_URL} (Google's checkpoint, flax msgpack; downloaded once into ~/.cache/mulo/velo)"}
 
 
 def velo_lo(sizes: dict, impl: str = "fused"):
