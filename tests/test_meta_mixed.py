@@ -20,13 +20,9 @@ from mulo.meta import outer
 from mulo.meta.mixture import task_family
 from mulo.meta.train import MetaTrainer, _key, train
 from mulo.tasks.names import parse_task_name
-from test_meta_toys import QuadraticTask, ToyLO
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
 
-BASE = dict(num_tasks=2, trunc_length=4, steps_per_jit=2, num_inner_steps=9, truncation_schedule_min_length=3,
-            random_initial_iteration_offset=3, local_batch_size=4, save_iter=2, checkpoints_to_keep=2,
-            progress=False, meta_grad_clip=1.0,
-            schedule=dict(init_value=1e-4, peak_value=2e-2, warmup_steps=2, decay_steps=8, end_value=1e-3,
-                          exponent=1.0))
+BASE = dict(TOY_META_CONFIG, num_tasks=2)
 
 
 def _cfg(**kw):

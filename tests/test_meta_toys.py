@@ -14,6 +14,13 @@ import numpy as np
 from mulo.optimizers.base import Optimizer
 from mulo.tasks.base import ParamMeta, update_scales
 
+# the meta-training settings of the toy runs (tests/test_meta_train.py, tests/test_meta_mixed.py): few, short steps
+TOY_META_CONFIG = dict(trunc_length=4, steps_per_jit=2, num_inner_steps=9, truncation_schedule_min_length=3,
+                       random_initial_iteration_offset=3, local_batch_size=4, save_iter=2, checkpoints_to_keep=2,
+                       progress=False, meta_grad_clip=1.0,
+                       schedule=dict(init_value=1e-4, peak_value=2e-2, warmup_steps=2, decay_steps=8, end_value=1e-3,
+                                     exponent=1.0))
+
 
 class ToyDataset:
     """Gaussian targets x of shape (..., dim) with std ``noise``; y zeros. A pure function of (split, shape, seed)."""

@@ -22,15 +22,11 @@ from mulo.io import read_jsonl
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.train import MetaTrainer, train
-from test_meta_toys import QuadraticTask, ToyLO
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
 
 TESTS = Path(__file__).resolve().parent
 
-BASE = dict(num_tasks=3, trunc_length=4, steps_per_jit=2, num_inner_steps=9, truncation_schedule_min_length=3,
-            random_initial_iteration_offset=3, local_batch_size=4, save_iter=2, checkpoints_to_keep=2,
-            progress=False, meta_grad_clip=1.0,
-            schedule=dict(init_value=1e-4, peak_value=2e-2, warmup_steps=2, decay_steps=8, end_value=1e-3,
-                          exponent=1.0))
+BASE = dict(TOY_META_CONFIG, num_tasks=3)
 
 
 def _cfg(**kw):
@@ -165,7 +161,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from mulo.config import load_config
 from mulo.meta.train import train
-from test_meta_toys import QuadraticTask, ToyLO
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
 cfg = load_config(None, cli={cli!r})
 def ready(step, metrics):
     if step == 2:
