@@ -105,11 +105,18 @@ def theta_from_hub(tensors: dict[str, np.ndarray], config: Any, origin: str = "h
 
 def read_hub_folder(folder: str | os.PathLike, origin: str | None = None) -> tuple[AdafacMLPLO, dict]:
     """(lo, θ) from a folder holding ``config.json`` and ``model.safetensors`` (a hub snapshot or a local copy)."""
+    origin = origin or str(folder)
+    config, tensors = read_hub_files(folder, origin)
+    return theta_from_hub(tensors, config, origin)
+
+
+def read_hub_files(folder: str | os.PathLike, origin: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """(config, tensors) of a hub folder (``config.json`` + ``model.safetensors``), every failure one CheckpointError
+    line: a missing or unreadable file, a dtype numpy cannot hold (BF16 is read exactly as float32)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     folder = Path(folder)
-    origin = origin or str(folder)
     for f in HUB_FILES:
         if not (folder / f).is_file():
             raise CheckpointError(f"{origin}: no {f} in {folder}")
@@ -128,7 +135,7 @@ def read_hub_folder(folder: str | os.PathLike, origin: str | None = None) -> tup
     except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"{origin}: {WEIGHTS_FILE} is corrupt or unreadable ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    return theta_from_hub(tensors, config, origin)
+    return config, tensors
 
 
 SUPPORTED_DTYPES = ("F32", "F16", "BF16", "F64")

@@ -222,20 +222,11 @@ def _pylo_mlp(tensors: Mapping, config: Any, origin: str) -> tuple[dict, dict]:
 
 def read_pylo_folders(rnn_folder, mlp_folder, origin: str = "PyLO VeLO", impl: str = "fused") -> tuple[Any, dict]:
     """(lo, θ) from PyLO's two hub folders (VeLO_RNN, VeLO_MLP: config.json + model.safetensors each)."""
-    import json
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from mulo.optimizers.hub import read_hub_files  # the hub's reader: file checks, dtypes, BF16
 
     parts = []
     for folder, what in ((rnn_folder, "VeLO_RNN"), (mlp_folder, "VeLO_MLP")):
-        folder = Path(folder)
-        try:
-            config = json.loads((folder / "config.json").read_text())
-            tensors = load_file(str(folder / "model.safetensors"))
-        except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
-            _fail(origin, f"cannot read {what} in {folder} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+        config, tensors = read_hub_files(folder, f"{origin} ({what})")
         parts.append((tensors, config, f"{origin} ({what})"))
     rnn_tree, rnn_sizes = _pylo_rnn(*parts[0])
     ff_tree, ff_sizes = _pylo_mlp(*parts[1])
