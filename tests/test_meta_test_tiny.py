@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from mulo.evaluate.meta_test import LoopSettings, TrainLoop, _chunks, bf16_loss, cast_floats, tail_mean
-from mulo.optimizers.hand_designed import adam, sgd
+from mulo.optimizers import adam, sgd
 from mulo.tasks.base import ParamMeta, update_scales
 
 
