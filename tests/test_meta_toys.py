@@ -32,6 +32,7 @@ def train_flat(cfg, tasks, lo, run_dir, **kwargs):
     from mulo.runlog import RunLogger
 
     settings, estimator, truncation = from_flat_config(cfg)
+
     def logger():
         return RunLogger(Path(run_dir), cfg, group="meta-train", name=Path(run_dir).name, job_type="meta-train")
 

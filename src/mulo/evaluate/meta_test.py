@@ -51,7 +51,7 @@ from mulo.layout import MANIFEST, METRICS, SUMMARY, seed_dir  # noqa: F401
 from mulo.registry import HAND_DESIGNED  # noqa: F401
 
 # the optimizer's source and the training loop live in their own modules; their names stay importable from here
-from mulo.evaluate.lo_source import (HAND_KEYS, OptimizerSource, _is_theta_name, _jsonable, _step_of,  # noqa: F401
+from mulo.evaluate.lo_source import (OptimizerSource, _is_theta_name, _jsonable, _step_of,  # noqa: F401
                                      checkpoint_config, fetch_wandb_checkpoint, lo_keys, optimizer_source,
                                      resolve_checkpoint, wandb_api)
 from mulo.evaluate.train_loop import (LoopSettings, RunResult, TrainLoop, _chunks, final_loss_text,  # noqa: F401
