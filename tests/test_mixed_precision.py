@@ -29,7 +29,7 @@ class SpyTask(QuadraticTask):
 
 def _unroll(use_bf16):
     task, lo = SpyTask(dim=3, noise=0.3), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_tasks=2, use_bf16=use_bf16)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_pairs=2, use_bf16=use_bf16)
     theta = lo.init_theta(None)
     state = unroll.init(theta, jax.random.PRNGKey(0))
     theta_pm = antithetic(theta, sample_perturbations(theta, jax.random.PRNGKey(1), 2, 0.01))

@@ -7,7 +7,7 @@
 
 **Mixing task families** (``mulo.meta.outer.combine_meta_gradients``). Task j's meta-loss is divided by a scale c_j
 that ``meta_loss_norm`` picks: ``none`` (c_j = 1, the paper's plain mean) or ``init_loss`` (c_j = the task's
-meta-loss at initialisation: the mean normalised loss of ``num_tasks`` freshly initialised optimizees on one batch,
+meta-loss at initialisation: the mean normalised loss of ``num_pairs`` freshly initialised optimizees on one batch,
 ``mulo.meta.mixture.init_loss_scale``). With ``init_loss`` every task's meta-loss starts near 1 whatever its loss's
 units (ln 10 for a 10-class classifier, ln 259 for a byte-level LM), so no family dominates the meta-gradient by the
 size of its loss alone; since the PES/ES estimates are linear in the per-step losses, this is exactly ĝ_j / c_j. c_j
