@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import optax
 
 from mulo.optimizers.base import Optimizer
+from mulo.optimizers.mup_scale import scale_by_tree
 
 ScalarOrSchedule = Any  # float | optax.Schedule
 
@@ -38,20 +38,6 @@ def from_optax(tx: optax.GradientTransformation) -> Optimizer:
         return state.params
 
     return Optimizer(init=init, update=update, params=params)
-
-
-def scale_by_tree(scales: Any) -> optax.GradientTransformation:
-    """Multiply each update tensor by the matching scalar of ``scales`` (a pytree shaped like the params)."""
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0) -> Optimizer:
