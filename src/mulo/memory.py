@@ -139,5 +139,5 @@ def out_of_memory_line(exc: BaseException) -> str:
     text = one_line(exc, None)
     if "RESOURCE_EXHAUSTED" in text:
         text = text[text.index("RESOURCE_EXHAUSTED"):]
-    return (f"out of memory ({text[:200] or type(exc).__name__}): use a smaller width, batch (local_batch_size, "
+    return (f"out of memory ({one_line(text, 200) or type(exc).__name__}): use a smaller width, batch (local_batch_size, "
             f"eval_batch_size), num_tasks or hidden_size")

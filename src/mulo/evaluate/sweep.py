@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mulo.config import Config
-from mulo.errors import ConfigError, MuloError
+from mulo.errors import ConfigError, MuloError, one_line
 from mulo.evaluate.lo_source import _jsonable
 from mulo.evaluate.meta_test import build_tasks
 from mulo.evaluate.sweep_space import grid_size, make_sampler, parse_sweep_config, suggest
@@ -214,7 +214,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
         except Exception as exc:  # a bug or a numerical failure in this trial: record it, go on with the next
-            msg = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            msg = f"{type(exc).__name__}: {one_line(exc)}"
             trial.set_user_attr("error", msg)
             print(f"[sweep] {trial_name}: FAILED ({msg})")
             raise TrialFailed(msg) from exc

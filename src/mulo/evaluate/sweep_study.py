@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mulo.config import Config
-from mulo.errors import ConfigError
+from mulo.errors import ConfigError, one_line
 from mulo.evaluate.lo_source import _jsonable
 from mulo.io import atomic_write_json
 
@@ -54,7 +54,7 @@ def check_storage(url: str | None) -> None:
         raise ConfigError(f"cannot open Optuna storage {shown!r}: missing database driver "
                           f"({masked(url, str(exc))})") from None
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError, NoSuchModuleError, ValueError ...
-        msg = masked(url, " ".join(str(exc).split()))[:200]
+        msg = one_line(masked(url, str(exc)), 200)
         raise ConfigError(f"bad value {shown!r} for config key 'storage': expected a database URL such as "
                           f"sqlite:////path/study.db or postgresql://user@host/db ({type(exc).__name__}: {msg})"
                           ) from None
@@ -77,7 +77,7 @@ def _check_reachable(url: str) -> None:
         engine = sqlalchemy.create_engine(url)
         sqlalchemy.inspect(engine).get_table_names()
     except Exception as exc:  # noqa: BLE001 - OperationalError, DatabaseError, ...
-        msg = masked(url, " ".join(str(exc).split()))[:200]
+        msg = one_line(masked(url, str(exc)), 200)
         raise ConfigError(f"cannot open Optuna storage {masked(url)!r}: {type(exc).__name__}: {msg}") from None
     finally:
         if engine is not None:
@@ -109,7 +109,7 @@ def open_study(url: str, study_name: str, sampler: Any, attempts: int = 5):
                 break
             last = exc
             time.sleep(0.5 * (i + 1))
-    msg = masked(url, " ".join(str(last).split()))[:200]
+    msg = one_line(masked(url, str(last)), 200)
     raise ConfigError(f"cannot open Optuna storage {masked(url)!r}: {type(last).__name__}: {msg}")
 
 

@@ -4,7 +4,8 @@ A per-parameter MLP (39 → H → H → 2) reads 28 per-tensor second-moment-nor
 parameter and their momentum / RMS / Adafactor accumulators plus 11 tanh time features, and outputs a direction and a
 magnitude; the step is ``direction · exp(exp_mult · magnitude) · step_mult`` (reference_design.md §1.1). The μLO
 multiplies each tensor's step by its μP update scale (``hidden_lr_mult / fan_in`` for hidden matrices, 1 otherwise,
-§1.2–1.3); the SP LO ignores the scales.
+§1.2–1.3; ``mulo.optimizers.mup_scale.scale_by_tree`` after the LO's steps, inside the Pallas kernel for the matrices
+it takes); the SP LO ignores the scales.
 
 Two implementations of the per-tensor MLP compute the same function:
 
@@ -39,6 +40,7 @@ from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEA
                                       decay_from_param, effective_weights, factored_dims, features_reference,
                                       fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
                                       safe_rsqrt, time_features, update_acc)
+from mulo.optimizers.mup_scale import apply_steps, check_scales, step_scaling
 from mulo.registry import EPS_SCALINGS, LO_IMPLS
 
 LO_NAMES = ("small_fc_mlp", "mup_small_fc_mlp")
@@ -236,12 +238,11 @@ class AdafacMLPLO:
         def dir_mag(nn, p, g, acc, t, eps):
             use_fused = self.impl != "reference" and p.size >= self.fused_min_size
             return (_dir_mag_fused if use_fused else _dir_mag_reference)(nn, p, g, acc, t, eps)
-        scales = update_scales if self.uses_mup else None
+        scaling = step_scaling(update_scales, self.uses_mup)  # the μLO's per-tensor scales (mulo.optimizers.mup_scale)
+        kernel_scales = update_scales if self.uses_mup else None  # the Pallas kernel scales inside (mup_scale)
 
         def init(params, num_steps: int = 0) -> AdafacState:
-            if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
-                raise ValueError("update_scales must have the structure of the params: got "
-                                 f"{jax.tree.structure(scales)} for params {jax.tree.structure(params)}")
+            check_scales(update_scales, params, self.uses_mup)
             accs = jax.tree.map(lambda p: _init_acc(jnp.asarray(p), hp), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             return AdafacState(params=params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),
@@ -256,9 +257,13 @@ class AdafacMLPLO:
             b_m, b_v, b_f = _decays(theta, hp)
             nn = theta["nn"]
             t = state.iteration
-            sc = scales if scales is not None else jax.tree.map(lambda _: 1.0, state.params)
-
-            def one(p, g, m, v, row, col, diag, s):
+            flat_p, treedef = jax.tree.flatten(state.params)
+            leaves = treedef.flatten_up_to
+            sc = leaves(kernel_scales) if kernel_scales is not None else [1.0] * len(flat_p)
+            steps, by_kernel, accs = [], [], []
+            for p, g, m, v, row, col, diag, s in zip(flat_p, leaves(grads), leaves(state.mom), leaves(state.rms),
+                                                     leaves(state.fac_row), leaves(state.fac_col),
+                                                     leaves(state.fac_diag), sc):
                 shape = p.shape
                 p1, g1 = jnp.reshape(p, m[0].shape), jnp.reshape(g, m[0].shape).astype(jnp.float32)
                 acc = update_acc(Acc(m, v, row, col, diag), g1, b_m, b_v, b_f)
@@ -267,17 +272,18 @@ class AdafacMLPLO:
                     new_p, new_m, new_v = adafac_pallas.update_matrix(
                         nn, p1.astype(jnp.float32), g1, Acc(m, v, row, col, diag), acc, (b_m, b_v, b_f), t, hp, s,
                         precision=jax.config.jax_default_matmul_precision)
-                    return new_p.astype(p.dtype).reshape(shape), acc._replace(m=new_m, v=new_v)
+                    by_kernel.append(new_p.astype(p.dtype).reshape(shape))
+                    steps.append(jnp.zeros(shape, jnp.float32))  # unused (the kernel's params replace these)
+                    accs.append(acc._replace(m=new_m, v=new_v))
+                    continue
                 direction, magnitude = dir_mag(nn, p1, g1, acc, t, norm_eps(shape, hp.eps_scaling))
-                step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult
-                new_p = (p1 - step * s).astype(p.dtype).reshape(shape)
-                return new_p, acc
-
-            out = jax.tree.map(one, state.params, grads, state.mom, state.rms, state.fac_row, state.fac_col,
-                               state.fac_diag, sc)
-            is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], Acc)
-            new_params = jax.tree.map(lambda o: o[0], out, is_leaf=is_pair)
-            pick = lambda i: jax.tree.map(lambda o: o[1][i], out, is_leaf=is_pair)
+                # the sign on the constant: XLA folds step_mult and a constant μP scale as it did in p - step * scale
+                steps.append((direction * jnp.exp(hp.exp_mult * magnitude) * -hp.step_mult).reshape(shape))
+                by_kernel.append(None)
+                accs.append(acc)
+            applied = leaves(apply_steps(scaling, state.params, treedef.unflatten(steps)))
+            new_params = treedef.unflatten([a if k is None else k for a, k in zip(applied, by_kernel)])
+            pick = lambda i: treedef.unflatten([a[i] for a in accs])
             return AdafacState(params=new_params, mom=pick(0), rms=pick(1), fac_row=pick(2), fac_col=pick(3),
                                fac_diag=pick(4), iteration=state.iteration + 1, num_steps=state.num_steps)
 

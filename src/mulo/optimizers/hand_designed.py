@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import jax
 import optax
 
 from mulo.hparams import POSITIVE, hparam
@@ -43,18 +42,6 @@ def from_optax(tx: optax.GradientTransformation) -> Optimizer:
     return Optimizer(init=init, update=update, params=params)
 
 
-def scale_by_tree(scales: Any) -> optax.GradientTransformation:
-    """Multiply each update tensor by the matching scalar of ``scales`` (a pytree shaped like the params)."""
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def lr_schedule(learning_rate: float, warmup_steps: int = 0, cosine_decay: bool = False, end_lr_ratio: float = 0.1,

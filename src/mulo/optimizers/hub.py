@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mulo.errors import CheckpointError
+from mulo.errors import CheckpointError, one_line
 from mulo.optimizers.adafac_mlp import NUM_FEATURES, AdafacHParams, AdafacMLPLO
 from mulo.registry import learned_spec
 
@@ -134,7 +134,7 @@ def read_hub_files(folder: str | os.PathLike, origin: str) -> tuple[Any, dict[st
             else _load_with_bf16(folder / WEIGHTS_FILE)
     except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"{origin}: {WEIGHTS_FILE} is corrupt or unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{one_line(e)})") from None
     return config, tensors
 
 
@@ -260,7 +260,7 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
                         raise ConnectionError(why)
                     path = fetch(repo_id, filename, **kwargs)
                 except Exception as e:  # offline, unknown repository or file, HTTP error: one line
-                    reason = (str(e).strip().splitlines() or [""])[0][:200]
+                    reason = one_line(e, 200)
                     raise CheckpointError(f"cannot download {filename} of {repo_id} from the Hugging Face hub "
                                           f"({type(e).__name__}: {reason}); offline? Connect (or check HF_ENDPOINT, "
                                           f"HF_HUB_OFFLINE), or copy {' and '.join(filenames)} into a folder and "

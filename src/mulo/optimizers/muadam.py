@@ -9,7 +9,8 @@ import optax
 
 from mulo.optimizers.adam import AdamHParams
 from mulo.optimizers.base import Optimizer
-from mulo.optimizers.hand_designed import ScalarOrSchedule, from_optax, scale_by_tree
+from mulo.optimizers.hand_designed import ScalarOrSchedule, from_optax
+from mulo.optimizers.mup_scale import scale_by_tree
 from mulo.registry import Component, register_hand_designed
 
 

@@ -15,7 +15,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from mulo.errors import CheckpointError
+from mulo.errors import CheckpointError, one_line
 from mulo.runtime import CACHE_ROOT
 
 TIMEOUT_S = 60.0  # per blocking socket operation (connect, each read), not the whole download
@@ -55,7 +55,7 @@ def cached_download(url: str, dest: Path, by_hand: str, timeout: float = TIMEOUT
             pass
         # URLError, HTTPError, timeouts and truncation are OSErrors; IncompleteRead and bad status lines HTTPExceptions
         if isinstance(e, (OSError, ValueError, http.client.HTTPException)):
-            reason = (str(getattr(e, "reason", None) or e).strip().splitlines() or [""])[0][:200]
+            reason = one_line(getattr(e, "reason", None) or e, 200)
             raise CheckpointError(f"cannot download {url} ({type(e).__name__}: {reason}); offline? Download it by "
                                   f"hand and {by_hand}") from None
         raise

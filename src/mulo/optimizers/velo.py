@@ -61,6 +61,7 @@ from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, HParamsDict, hparam
 from mulo.optimizers.base import Optimizer
 from mulo.optimizers.features import Acc, decay_from_param, init_acc, update_acc
+from mulo.optimizers.mup_scale import apply_steps, check_scales, step_scaling
 from mulo.optimizers.velo_lstm import (LOSS_MIN_INIT, MULO_V1, NUM_LOSS_EMAS, SEMANTICS, loss_decays, loss_features,
                                        lstm_controls, lstm_features, tensor_features, update_loss_buffer)
 from mulo.optimizers.velo_mlp import IMPLEMENTATIONS, PARAM_FEATURES, mix_mlp
@@ -177,7 +178,7 @@ class VeloLO:
 
     def opt_fn(self, theta: Any, update_scales: Any = None) -> Optimizer:
         hp = self.hparams
-        scales = update_scales if self.uses_mup else None
+        scaling = step_scaling(update_scales, self.uses_mup)  # the μLO's per-tensor scales (mulo.optimizers.mup_scale)
         dir_mag = IMPLEMENTATIONS[self.impl]
         b_m = decay_from_param(hp.momentum_decays, jnp.zeros((3,)))
         b_v = decay_from_param(hp.rms_decays, jnp.zeros((1,)))
@@ -186,8 +187,7 @@ class VeloLO:
         def init(params, num_steps: int = 1) -> VeloState:
             if isinstance(num_steps, (int, np.integer)) and num_steps < 1:
                 raise ValueError(f"VeLO needs the planned number of steps (num_steps >= 1), got {num_steps}")
-            if scales is not None and jax.tree.structure(scales) != jax.tree.structure(params):
-                raise ValueError("update_scales must have the structure of the params")
+            check_scales(update_scales, params, self.uses_mup)
             accs = jax.tree.map(lambda p: init_acc(jnp.asarray(p), 3, 1, 3), params)
             pick = lambda i: jax.tree.map(lambda p, a: a[i], params, accs)
             n = len(jax.tree.leaves(params))
@@ -218,8 +218,7 @@ class VeloLO:
                     for p, m, v in zip(flat_p, leaves(state.mom), leaves(state.rms))]
             controls, lr_mult, h, c = lstm_controls(theta["rnn"], jnp.stack(rows), state.lstm_h, state.lstm_c,
                                                     hp.semantics)
-            sc = leaves(scales) if scales is not None else [1.0] * len(flat_p)
-            out_p, out_acc = [], []
+            steps, out_acc = [], []
             for i, (p, g, m, v, row, col, diag) in enumerate(zip(
                     flat_p, leaves(grads), leaves(state.mom), leaves(state.rms), leaves(state.fac_row),
                     leaves(state.fac_col), leaves(state.fac_diag))):
@@ -230,10 +229,11 @@ class VeloLO:
                 step = direction * jnp.exp(hp.exp_mult * magnitude) * hp.step_mult * lr_mult[i]
                 if hp.param_scale_mult:
                     step = step * jnp.sqrt(jnp.mean(jnp.square(p1)) + 1e-9)
-                out_p.append((p1 - step * sc[i]).astype(p.dtype).reshape(p.shape))
+                steps.append(-step.reshape(p.shape))
                 out_acc.append(acc)
             pick = lambda j: treedef.unflatten([a[j] for a in out_acc])
-            return VeloState(treedef.unflatten(out_p), pick(0), pick(1), pick(2), pick(3), pick(4), h, c, means,
+            new_params = apply_steps(scaling, state.params, treedef.unflatten(steps))
+            return VeloState(new_params, pick(0), pick(1), pick(2), pick(3), pick(4), h, c, means,
                              running_min, state.loss_decays, state.iteration + 1, state.num_steps)
 
         return Optimizer(init=init, update=update, params=lambda state: state.params)

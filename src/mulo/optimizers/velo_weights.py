@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mulo.errors import CheckpointError
+from mulo.errors import CheckpointError, one_line
 
 # the per-parameter MLP's 14 first-layer weight groups (velo_mlp.PARAM_FEATURE_GROUPS), columns per group
 GROUP_SIZES = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
@@ -168,7 +168,7 @@ def read_flax_file(path, origin: str | None = None, impl: str = "fused") -> tupl
         with open(path, "rb") as f:
             tree = serialization.msgpack_restore(f.read())
     except Exception as e:  # msgpack raises several unrelated types on corrupt input
-        _fail(origin, f"not a flax msgpack file ({type(e).__name__}: {str(e)[:120]})")
+        _fail(origin, f"not a flax msgpack file ({type(e).__name__}: {one_line(e, 120)})")
     if isinstance(tree, Mapping) and set(tree) == {"params", "gen_id", "step"}:  # ParameterCheckpoint
         tree = tree["params"]
     sizes, theta = theta_from_hyperv2(tree, origin)
