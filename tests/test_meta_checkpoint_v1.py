@@ -1,7 +1,9 @@
 """A meta-training checkpoint written by main at 1c36316 restores and resumes bit-exactly: θ, the outer Adam state,
 the estimators' states, the skipped-step count and the metrics are what that code computed when resuming it
 (tests/fixtures/meta_ckpt_v1, written by its make_fixture.py: a toy run stopped after outer step 3 of 6, whose step
-2 had a non-finite meta-gradient, skipped and counted). It guards the checkpoint layout (the order and shapes of the
+2 had a non-finite meta-gradient, skipped and counted; its identity.json names the optimizer "toy_lo", the LO the run
+trained: main wrote the config's optimizer key there, which a real meta-train run always sets to the LO it trains,
+while the fixture's toy run had left the default). It guards the checkpoint layout (the order and shapes of the
 state's leaves), identity.json and the outer step against changes that old runs could not resume through."""
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import numpy as np
 
 from mulo.config import load_config
 from mulo.io import read_jsonl
-from mulo.meta.train import train
-from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "meta_ckpt_v1"
 CONFIG = dict(TOY_META_CONFIG, num_tasks=3, num_outer_steps=6)
@@ -41,7 +42,7 @@ def test_a_checkpoint_written_by_main_at_1c36316_resumes_bit_exactly(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)
     cfg = load_config(None, cli=dict(CONFIG, auto_resume=True))
-    state = train(cfg, _tasks(), ToyLO(), run, handle_signals=False)["state"]
+    state = train_flat(cfg, _tasks(), ToyLO(), run, handle_signals=False)["state"]
     expected = np.load(FIXTURE / "expected.npz")
     assert int(state.step) == 6
     _assert_leaves(state.theta, expected, "theta")
