@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mulo import aliases, cli
+from mulo.app import aliases, cli
 from mulo.errors import ConfigError
 
 COMMANDS = list(cli.COMMANDS)

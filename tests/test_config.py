@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mulo.cli import parse
-from mulo.config import BASE_CONFIG, SCHEMA, Config, dump_text, load_config
+from mulo.app.cli import parse
+from mulo.app.config import BASE_CONFIG, SCHEMA, Config, dump_text, load_config
 from mulo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

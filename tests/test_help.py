@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mulo import cli
-from mulo.config import SCHEMA
+from mulo.app import cli
+from mulo.app.config import SCHEMA
 
 
 def _help(command: str, capsys) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError
 from mulo.io import read_jsonl
 from mulo.meta import outer
@@ -159,7 +159,7 @@ SIGTERM_SCRIPT = r"""
 import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.meta.train import train
 from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
 cfg = load_config(None, cli={cli!r})

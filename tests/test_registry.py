@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.cli import main as cli_main
-from mulo.config import load_config
+from mulo.app.cli import main as cli_main
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError, TaskError
 from mulo.optimizers import build_learned, load_theta, save_theta
 from mulo.optimizers.base import Optimizer
 from mulo.registry import (LearnedSpec, RegistryError, TaskFamily, is_learned, learned_names, model_family,
                            optimizer_names, register_learned, register_task_family, task_models)
-from mulo.rundir import run_name, theta_label
+from mulo.app.rundir import run_name, theta_label
 from mulo.tasks import get_task, parse_task_name
 from mulo.tasks.common import HaikuTask, classification_loss
 
@@ -216,7 +216,7 @@ def test_meta_test_runs_the_toy_lo_on_the_toy_task(tmp_path, capsys):
 
 
 def test_importing_the_config_imports_no_optimizer_module():
-    code = ("import sys; import mulo.config, mulo.registry; "
+    code = ("import sys; import mulo.app.config, mulo.registry; "
             "print(sorted(m for m in sys.modules if m.startswith(('jax', 'mulo.optimizers', 'mulo.tasks'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
@@ -228,7 +228,7 @@ def test_importing_the_config_imports_no_optimizer_module():
 
 def _choice_keys() -> dict[str, object]:
     """Every config key (dict entries as key.entry) that has a list of accepted values -> that list."""
-    from mulo.config import SCHEMA
+    from mulo.app.config import SCHEMA
 
     out = {}
     for key, spec in SCHEMA.items():
@@ -246,7 +246,7 @@ def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
     import importlib
 
     from mulo import registry
-    from mulo.config import SCHEMA
+    from mulo.app.config import SCHEMA
 
     owners = {  # config key -> (the module that implements the choice, its name for the list, registry's name)
         "lo_impl": ("mulo.optimizers.adafac_mlp", "LO_IMPLS", "LO_IMPLS"),
@@ -257,9 +257,9 @@ def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
         "meta_loss_norm": ("mulo.meta.mixture", "META_LOSS_NORMS", "META_LOSS_NORMS"),
         "distributed": ("mulo.parallel", "DISTRIBUTED_MODES", "DISTRIBUTED_MODES"),
         "data_on_device": ("mulo.data.transfer", "ON_DEVICE_MODES", "ON_DEVICE_MODES"),
-        "wandb_mode": ("mulo.runtime", "WANDB_MODES", "WANDB_MODES"),
-        "jax_default_matmul_precision": ("mulo.runtime", "MATMUL_PRECISIONS", "MATMUL_PRECISIONS"),
-        "sweep_config.method": ("mulo.evaluate.sweep_space", "METHODS", "SWEEP_METHODS"),
+        "wandb_mode": ("mulo.app.runtime", "WANDB_MODES", "WANDB_MODES"),
+        "jax_default_matmul_precision": ("mulo.app.runtime", "MATMUL_PRECISIONS", "MATMUL_PRECISIONS"),
+        "sweep_config.method": ("mulo.app.sweep_space", "METHODS", "SWEEP_METHODS"),
     }
     choices = _choice_keys()
     assert set(choices) == set(owners) | {"optimizer"}, "a new choice key needs its owner listed here"
@@ -291,7 +291,7 @@ def test_the_implementations_refuse_values_outside_their_list():
     """The lists are what the implementations check (not only the config): a value outside them is one line."""
     from mulo.meta.mixture import divides_by_init_loss
     from mulo.parallel import distributed_kwargs
-    from mulo.runtime import check_environment, set_matmul_precision
+    from mulo.app.runtime import check_environment, set_matmul_precision
 
     assert divides_by_init_loss("init_loss") and not divides_by_init_loss("none")
     with pytest.raises(ConfigError, match="meta_loss_norm.*none, init_loss"):

@@ -1,7 +1,7 @@
 """Issue 14: every bad input is one line (exit 2, no traceback, nothing written or damaged), concurrent runs are safe,
 unwritable outputs and damaged files are handled.
 
-Almost every case runs the CLI in-process (``mulo.cli.main``) and stops in the checks that come before anything is
+Almost every case runs the CLI in-process (``mulo.app.cli.main``) and stops in the checks that come before anything is
 created or compiled; the concurrency test and one end-to-end stderr check start real processes.
 """
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mulo import runtime
-from mulo.cli import main, parse
-from mulo.config import INT_MAX, SCHEMA
+from mulo.app import runtime
+from mulo.app.cli import main, parse
+from mulo.app.config import INT_MAX, SCHEMA
 from mulo.errors import CheckpointError
-from mulo.memory import Footprint, check_fits, footprint, is_out_of_memory, tree_bytes
-from mulo.rundir import LOCK_FILE, claim, run_dir_path, write_config
+from mulo.app.memory import Footprint, check_fits, footprint, is_out_of_memory, tree_bytes
+from mulo.app.rundir import LOCK_FILE, claim, run_dir_path, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "config" / "meta_train" / "quickstart.py")
@@ -112,7 +112,7 @@ def test_meta_train_and_coord_check_refuse_a_held_run_directory(tmp_path, capsys
 
 
 def test_a_sweep_directory_belongs_to_one_study(tmp_path, capsys):
-    from mulo.evaluate.sweep_study import STUDY_RECORD, claim_study, storage_url
+    from mulo.app.sweep_study import STUDY_RECORD, claim_study, storage_url
 
     argv = sweep(tmp_path / "O", "--study_name", "s")
     _, cfg = parse(argv)
@@ -236,7 +236,7 @@ def test_a_disk_that_fills_while_the_config_is_written_leaves_no_partial_run(tmp
 
 
 def test_errors_that_escape_a_run_are_one_line(capsys, monkeypatch):
-    import mulo.cli as cli
+    import mulo.app.cli as cli
 
     def raising(exc):
         def handler(cfg, args):
@@ -418,7 +418,7 @@ def test_footprint_counts_copies_meta_parameters_and_batches():
 
 
 def test_capacity_sums_the_accelerators_of_every_process_and_falls_back_to_host_ram():
-    from mulo.memory import capacity
+    from mulo.app.memory import capacity
 
     class Device:
         def __init__(self, limit):
@@ -585,7 +585,7 @@ SUBCOMMANDS = ["meta-train", "meta-test", "sweep", "coord-check", "report"]
 def test_every_bad_value_of_every_key_is_one_line_on_every_subcommand(tmp_path, capsys, monkeypatch, command):
     """meta-train gets every case, the other subcommands every 4th (each a different quarter). A value that got
     past the checks would reach the command's handler: here that fails at once instead of running it."""
-    import mulo.cli as cli
+    import mulo.app.cli as cli
 
     def accepted(name):
         raise AssertionError(f"{name} was started: a bad value was accepted")

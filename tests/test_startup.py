@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.data import tf_env
-from mulo.startup import COMPILING, banner, compiling_line, device_line
+from mulo.app.startup import COMPILING, banner, compiling_line, device_line
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import TaskError
 from mulo.tasks import (ParamMeta, TaskSettings, get_task, get_tasks, parse_task_name, split_task_names,
                         with_width)

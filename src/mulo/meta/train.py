@@ -1,4 +1,4 @@
-"""``python src/main.py meta-train``: the outer loop of PES/ES meta-training.
+"""The outer loop of PES/ES meta-training (``python src/main.py meta-train``: ``mulo.app.commands.meta_train``).
 
     state = trainer.init_state()                       # θ, outer optimizer, one estimator state per task
     for step in range(start, num_outer_steps):
@@ -20,7 +20,7 @@ Reproducibility: every random number is a pure function of (seed, step). The PRN
 what the uninterrupted run would have done. The data stream is prefetched to the device across steps by
 ``mulo.data.prefetch.DevicePrefetcher``.
 
-Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
+Outputs in the run directory (the ``meta-train`` command, ``mulo.app.commands.meta_train``, names and claims it):
 
 * ``metrics.jsonl`` (and wandb): per step ``meta_loss`` (mean over tasks of the raw meta-losses),
   ``meta_loss_family/<family>`` (mean over the family's tasks of meta_loss_j / c_j: the families on one scale when
@@ -51,6 +51,7 @@ import numpy as np
 import optax
 
 from mulo.errors import CheckpointError, ConfigError
+from mulo.io import MetricsLog, trim_metrics
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
@@ -59,7 +60,7 @@ from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
 from mulo.data.transfer import device_decoder, host_kwargs, resident_images, wants_resident
-from mulo.parallel import Placement, agree, barrier, is_main_process
+from mulo.parallel import Placement, agree, is_main_process
 
 
 class TrainState(NamedTuple):
@@ -272,23 +273,16 @@ def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
     return path
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after ``last_step`` (steps redone after a resume would otherwise appear twice)."""
-    from mulo.runlog import trim_metrics
-
-    trim_metrics(path, last_step)
-
-
 def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after: int | None = None,
           on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True,
-          placement: Placement | None = None) -> dict:
+          placement: Placement | None = None, logger: Any = None) -> dict:
     """Meta-train in ``run_dir``; returns a summary dict (final step, θ file, whether it was interrupted).
 
     ``stop_after``: behave as if interrupted after that many outer steps (tests). ``on_step(step, metrics)`` is called
     after every step (the SIGTERM test uses it to signal readiness). ``placement``: the device mesh (default: every
-    device, as the config's ``data_parallel`` says)."""
-    from mulo.runlog import RunLogger
-
+    device, as the config's ``data_parallel`` says). ``logger``: where process 0 logs each step's metrics (an object
+    with ``log(step, metrics)`` and ``close()``; default ``mulo.io.MetricsLog``: ``<run_dir>/metrics.jsonl``; the
+    command line passes one that mirrors them to wandb too)."""
     run_dir = Path(run_dir)
     trainer = MetaTrainer(cfg, tasks, lo, placement)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoints_to_keep, trainer.identity())
@@ -304,7 +298,7 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
         _, state = ckpt.restore(state)
         state = trainer.place(state)
         if main:
-            _trim_metrics(run_dir / "metrics.jsonl", int(state.step))
+            trim_metrics(run_dir / "metrics.jsonl", int(state.step))
     start = int(state.step)
     hp = lo.hparams
     theta_extra = {"run_dir": str(run_dir), "tasks": list(cfg.task), "lo_hparams": asdict(hp) if is_dataclass(hp)
@@ -318,8 +312,7 @@ def train(cfg, tasks: Sequence[Any], lo: Any, run_dir: str | Path, *, stop_after
 
     interrupted = None
     streams = trainer.streams(start)
-    logger = (RunLogger(run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train") if main
-              else _NullLogger())
+    logger = (logger if logger is not None else MetricsLog(run_dir)) if main else _NullLogger()
     bar = None
     try:
         from tqdm.auto import tqdm
@@ -379,66 +372,3 @@ class _NoSignals:
 
     def __exit__(self, *exc):
         return False
-
-
-def _check_resume(cfg, tasks: Sequence[Any], lo: Any, run_dir: Path) -> None:
-    """Existing checkpoints in ``run_dir`` are continued only with --auto_resume and a matching identity: checked
-    before config.py is written (train() checks it too, but a refused rerun must not rewrite the run's config)."""
-    ckpt_dir = run_dir / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return
-    ckpt = Checkpointer(ckpt_dir, cfg.checkpoints_to_keep, MetaTrainer(cfg, tasks, lo).identity())
-    try:
-        latest = ckpt.latest_step()
-        if latest is None:
-            return
-        if not cfg.auto_resume:
-            raise CheckpointError(f"{run_dir} already has meta-training checkpoints (latest step {latest}): pass "
-                                  f"--auto_resume true to continue that run, or set another name_suffix or output_dir")
-        ckpt.check_identity()
-    finally:
-        ckpt.close()
-
-
-def run(cfg, args=None) -> int:
-    """CLI handler of ``meta-train``. Everything is checked before the run directory is created or anything is
-    compiled (tasks, LO, outer schedule, run name and output_dir, data, memory of a step); then, holding the run
-    directory's lock (``mulo.rundir.claim``), whether existing checkpoints may be continued. config.py is written
-    only for a run that starts or continues."""
-    import sys
-    from contextlib import nullcontext
-
-    from mulo import preflight, startup
-    from mulo.memory import check_fits
-    from mulo.optimizers import build_learned
-    from mulo.rundir import claim, run_dir_path, write_config
-    from mulo.tasks import TaskSettings, get_tasks
-
-    tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-    lo = build_learned(cfg)
-    outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
-    for b in task_batch_sizes(cfg, len(tasks)):  # pairs and batch split over the devices
-        Placement.from_config(cfg).check(cfg.num_tasks, b)
-    run_dir = run_dir_path(cfg, "meta-train")
-    splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
-    preflight.check_data(tasks, splits)
-    biggest = cfg.replace(local_batch_size=max(task_batch_sizes(cfg, len(tasks))))  # a bound for every task
-    check_fits(preflight.meta_train_footprint(biggest, tasks, lo, splits), "meta-train")
-    main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
-    with claim(run_dir, "meta-train") if main else nullcontext():
-        if main:
-            _check_resume(cfg, tasks, lo, run_dir)
-            write_config(run_dir, cfg)
-        barrier("mulo-run-dir")
-        if main:
-            startup.announce("meta-train", cfg, run_dir)
-            print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
-        result = train(cfg, tasks, lo, run_dir)
-    if not is_main_process():
-        return 0
-    if result["interrupted"]:
-        print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
-              f"{run_dir / 'checkpoints'}; continue with --auto_resume true", file=sys.stderr)
-    else:
-        print(f"meta-train: done, {result['step']} steps; theta: {result['theta_file']}", file=sys.stderr)
-    return 0

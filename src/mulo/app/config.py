@@ -31,7 +31,7 @@ from mulo.registry import (DISTRIBUTED_MODES, EPS_SCALINGS, ESTIMATORS, LO_IMPLS
                            META_LOSS_NORMS, META_LOSS_SPLITS, ON_DEVICE_MODES, OPTIMIZER_CHOICES, SCHEDULE_KEYS,
                            SWEEP_METHODS, TRUNCATION_KINDS, WANDB_MODES)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 BASE_CONFIG = REPO_ROOT / "config" / "base.py"
 
 

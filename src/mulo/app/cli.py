@@ -15,19 +15,19 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from mulo.config import SCHEMA, Config, load_config, parse_cli_value, suggest
-from mulo import aliases, runtime
+from mulo.app.config import SCHEMA, Config, load_config, parse_cli_value, suggest
+from mulo.app import aliases, runtime
 from mulo.errors import ConfigError, MuloError, NotImplementedYet
 from mulo.registry import learned_config_keys
 
 # subcommand -> (help, "module:function" or None while not implemented). Handlers take (cfg, args) and return an
 # exit code.
 COMMANDS: dict[str, tuple[str, str | None]] = {
-    "meta-train": ("meta-train a learned optimizer with truncated PES/ES", "mulo.meta.train:run"),
-    "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", "mulo.evaluate.meta_test:main"),
-    "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", "mulo.evaluate.sweep:main"),
-    "coord-check": ("muP coordinate check: activation size vs width", "mulo.evaluate.coord_check:run"),
-    "report": ("figures and tables from meta-test run directories", "mulo.evaluate.report:main"),
+    "meta-train": ("meta-train a learned optimizer with truncated PES/ES", "mulo.app.commands.meta_train:run"),
+    "meta-test": ("train fresh tasks with a learned or hand-designed optimizer", "mulo.app.commands.meta_test:main"),
+    "sweep": ("hyper-parameter sweep of a hand-designed optimizer (Optuna)", "mulo.app.commands.sweep:main"),
+    "coord-check": ("muP coordinate check: activation size vs width", "mulo.app.commands.coord_check:run"),
+    "report": ("figures and tables from meta-test run directories", "mulo.app.commands.report:main"),
 }
 
 # Subcommands that take run directories instead of requiring --config.
@@ -133,7 +133,7 @@ def _check_unknown(unknown: list[str]) -> None:
 
 def parse(argv: Sequence[str], notices: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """Parse argv into (args, validated config). The reference's flags, config names and run_type are accepted
-    (``mulo.aliases``), each with a notice line: printed on stderr once the command line is valid, or, given a
+    (``mulo.app.aliases``), each with a notice line: printed on stderr once the command line is valid, or, given a
     ``notices`` list, appended to it for the caller to print after the command succeeded. When the command line
     is not valid, the error is the only line and names the reference's flags it read (``with_notices``)."""
     argv, said = aliases.translate(argv, list(COMMANDS))
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - XLA's out-of-memory error is the user's size, not a bug
-        from mulo.memory import is_out_of_memory, out_of_memory_line
+        from mulo.app.memory import is_out_of_memory, out_of_memory_line
 
         if not is_out_of_memory(exc):
             raise

@@ -1,4 +1,4 @@
-"""A sweep's search space (``mulo.evaluate.sweep``): ``sweep_config`` parsed and checked, each trial's values drawn
+"""A sweep's search space (``mulo.app.commands.sweep``): ``sweep_config`` parsed and checked, each trial's values drawn
 from it, and the Optuna sampler of its method."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from mulo.config import SCHEMA, Config
+from mulo.app.config import SCHEMA, Config
 from mulo.errors import ConfigError
 from mulo.registry import SWEEP_METHODS as METHODS
 
