@@ -22,7 +22,7 @@ import optax
 
 import mulo.mup as mup
 from mulo.optimizers import as_optax, sources
-from mulo.optimizers.hand_designed import muadam_transform
+from mulo.optimizers.muadam import muadam_transform
 
 LO = "pretrained:cpu_mulo_m_fmnist"
 

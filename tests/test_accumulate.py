@@ -12,7 +12,7 @@ from mulo.app.config import load_config
 from mulo.errors import ConfigError
 from mulo.evaluate.accumulate import split_batch, value_and_grad_accumulated
 from mulo.evaluate.train_loop import LoopSettings, TrainLoop
-from mulo.optimizers.hand_designed import adam
+from mulo.optimizers import adam
 from mulo.tasks import TaskSettings, get_task
 
 from test_meta_test_tiny import TinyTask

@@ -7,11 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.meta.estimators import (TruncatedEstimator, antithetic, es_pair_gradients, pes_pair_gradients,
-                                  sample_perturbations)
+from mulo.meta.es import es_pair_gradients
+from mulo.meta.estimators import EstimatorHParams, TruncatedEstimator, antithetic, sample_perturbations
+from mulo.meta.pes import pes_pair_gradients
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll
+from mulo.registry import component
 from test_meta_toys import QuadraticTask, ToyLO
+
+
+def _estimator(unroll, kind, std, trunc_length, steps_per_jit):
+    """The registered estimator ``kind`` over ``unroll`` (its pairs: the unroll's inner problems)."""
+    rule = component("estimator", kind).build(EstimatorHParams(std, trunc_length, unroll.num_tasks))
+    return TruncatedEstimator(unroll, rule, steps_per_jit=steps_per_jit)
 
 
 def _batches(task, shape, seed=0):
@@ -104,7 +112,7 @@ def test_estimate_matches_exact_gradient_of_unrolled_objective(kind):
     n, std = 4096, 0.01
     task, lo = QuadraticTask(dim=3), ToyLO()
     unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_tasks=n)
-    est = TruncatedEstimator(unroll, kind, std=std, trunc_length=2, steps_per_jit=1)
+    est = _estimator(unroll, kind, std, 2, 1)
     theta = lo.init_theta(None)
     state = est.init(theta, jax.random.PRNGKey(0))
 
@@ -139,7 +147,7 @@ def test_pes_accumulates_and_resets_in_estimator():
     task, lo = QuadraticTask(dim=2), ToyLO()
     sched = TruncationSchedule("constant", 1, 3, 0)
     theta = lo.init_theta(None)
-    pes = TruncatedEstimator(TruncatedUnroll(task, lo, sched, n), "pes", std=std, trunc_length=2, steps_per_jit=2)
+    pes = _estimator(TruncatedUnroll(task, lo, sched, n), "pes", std, 2, 2)
     state = pes.init(theta, jax.random.PRNGKey(0))
     assert np.all(_flat(state.accum) == 0)
     batches = _batches(task, (2, n, 2))
@@ -156,7 +164,7 @@ def test_pes_accumulates_and_resets_in_estimator():
             expect = jax.tree.map(jnp.add, eps[1], eps[2])
         np.testing.assert_allclose(_flat(state.accum), _flat(expect), rtol=1e-5, atol=1e-7)
 
-    es = TruncatedEstimator(TruncatedUnroll(task, lo, sched, n), "es", std=std, trunc_length=2, steps_per_jit=1)
+    es = _estimator(TruncatedUnroll(task, lo, sched, n), "es", std, 2, 1)
     state = es.init(theta, jax.random.PRNGKey(0))
     assert not hasattr(state, "accum")
     _, state, metrics = es.estimate(theta, state, jax.random.PRNGKey(1), _batches(task, (1, n, 2)))

@@ -17,7 +17,7 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.app.commands.meta_test import (OptimizerSource, build_tasks, fetch_wandb_checkpoint, meta_test_runs,
                                      resolve_checkpoint)
 from mulo.io import read_jsonl
-from mulo.optimizers.hand_designed import adam, sgd
+from mulo.optimizers import adam, sgd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CFG = str(REPO_ROOT / "config" / "meta_test" / "meta_test_base.py")

@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from mulo.evaluate.train_loop import LoopSettings, TrainLoop, _chunks, tail_mean
+from mulo.optimizers import adam, sgd
 from mulo.tasks.precision import bf16_loss, cast_floats
-from mulo.optimizers.hand_designed import adam, sgd
 from mulo.tasks.base import ParamMeta, update_scales
 
 

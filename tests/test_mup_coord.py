@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 import mulo.mup as mup
-from mulo.optimizers.hand_designed import muadam_transform
+from mulo.optimizers.muadam import muadam_transform
 
 WIDTHS = (64, 512)
 

@@ -251,8 +251,6 @@ def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
     owners = {  # config key -> (the module that implements the choice, its name for the list, registry's name)
         "lo_impl": ("mulo.optimizers.adafac_mlp", "LO_IMPLS", "LO_IMPLS"),
         "lo_eps_scaling": ("mulo.optimizers.adafac_mlp", "EPS_SCALINGS", "EPS_SCALINGS"),
-        "gradient_estimator": ("mulo.meta.estimators", "ESTIMATORS", "ESTIMATORS"),
-        "truncation_schedule": ("mulo.meta.truncation", "TRUNCATION_KINDS", "TRUNCATION_KINDS"),
         "meta_loss_split": ("mulo.meta.unroll", "META_LOSS_SPLITS", "META_LOSS_SPLITS"),
         "meta_loss_norm": ("mulo.meta.mixture", "META_LOSS_NORMS", "META_LOSS_NORMS"),
         "distributed": ("mulo.parallel", "DISTRIBUTED_MODES", "DISTRIBUTED_MODES"),
@@ -262,13 +260,16 @@ def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
         "sweep_config.method": ("mulo.app.sweep_space", "METHODS", "SWEEP_METHODS"),
     }
     choices = _choice_keys()
-    assert set(choices) == set(owners) | {"optimizer"}, "a new choice key needs its owner listed here"
+    sections = {"gradient_estimator": "estimator", "truncation_schedule": "truncation"}  # the registered components
+    assert set(choices) == set(owners) | set(sections) | {"optimizer"}, "a new choice key needs its owner listed here"
+    for key, section in sections.items():
+        assert tuple(choices[key]) == registry.names(section) == tuple(registry.SECTIONS[section].names()), key
     for key, (module, name, reg_name) in owners.items():
         owned = getattr(importlib.import_module(module), name)
         assert choices[key] is getattr(registry, reg_name), key
         assert owned is choices[key], key
     # optimizer: hand-designed names, then every registered learned optimizer (read when validated)
-    assert tuple(SCHEMA["optimizer"].choices) == registry.HAND_DESIGNED + learned_names()
+    assert tuple(SCHEMA["optimizer"].choices) == registry.hand_names() + learned_names()
     assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(SCHEMA["optimizer"].choices)
     # schedule: its entries are SCHEDULE_KEYS, the list mulo.meta.outer checks a schedule against
     from mulo.meta import outer

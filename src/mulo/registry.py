@@ -27,17 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 from mulo.errors import ConfigError
-
-# hand-designed optimizers are optax transformations built from config keys (mulo.optimizers.hand_designed), not
-# registered objects: this is the one list of their names
-HAND_DESIGNED = ("sgd", "adam", "adamw", "muadam")
+from mulo.hparams import Key, field_defaults, make_hparams, section_schema
 
 # ---- the accepted values of the components' options: each tuple is the one list, read by the config schema (its
 # choices, so `--help` and validation import no JAX) and by the module that implements the choice (named after each)
 LO_IMPLS = ("reference", "fused", "pallas")  # lo_impl: mulo.optimizers.adafac_mlp (each LO accepts a subset)
 EPS_SCALINGS = ("none", "fan_in")  # lo_eps_scaling: mulo.optimizers.adafac_mlp / features.norm_eps
-ESTIMATORS = ("pes", "es")  # gradient_estimator: mulo.meta.estimators
-TRUNCATION_KINDS = ("constant", "log_uniform")  # truncation_schedule: mulo.meta.truncation
 META_LOSS_SPLITS = ("train", "same_data", "meta_valid")  # meta_loss_split: mulo.meta.unroll
 META_LOSS_NORMS = ("none", "init_loss")  # meta_loss_norm: mulo.meta.mixture
 SCHEDULE_KEYS = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")  # mulo.meta.outer
@@ -52,28 +47,76 @@ class RegistryError(ConfigError):
     """A registration that breaks the registry's rules (a duplicate name, a bad entry)."""
 
 
-@dataclass(frozen=True)
-class LearnedSpec:
-    """One learned optimizer.
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """One registered component that owns a config section (``SECTIONS``): a hand-designed optimizer, a learned
+    optimizer, a gradient estimator or a truncation schedule.
 
-    * ``build(hparams: dict, impl: str)`` -> the LO object (it has ``name``, ``hparams`` with ``to_dict()``,
-      ``init_theta(key)``, ``opt_fn(theta, update_scales)``, ``uses_mup``); ``hparams`` as stored in θ files.
-    * ``hparams_from_config(cfg)`` -> that dict from the config keys (meta-train).
-    * ``config_keys``: config key -> hyper-parameter name, for the keys a θ file overrides at meta-test.
-    * ``label_key``: the config key whose value follows the name in run names (``mup_small_fc_mlp32``), or None.
-    * ``is_mup``: whether the LO multiplies its steps by the task's μP update scales.
+    * ``hparams``: its frozen hyper-parameter dataclass; the fields declared with ``mulo.hparams.hparam()`` are the
+      section's keys (``schema()``), with their defaults and help.
+    * ``hparam_defaults``: this registered name's own defaults over the dataclass's (two names can share a class:
+      ``small_fc_mlp`` steps 0.001, ``mup_small_fc_mlp`` 0.01).
+    * ``build``: the object from an ``hparams`` instance (``hparams_of(section values)``); its other arguments depend
+      on the section (``SECTIONS``'s comment).
     """
 
     name: str
-    build: Callable[[Mapping[str, Any], str], Any]
-    hparams_from_config: Callable[[Any], dict]
+    build: Callable[..., Any]
+    hparams: type | None = None
+    help: str = ""
+    hparam_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def schema(self) -> dict[str, Key]:
+        """The section's keys for this component (without ``name``; see ``section_keys``)."""
+        return section_schema(self.hparams) if self.hparams is not None else {}
+
+    def defaults(self) -> dict[str, Any]:
+        """Key -> default value for this registered name."""
+        if self.hparams is None:
+            return {}
+        return {**field_defaults(self.hparams), **{k: v for k, v in self.hparam_defaults.items()
+                                                    if k in self.schema()}}
+
+    def hparams_of(self, values: Mapping[str, Any] | None = None) -> Any:
+        """The ``hparams`` instance for a section's values (missing keys: this name's defaults; None for a key that is
+        not optional: the default)."""
+        if self.hparams is None:
+            raise RegistryError(f"{self.name!r} declares no hyper-parameter dataclass")
+        return make_hparams(self.hparams, values or {}, self.hparam_defaults)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnedSpec(Component):
+    """One learned optimizer (section ``lo``).
+
+    * ``build(hparams, impl: str)`` -> the LO object (it has ``name``, ``hparams`` with ``to_dict()``,
+      ``init_theta(key)``, ``opt_fn(theta, update_scales)``, ``uses_mup``); ``hparams``: an instance of the
+      ``hparams`` class or the dict stored in θ files.
+    * ``implementations``: the accepted values of ``lo.impl`` (a subset of ``LO_IMPLS``); ``default_impl`` is one.
+    * ``config_keys``: today's flat config key -> hyper-parameter name (aliases of the section keys, and the keys a θ
+      file overrides at meta-test).
+    * ``hparams_from_config(cfg)`` -> the θ-file dict from the flat config keys; None: read through ``config_keys``.
+    * ``label_key``: the flat config key whose value follows the name in run names (``mup_small_fc_mlp32``), or None;
+      ``label_hparam`` is its hyper-parameter name.
+    * ``is_mup``: whether the LO multiplies its steps by the task's μP update scales.
+    """
+
+    hparams_from_config: Callable[[Any], dict] | None = None
     config_keys: Mapping[str, str] = field(default_factory=dict)
     label_key: str | None = None
     is_mup: bool = False
-    help: str = ""
+    implementations: tuple[str, ...] = ("reference", "fused", "pallas")
+    default_impl: str = "fused"
+
+    @property
+    def label_hparam(self) -> str | None:
+        return self.config_keys.get(self.label_key) if self.label_key else None
 
     def from_config(self, cfg: Any, impl: str = "fused") -> Any:
-        return self.build(self.hparams_from_config(cfg), impl)
+        if self.hparams_from_config is not None:
+            return self.build(self.hparams_from_config(cfg), impl)
+        get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
+        return self.build(self.hparams_of({hp: get(key) for key, hp in self.config_keys.items()}), impl)
 
 
 @dataclass(frozen=True)
@@ -177,7 +220,74 @@ def _registering_modules(package: str, marker: str) -> list[str]:
 
 
 LEARNED_OPTIMIZERS: Registry[LearnedSpec] = Registry("learned optimizer", ("mulo.optimizers",), "register_learned(")
+HAND_OPTIMIZERS: Registry[Component] = Registry("hand-designed optimizer", ("mulo.optimizers",),
+                                                "register_hand_designed(")
+ESTIMATORS: Registry[Component] = Registry("gradient estimator", ("mulo.meta",), "register_estimator(")
+TRUNCATIONS: Registry[Component] = Registry("truncation schedule", ("mulo.meta",), "register_truncation(")
 TASK_FAMILIES: Registry[TaskFamily] = Registry("task family", ("mulo.tasks",), "register_task_family(")
+
+# config section -> the registry whose entry its ``name`` picks. The builders (paper side, no config):
+#   lo:         spec.build(hparams, impl) -> the LearnedOptimizer
+#   optimizer:  spec.build(hparams, task, num_steps) -> Optimizer (hand-designed; name "lo" (LO_CHOICE) means the
+#               `lo` section's learned optimizer instead)
+#   estimator:  spec.build(hparams) -> an estimator (mulo.meta.estimators: has num_pairs, std, trunc_length)
+#   truncation: spec.build(hparams, max_length) -> a mulo.meta.truncation.TruncationSchedule (max_length: the run's
+#               num_inner_steps)
+SECTIONS: dict[str, Registry] = {"lo": LEARNED_OPTIMIZERS, "optimizer": HAND_OPTIMIZERS, "estimator": ESTIMATORS,
+                                 "truncation": TRUNCATIONS}
+LO_CHOICE = "lo"  # optimizer.name that means "the learned optimizer of the lo section"
+
+
+def names(section: str) -> tuple[str, ...]:
+    """The registered names of a section's components (``optimizer``: the hand-designed ones, without LO_CHOICE)."""
+    return _section(section).names()
+
+
+def component(section: str, name: str) -> Component:
+    """The component ``name`` of ``section``; ConfigError (one line) naming the accepted ones otherwise."""
+    entry = _section(section).get(name)
+    if entry is None:
+        accepted = names(section) + ((LO_CHOICE,) if section == "optimizer" else ())
+        raise ConfigError(f"unknown {section}.name {name!r}; expected one of {', '.join(accepted)}")
+    return entry
+
+
+def section_keys(section: str, name: str) -> dict[str, Key]:
+    """Every key of ``section`` when its name is ``name``: ``name`` (choices: the registry), ``impl`` for ``lo``
+    (choices: the LO's implementations), then the component's hyper-parameters."""
+    choices = LazyNames(lambda: names(section) + ((LO_CHOICE,) if section == "optimizer" else ()))
+    keys = {"name": Key("str", f"which {_section(section).kind}", choices=choices)}
+    if section == "optimizer" and name == LO_CHOICE:
+        return keys
+    spec = component(section, name)
+    if isinstance(spec, LearnedSpec):
+        keys["impl"] = Key("str", "how the LO computes its per-parameter MLP (the same function): reference (plain "
+                           "matmuls, the oracle), fused (one XLA elementwise loop), pallas (a Pallas kernel)",
+                           choices=spec.implementations)
+    return {**keys, **spec.schema()}
+
+
+def _section(section: str) -> Registry:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r}; expected one of {', '.join(SECTIONS)}")
+    return SECTIONS[section]
+
+
+def register_hand_designed(spec: Component) -> Component:
+    """Add a hand-designed optimizer (``optimizer`` section)."""
+    if spec.name == LO_CHOICE:
+        raise RegistryError(f"{LO_CHOICE!r} is reserved: optimizer.name={LO_CHOICE} means the lo section's LO")
+    return HAND_OPTIMIZERS.register(spec.name, spec)
+
+
+def register_estimator(spec: Component) -> Component:
+    """Add a meta-gradient estimator (``estimator`` section)."""
+    return ESTIMATORS.register(spec.name, spec)
+
+
+def register_truncation(spec: Component) -> Component:
+    """Add a truncation schedule (``truncation`` section)."""
+    return TRUNCATIONS.register(spec.name, spec)
 
 
 def register_learned(spec: LearnedSpec) -> LearnedSpec:
@@ -212,9 +322,17 @@ def is_learned(name: str) -> bool:
     return LEARNED_OPTIMIZERS.get(name) is not None
 
 
+def hand_names() -> tuple[str, ...]:
+    return HAND_OPTIMIZERS.names()
+
+
+def is_hand_designed(name: str) -> bool:
+    return HAND_OPTIMIZERS.get(name) is not None
+
+
 def optimizer_names() -> tuple[str, ...]:
-    """Every accepted value of the config key ``optimizer``: hand-designed, then registered learned ones."""
-    return HAND_DESIGNED + learned_names()
+    """Every accepted value of the flat config key ``optimizer``: hand-designed, then registered learned ones."""
+    return hand_names() + learned_names()
 
 
 def learned_config_keys() -> tuple[str, ...]:
@@ -258,3 +376,6 @@ class LazyNames(Sequence):
 
 
 OPTIMIZER_CHOICES = LazyNames(optimizer_names)
+HAND_DESIGNED = LazyNames(hand_names)  # the registered hand-designed optimizers (sgd, adam, adamw, muadam, ...)
+ESTIMATOR_CHOICES = LazyNames(lambda: names("estimator"))  # pes, es, ...
+TRUNCATION_CHOICES = LazyNames(lambda: names("truncation"))  # constant, log_uniform, ...

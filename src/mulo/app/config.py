@@ -21,33 +21,18 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
 from mulo.errors import ConfigError, one_line
-from mulo.registry import (DISTRIBUTED_MODES, EPS_SCALINGS, ESTIMATORS, LO_IMPLS, MATMUL_PRECISIONS,
+from mulo.hparams import Key  # noqa: F401  (moved to mulo.hparams; re-exported for the config's users)
+from mulo.registry import (DISTRIBUTED_MODES, EPS_SCALINGS, ESTIMATOR_CHOICES, LO_IMPLS, MATMUL_PRECISIONS,
                            META_LOSS_NORMS, META_LOSS_SPLITS, ON_DEVICE_MODES, OPTIMIZER_CHOICES, SCHEDULE_KEYS,
-                           SWEEP_METHODS, TRUNCATION_KINDS, WANDB_MODES)
+                           SWEEP_METHODS, TRUNCATION_CHOICES, WANDB_MODES)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BASE_CONFIG = REPO_ROOT / "config" / "base.py"
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key: its type, whether None is allowed, accepted values, bounds and help. A dict key may declare
-    its entries (``fields``), which are validated the same way (each entry optional, unknown entries rejected)."""
-
-    type: str  # int | float | str | bool | dict | list[str] | list[int] | list[float]
-    help: str
-    optional: bool = False
-    choices: tuple | None = None  # or a sequence resolved when read (mulo.registry.LazyNames)
-    min: float | None = None
-    max: float | None = None  # inclusive, or exclusive with below_max
-    below_max: bool = False
-    fields: Mapping[str, "Key"] | None = None
 
 
 _POS = 1e-300  # "strictly positive" lower bound for floats
@@ -135,8 +120,8 @@ SCHEMA: dict[str, Key] = {
     "steps_per_jit": Key("int", "inner steps per jitted unroll call (must divide trunc_length)", min=1),
     "trunc_length": Key("int", "PES/ES truncation length K", min=1),
     "pes_std": Key("float", "std of the meta-parameter perturbations", min=_POS),
-    "gradient_estimator": Key("str", "meta-gradient estimator", choices=ESTIMATORS),
-    "truncation_schedule": Key("str", "episode lengths", choices=TRUNCATION_KINDS),
+    "gradient_estimator": Key("str", "meta-gradient estimator", choices=ESTIMATOR_CHOICES),
+    "truncation_schedule": Key("str", "episode lengths", choices=TRUNCATION_CHOICES),
     "truncation_schedule_min_length": Key("int", "shortest episode of the log-uniform schedule", min=1),
     "random_initial_iteration_offset": Key("int", "initial inner steps drawn in [0, this) to desynchronise tasks",
                                            min=0),

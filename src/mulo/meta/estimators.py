@@ -28,24 +28,45 @@ against the exact gradient of the unrolled objective with an episode that ends i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mulo.hparams import POSITIVE, hparam
 from mulo.meta.unroll import InnerState, StepOutput, TruncatedUnroll
-from mulo.registry import ESTIMATORS
 
 
+@dataclass(frozen=True)
+class EstimatorHParams:
+    """The ``estimator`` section of the truncated estimators (pes, es): σ, K and N."""
 
-class PESState(NamedTuple):
-    inner: InnerState  # leading axes (2, N)
-    accum: Any  # θ-shaped, leading axis N: perturbations of the current episode from earlier windows
+    std: float = hparam(0.01, "std of the meta-parameter perturbations", min=POSITIVE)
+    trunc_length: int = hparam(50, "truncation length K: inner steps per meta-gradient estimate (a multiple of "
+                                   "steps_per_jit)", min=1)
+    num_pairs: int = hparam(8, "antithetic perturbation pairs per task (the inner problems of each task)", min=1)
 
 
-class ESState(NamedTuple):
-    inner: InnerState  # leading axes (2, N); both branches equal at the start of every window
+class Rule(Protocol):
+    """What one estimator adds to the truncated-unroll machinery (``mulo.meta.pes``, ``mulo.meta.es``): its
+    hyper-parameters (``hparams.std``, ``trunc_length``, ``num_pairs``) and how it turns a window into per-pair
+    gradients. ``carry`` is the estimator's own state beside the inner states (PES: the accumulated perturbations;
+    ES: None); it has leading axis N where it has arrays (sharded as the pairs)."""
+
+    name: str
+    hparams: Any
+
+    def state(self, inner: InnerState, carry: Any) -> Any: ...  # the estimator state (a NamedTuple with .inner)
+
+    def init_carry(self, theta: Any) -> Any: ...
+
+    def carry_of(self, state: Any) -> Any: ...
+
+    def state_sharding(self, placement: Any) -> Any: ...
+
+    def pair_gradients(self, eps: Any, carry: Any, inner: InnerState, out: StepOutput) -> tuple[Any, Any]: ...
+
 
 
 def sample_perturbations(theta: Any, key: jax.Array, num: int, std: float) -> Any:
@@ -69,26 +90,8 @@ def window_terms(meta_loss: jax.Array, mask: jax.Array, reset: jax.Array):
     return jnp.sum(delta * (1.0 - h), axis=0) / denom, jnp.sum(delta * h, axis=0) / denom, denom
 
 
-def _scale_rows(weights: jax.Array, tree: Any) -> Any:
+def scale_rows(weights: jax.Array, tree: Any) -> Any:
     return jax.tree.map(lambda x: x * jnp.reshape(weights, weights.shape + (1,) * (x.ndim - 1)), tree)
-
-
-def pes_pair_gradients(eps, accum, meta_loss, mask, reset, std):
-    """Per-pair PES estimates (leading axis N) and the new accumulator. ``accum`` excludes this window's ε."""
-    l_old, l_new, _ = window_terms(meta_loss, mask, reset)
-    total = jax.tree.map(jnp.add, accum, eps)
-    inv = 1.0 / (2.0 * std ** 2)
-    grads = jax.tree.map(lambda a, b: (a + b) * inv, _scale_rows(l_old, total), _scale_rows(l_new, eps))
-    was_reset = jnp.any(reset > 0, axis=0)
-    new_accum = jax.tree.map(
-        lambda e, t: jnp.where(jnp.reshape(was_reset, was_reset.shape + (1,) * (e.ndim - 1)), e, t), eps, total)
-    return grads, new_accum
-
-
-def es_pair_gradients(eps, meta_loss, mask, reset, std):
-    """Per-pair truncated-ES estimates (leading axis N): every masked step is attributed to this window's ε only."""
-    l_old, l_new, _ = window_terms(meta_loss, mask, reset)
-    return _scale_rows((l_old + l_new) / (2.0 * std ** 2), eps)
 
 
 def _concat_outputs(outs: tuple[StepOutput, ...]) -> StepOutput:
@@ -97,20 +100,20 @@ def _concat_outputs(outs: tuple[StepOutput, ...]) -> StepOutput:
 
 @dataclass(frozen=True)
 class TruncatedEstimator:
-    """Truncated PES or ES for one task. ``estimate`` pulls K/S batches of shape (S, N, B, ...) from ``batches``."""
+    """A truncated estimator (``rule``: PES, ES, ...) for one task. ``estimate`` pulls K/S batches of shape
+    (S, N, B, ...) from ``batches``; N = ``rule.hparams.num_pairs`` = ``unroll.num_tasks``."""
 
     unroll: TruncatedUnroll
-    kind: str = "pes"
-    std: float = 0.01
-    trunc_length: int = 50
+    rule: Rule
     steps_per_jit: int = 10
     donate: bool = False  # donate the inner states to the jitted unroll (saves memory on accelerators)
     placement: Any = None  # mulo.parallel.Placement: shard the pairs (and batch) over its mesh; None: default device
     _jit: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.kind not in ESTIMATORS:
-            raise ValueError(f"bad gradient_estimator {self.kind!r}; expected one of {ESTIMATORS}")
+        if self.unroll.num_tasks != self.rule.hparams.num_pairs:
+            raise ValueError(f"the unroll has {self.unroll.num_tasks} inner problems per task, the estimator "
+                             f"{self.rule.hparams.num_pairs} pairs")
         if self.trunc_length % self.steps_per_jit:
             raise ValueError(f"steps_per_jit={self.steps_per_jit} must divide trunc_length={self.trunc_length}")
         shard = self._shardings()
@@ -133,10 +136,21 @@ class TruncatedEstimator:
                 "init": dict(in_shardings=(rep, rep), out_shardings=state)}
 
     @property
+    def kind(self) -> str:
+        return self.rule.name
+
+    @property
+    def std(self) -> float:
+        return self.rule.hparams.std
+
+    @property
+    def trunc_length(self) -> int:
+        return self.rule.hparams.trunc_length
+
+    @property
     def state_sharding(self):
         """Sharding (a tree prefix) of this estimator's state under ``placement``."""
-        pl = self.placement
-        return PESState(pl.branches, pl.per_pair) if self.kind == "pes" else ESState(pl.branches)
+        return self.rule.state_sharding(self.placement)
 
     @property
     def num_tasks(self) -> int:
@@ -149,24 +163,15 @@ class TruncatedEstimator:
     # ---- pure pieces --------------------------------------------------------------------------------------------
 
     def _init(self, theta, key):
-        inner = self.unroll.init(theta, key)
-        if self.kind == "es":
-            return ESState(inner)
-        accum = jax.tree.map(lambda t: jnp.zeros((self.num_tasks,) + jnp.shape(t), jnp.result_type(t)), theta)
-        return PESState(inner, accum)
+        return self.rule.state(self.unroll.init(theta, key), self.rule.init_carry(theta))
 
     def _start(self, theta, key):
         eps = sample_perturbations(theta, key, self.num_tasks, self.std)
         return eps, antithetic(theta, eps)
 
-    def _finish(self, eps, accum, inner: InnerState, outs: tuple[StepOutput, ...]):
+    def _finish(self, eps, carry, inner: InnerState, outs: tuple[StepOutput, ...]):
         out = _concat_outputs(outs)
-        if self.kind == "pes":
-            grads, accum = pes_pair_gradients(eps, accum, out.meta_loss, out.mask, out.reset, self.std)
-            new_state = PESState(inner, accum)
-        else:
-            grads = es_pair_gradients(eps, out.meta_loss, out.mask, out.reset, self.std)
-            new_state = ESState(jax.tree.map(lambda x: jnp.stack([x[0], x[0]]), inner))
+        grads, new_state = self.rule.pair_gradients(eps, carry, inner, out)
         grad = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
         denom = jnp.maximum(jnp.sum(out.mask, axis=0), 1.0)  # (N,)
         branch_mean = jnp.sum(out.meta_loss, axis=0) / denom  # (2, N)
@@ -190,14 +195,14 @@ class TruncatedEstimator:
         """(mean meta-gradient, new state, metrics) [, per-pair gradients]. Pulls ``num_chunks`` batches."""
         k_eps, k_unroll = jax.random.split(key)
         eps, theta_pm = self._jit["start"](theta, k_eps)
+        carry = self.rule.carry_of(state)
         inner = state.inner
         outs = []
         for c in range(self.num_chunks):
             batch = next(batches)
             inner, out = self._jit["unroll"](theta_pm, inner, batch, jax.random.fold_in(k_unroll, c))
             outs.append(out)
-        accum = state.accum if self.kind == "pes" else None
-        grad, new_state, metrics, pairs = self._jit["finish"](eps, accum, inner, tuple(outs))
+        grad, new_state, metrics, pairs = self._jit["finish"](eps, carry, inner, tuple(outs))
         if return_pairs:
             return grad, new_state, metrics, pairs
         return grad, new_state, metrics

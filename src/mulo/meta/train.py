@@ -57,7 +57,7 @@ from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.mixture import divides_by_init_loss, init_loss_scale, task_batch_sizes, task_family
 from mulo.meta.estimators import TruncatedEstimator
-from mulo.meta.truncation import TruncationSchedule
+from mulo.registry import component
 from mulo.meta.unroll import TruncatedUnroll
 from mulo.data.transfer import device_decoder, host_kwargs, resident_images, wants_resident
 from mulo.parallel import Placement, agree, is_main_process
@@ -99,13 +99,18 @@ class MetaTrainer:
         for b in self.batch_sizes:
             self.placement.check(cfg.num_tasks, b)
         self.families = tuple(task_family(t) for t in self.tasks)
-        schedule = TruncationSchedule.from_config(cfg)
+        trunc = component("truncation", cfg.truncation_schedule)
+        schedule = trunc.build(trunc.hparams_of({"min_length": cfg.truncation_schedule_min_length,
+                                                 "random_offset": cfg.random_initial_iteration_offset}),
+                               cfg.num_inner_steps)
+        spec = component("estimator", cfg.gradient_estimator)
+        rule = spec.build(spec.hparams_of({"std": cfg.pes_std, "trunc_length": cfg.trunc_length,
+                                           "num_pairs": cfg.num_tasks}))
         donate = jax.default_backend() != "cpu"
         self.estimators = [
             TruncatedEstimator(TruncatedUnroll(t, lo, schedule, cfg.num_tasks, cfg.meta_loss_split,
                                                use_bf16=cfg.use_bf16),
-                               kind=cfg.gradient_estimator, std=cfg.pes_std, trunc_length=cfg.trunc_length,
-                               steps_per_jit=cfg.steps_per_jit, donate=donate, placement=self.placement)
+                               rule, steps_per_jit=cfg.steps_per_jit, donate=donate, placement=self.placement)
             for t in self.tasks]
         self.tx, self.lr_fn = outer.from_config(cfg)
         devices = list(self.placement.mesh.devices.flat)

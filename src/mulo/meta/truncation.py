@@ -21,7 +21,19 @@ import jax
 import jax.numpy as jnp
 
 from mulo.errors import ConfigError
-from mulo.registry import TRUNCATION_KINDS
+from mulo.hparams import hparam
+from mulo.registry import Component, register_truncation
+
+KINDS = ("constant", "log_uniform")  # the kinds TruncationSchedule draws (registered below)
+
+
+@dataclass(frozen=True)
+class TruncationHParams:
+    """The ``truncation`` section (both kinds; ``min_length`` is read by log_uniform only)."""
+
+    min_length: int = hparam(100, "shortest episode of the log-uniform schedule", min=1)
+    random_offset: int = hparam(50, "initial inner steps drawn in [0, this) to desynchronise the inner problems",
+                                min=0)
 
 
 @dataclass(frozen=True)
@@ -32,8 +44,8 @@ class TruncationSchedule:
     initial_offset: int = 0
 
     def __post_init__(self):
-        if self.kind not in TRUNCATION_KINDS:
-            raise ConfigError(f"bad truncation_schedule {self.kind!r}: expected one of {', '.join(TRUNCATION_KINDS)}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"bad truncation_schedule {self.kind!r}: expected one of {', '.join(KINDS)}")
         if self.max_length < 1:
             raise ConfigError(f"bad num_inner_steps {self.max_length}: expected >= 1")
         if self.kind == "log_uniform" and not 1 <= self.min_length <= self.max_length:
@@ -41,11 +53,6 @@ class TruncationSchedule:
                               f"num_inner_steps={self.max_length}")
         if self.initial_offset < 0:
             raise ConfigError(f"bad random_initial_iteration_offset {self.initial_offset}: expected >= 0")
-
-    @classmethod
-    def from_config(cls, cfg) -> "TruncationSchedule":
-        return cls(kind=cfg.truncation_schedule, min_length=cfg.truncation_schedule_min_length,
-                   max_length=cfg.num_inner_steps, initial_offset=cfg.random_initial_iteration_offset)
 
     def sample_length(self, key: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
         """Episode lengths (int32) of the given shape."""
@@ -61,3 +68,15 @@ class TruncationSchedule:
         if self.initial_offset <= 0:
             return jnp.zeros(shape, jnp.int32)
         return jax.random.randint(key, shape, 0, self.initial_offset, jnp.int32)
+
+
+def _register(kind: str, help: str) -> None:
+    def build(hparams: TruncationHParams, max_length: int) -> TruncationSchedule:
+        return TruncationSchedule(kind=kind, min_length=hparams.min_length, max_length=max_length,
+                                  initial_offset=hparams.random_offset)
+
+    register_truncation(Component(name=kind, hparams=TruncationHParams, build=build, help=help))
+
+
+_register("constant", "every episode lasts num_inner_steps")
+_register("log_uniform", "episode lengths drawn log-uniformly from [min_length, num_inner_steps]")

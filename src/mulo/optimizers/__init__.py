@@ -1,16 +1,30 @@
-"""Optimizers: hand-designed (optax) and learned, all behind ``mulo.optimizers.base.Optimizer``."""
+"""Optimizers: hand-designed (optax) and learned, all behind ``mulo.optimizers.base.Optimizer``.
+
+Each one is registered (``mulo.registry``) by the module that defines it, with its hyper-parameter dataclass: the
+hand-designed ones in the ``optimizer`` section (``sgd``, ``adam``, ``adamw``, ``muadam``), the learned ones in the
+``lo`` section (``adafac_mlp``, ``velo``). Build them from their sections with ``mulo.registry.component``:
+
+    spec = component("optimizer", "muadam")
+    opt = spec.build(spec.hparams_of({"learning_rate": 3e-3}), task, num_steps)
+    spec = component("lo", "mup_small_fc_mlp")
+    lo = spec.build(spec.hparams_of({"hidden_size": 32}), "fused")
+"""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from mulo.errors import ConfigError
+from mulo.optimizers.adafac_mlp import AdafacHParams, AdafacMLPLO, num_meta_params
+from mulo.optimizers.adam import adam
+from mulo.optimizers.adamw import adamw
 from mulo.optimizers.base import LearnedOptimizer, Optimizer
-from mulo.optimizers.adafac_mlp import AdafacHParams, AdafacMLPLO, hparams_from_config, num_meta_params
 from mulo.optimizers.export import as_optax
-from mulo.optimizers.hand_designed import adam, adamw, from_optax, lr_schedule, muadam, sgd
+from mulo.optimizers.hand_designed import from_optax, lr_schedule
+from mulo.optimizers.muadam import muadam
+from mulo.optimizers.sgd import sgd
 from mulo.optimizers.theta_io import learned_from_hparams, load_theta, save_theta
-from mulo.registry import HAND_DESIGNED, is_learned, learned_names, learned_spec
+from mulo.registry import component, hand_names, is_learned, learned_names, learned_spec
 
 
 def __getattr__(name: str):
@@ -31,10 +45,9 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def build_learned(cfg: Any) -> Any:
-    """The learned optimizer named by ``cfg.optimizer`` (a registered one, ``mulo.registry``) with hyper-parameters
-    from its config keys (the Adafactor-MLP LOs: hidden_size, adafac_step_mult (None: 0.01 for mup_small_fc_mlp,
-    0.001 for small_fc_mlp), adafac_exp_mult, lo_clip_grad and lo_eps_scaling) and the implementation ``lo_impl``.
-    Use it to meta-train; to meta-test, ``load_theta`` restores the LO with the hyper-parameters it was trained with."""
+    """The learned optimizer named by the flat config key ``optimizer`` (a registered one) with hyper-parameters
+    from its flat config keys (its spec's ``config_keys``) and the implementation ``lo_impl``: the compatibility path
+    of today's flat configs (sections: ``component("lo", name).build(hparams, impl)``)."""
     name = _get(cfg, "optimizer")
     if not is_learned(name):
         raise ConfigError(f"optimizer {name!r} is not a learned optimizer; expected one of {learned_names()}")
@@ -44,32 +57,30 @@ def build_learned(cfg: Any) -> Any:
     return spec.from_config(cfg, impl=_get(cfg, "lo_impl"))
 
 
-def build_optimizer(cfg: Any, task: Any) -> Optimizer:
-    """The hand-designed optimizer named by ``cfg.optimizer`` for ``task`` (MuAdam reads ``task.update_scales``).
+# today's flat config keys of the hand-designed optimizers -> their section keys (the compatibility path below;
+# mulo.aliases maps them for configs)
+FLAT_HAND_KEYS = {"learning_rate": "learning_rate", "beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay",
+                  "sgd_momentum": "momentum", "warmup_steps": "warmup_steps", "cosine_decay": "cosine_decay",
+                  "end_lr_ratio": "end_lr_ratio"}
 
-    Keys read: optimizer, learning_rate, beta1, beta2, weight_decay, sgd_momentum, warmup_steps, cosine_decay,
-    end_lr_ratio, num_inner_steps. Learned optimizers need meta-parameters: use ``build_learned`` / ``load_theta``
-    and ``lo.opt_fn(theta, task.update_scales)``.
-    """
+
+def build_optimizer(cfg: Any, task: Any) -> Optimizer:
+    """The hand-designed optimizer named by the flat config key ``optimizer`` for ``task``, its hyper-parameters
+    from the flat keys (FLAT_HAND_KEYS, those its section has) and ``num_inner_steps``: the compatibility path of
+    today's flat configs. Learned optimizers need meta-parameters: ``load_theta`` and
+    ``lo.opt_fn(theta, task.update_scales)``."""
     name = _get(cfg, "optimizer")
     if is_learned(name):
         raise ConfigError(f"optimizer {name!r} is a learned optimizer: build it with mulo.optimizers.load_theta("
                           f"<theta file>) and lo.opt_fn(theta, task.update_scales)")
-    if name not in HAND_DESIGNED:
-        raise ConfigError(f"unknown optimizer {name!r}; expected one of {HAND_DESIGNED + learned_names()}")
-    lr = lr_schedule(_get(cfg, "learning_rate"), warmup_steps=_get(cfg, "warmup_steps"),
-                     cosine_decay=_get(cfg, "cosine_decay"), end_lr_ratio=_get(cfg, "end_lr_ratio"),
-                     num_steps=_get(cfg, "num_inner_steps"))
-    if name == "sgd":
-        return sgd(lr, momentum=_get(cfg, "sgd_momentum"))
-    b1, b2 = _get(cfg, "beta1"), _get(cfg, "beta2")
-    if name == "adam":
-        return adam(lr, b1=b1, b2=b2)
-    if name == "adamw":
-        return adamw(lr, b1=b1, b2=b2, weight_decay=_get(cfg, "weight_decay"))
-    return muadam(lr, task.update_scales, b1=b1, b2=b2)
+    if name not in hand_names():
+        raise ConfigError(f"unknown optimizer {name!r}; expected one of {', '.join(hand_names() + learned_names())}")
+    spec = component("optimizer", name)
+    keys = spec.schema()
+    values = {hp: _get(cfg, flat) for flat, hp in FLAT_HAND_KEYS.items() if hp in keys}
+    return spec.build(spec.hparams_of(values), task, _get(cfg, "num_inner_steps"))
 
 
 __all__ = ["Optimizer", "LearnedOptimizer", "build_optimizer", "build_learned", "sgd", "adam", "adamw", "muadam",
-           "from_optax", "lr_schedule", "HAND_DESIGNED", "LEARNED", "AdafacHParams", "AdafacMLPLO",
-           "learned_from_hparams", "save_theta", "load_theta", "as_optax", "num_meta_params"]
+           "from_optax", "lr_schedule", "LEARNED", "AdafacHParams", "AdafacMLPLO", "learned_from_hparams",
+           "save_theta", "load_theta", "as_optax", "num_meta_params"]

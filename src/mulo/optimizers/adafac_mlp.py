@@ -33,7 +33,8 @@ import numpy as np
 import optax
 
 from mulo.errors import ConfigError
-from mulo.optimizers.base import HParamsDict, Optimizer
+from mulo.hparams import POSITIVE, HParamsDict, hparam
+from mulo.optimizers.base import Optimizer
 from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, TIMESCALES, Acc,  # noqa: F401
                                       decay_from_param, effective_weights, factored_dims, features_reference,
                                       fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
@@ -48,16 +49,19 @@ DEFAULT_STEP_MULT = {"small_fc_mlp": 0.001, "mup_small_fc_mlp": 0.01}
 class AdafacHParams(HParamsDict):
     """Hyper-parameters of the Adafactor-MLP LO. Stored with θ in every θ file (load_theta restores them)."""
 
-    hidden_size: int = 32
-    step_mult: float = 0.01
-    exp_mult: float = 0.001
-    clip_grad: bool = False
+    hidden_size: int = hparam(32, "hidden units of the LO's per-parameter MLP", min=1)
+    step_mult: float = hparam(0.01, "step multiplier (default: 0.01 for mup_small_fc_mlp, 0.001 for small_fc_mlp)",
+                              min=POSITIVE)
+    exp_mult: float = hparam(0.001, "magnitude exponent multiplier", min=0.0)
+    clip_grad: bool = hparam(False, "clip the optimizee gradient to global norm 1 inside the LO")
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     # "none": the normaliser's ε is NORM_EPS for every tensor (the reference); "fan_in": NORM_EPS / fan_in of the
     # tensor (see ``norm_eps``), so that ε does not swamp the tiny gradients of wide hidden layers
-    eps_scaling: str = "none"
+    eps_scaling: str = hparam("none", "epsilon of the LO's per-tensor feature normaliser: none (1e-5 everywhere, the "
+                              "reference) or fan_in (1e-5/fan_in for matrices, so it does not swamp the tiny gradients "
+                              "of wide hidden layers); not with impl=pallas", choices=EPS_SCALINGS)
 
     def __post_init__(self):
         if self.eps_scaling not in EPS_SCALINGS:
@@ -287,16 +291,6 @@ def num_meta_params(theta: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(theta)))
 
 
-def hparams_from_config(name: str, cfg: Any) -> AdafacHParams:
-    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
-    step_mult = get("adafac_step_mult")
-    if step_mult is None:
-        step_mult = DEFAULT_STEP_MULT[name]
-    return AdafacHParams(hidden_size=int(get("hidden_size")), step_mult=float(step_mult),
-                         exp_mult=float(get("adafac_exp_mult")), clip_grad=bool(get("lo_clip_grad")),
-                         eps_scaling=str(get("lo_eps_scaling")))
-
-
 # ---------------------------------------------------------------------------------------------------- registration
 
 # config key -> hyper-parameter: the keys a θ file overrides at meta-test (its run name and config.py say so)
@@ -308,10 +302,11 @@ def _register(name: str, is_mup: bool, help: str) -> None:
     from mulo.registry import LearnedSpec, register_learned
 
     register_learned(LearnedSpec(
-        name=name, is_mup=is_mup, help=help, config_keys=CONFIG_KEYS, label_key="hidden_size",
+        name=name, is_mup=is_mup, help=help, hparams=AdafacHParams,
+        hparam_defaults={"step_mult": DEFAULT_STEP_MULT[name]}, implementations=LO_IMPLS,
+        config_keys=CONFIG_KEYS, label_key="hidden_size",
         build=lambda hparams, impl: AdafacMLPLO(name=name, hparams=(
-            hparams if isinstance(hparams, AdafacHParams) else AdafacHParams.from_dict(hparams)), impl=impl),
-        hparams_from_config=lambda cfg: hparams_from_config(name, cfg).to_dict()))
+            hparams if isinstance(hparams, AdafacHParams) else AdafacHParams.from_dict(hparams)), impl=impl)))
 
 
 _register("small_fc_mlp", False, "the Adafactor-MLP LO in standard parametrisation")

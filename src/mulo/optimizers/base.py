@@ -16,6 +16,8 @@ from typing import Any, Callable, Protocol
 
 import jax
 
+from mulo.hparams import HParamsDict  # noqa: F401  (re-exported: the LOs' hyper-parameter dataclasses use it)
+
 State = Any
 Params = Any
 
@@ -34,27 +36,3 @@ class LearnedOptimizer(Protocol):
     def init_theta(self, key: jax.Array) -> Any: ...
 
     def opt_fn(self, theta: Any, update_scales: Any) -> Optimizer: ...
-
-
-class HParamsDict:
-    """``to_dict`` / ``from_dict`` of a frozen hyper-parameter dataclass as stored in θ files (JSON): tuples of decays
-    as lists, unknown entries refused with one line naming the ``KIND`` of LO."""
-
-    KIND = "LO"
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        from mulo.errors import ConfigError
-
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown {cls.KIND} hyper-parameter(s) {sorted(unknown)}; expected some of "
-                              f"{sorted(known)}")
-        return cls(**{k: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
-

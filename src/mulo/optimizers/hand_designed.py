@@ -1,17 +1,20 @@
-"""Hand-designed optimizers (SGD, Adam, AdamW, MuAdam) behind the common ``Optimizer`` interface.
+"""What the hand-designed optimizers (``sgd``, ``adam``, ``adamw``, ``muadam``: one module each, registered in the
+``optimizer`` section) share: the wrapper of an ``optax.GradientTransformation`` into ``Optimizer(init, update,
+params)`` with the params held in the state, the per-tensor scaling MuAdam chains after Adam, and the learning-rate
+schedule with its hyper-parameters (``ScheduleHParams``, the base of every hand-designed optimizer's dataclass).
 
-All the math is optax's; this module only wraps an ``optax.GradientTransformation`` into
-``Optimizer(init, update, params)`` with the params held in the state, and adds MuAdam's per-tensor μP scaling.
-``learning_rate`` may be a float or an optax schedule (a function of the step count).
+All the math is optax's. ``learning_rate`` may be a float or an optax schedule (a function of the step count).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
+from mulo.hparams import POSITIVE, hparam
 from mulo.optimizers.base import Optimizer
 
 ScalarOrSchedule = Any  # float | optax.Schedule
@@ -54,30 +57,6 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0) -> Optimizer:
-    return from_optax(optax.sgd(learning_rate, momentum=momentum if momentum else None))
-
-
-def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
-    return from_optax(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
-
-
-def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-4) -> Optimizer:
-    return from_optax(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
-
-
-def muadam_transform(learning_rate: ScalarOrSchedule, update_scales: Any, b1: float = 0.9, b2: float = 0.999,
-                     eps: float = 1e-8) -> optax.GradientTransformation:
-    """Adam whose final (lr-scaled) update is multiplied per tensor by the μP ``update_scales`` (reference §3)."""
-    return optax.chain(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), scale_by_tree(update_scales))
-
-
-def muadam(learning_rate: ScalarOrSchedule, update_scales: Any, b1: float = 0.9, b2: float = 0.999,
-           eps: float = 1e-8) -> Optimizer:
-    return from_optax(muadam_transform(learning_rate, update_scales, b1=b1, b2=b2, eps=eps))
-
-
 def lr_schedule(learning_rate: float, warmup_steps: int = 0, cosine_decay: bool = False, end_lr_ratio: float = 0.1,
                 num_steps: int = 1000) -> ScalarOrSchedule:
     """The learning rate of hand-designed optimizers: constant, or linear warmup from 0 over ``warmup_steps`` and/or
@@ -90,3 +69,17 @@ def lr_schedule(learning_rate: float, warmup_steps: int = 0, cosine_decay: bool 
             init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
             decay_steps=max(num_steps, warmup_steps + 1), end_value=end_lr_ratio * learning_rate)
     return optax.linear_schedule(init_value=0.0, end_value=learning_rate, transition_steps=warmup_steps)
+
+
+@dataclass(frozen=True)
+class ScheduleHParams:
+    """The learning rate and its schedule: the keys every hand-designed optimizer's section has."""
+
+    learning_rate: float = hparam(1e-3, "learning rate (the peak of the schedule)", min=POSITIVE)
+    warmup_steps: int = hparam(0, "linear warmup steps from 0", min=0)
+    cosine_decay: bool = hparam(False, "cosine-decay the learning rate to end_lr_ratio * lr over num_inner_steps")
+    end_lr_ratio: float = hparam(0.1, "final lr / peak lr of the cosine schedule", min=0.0)
+
+    def schedule(self, num_steps: int) -> ScalarOrSchedule:
+        return lr_schedule(self.learning_rate, warmup_steps=self.warmup_steps, cosine_decay=self.cosine_decay,
+                           end_lr_ratio=self.end_lr_ratio, num_steps=num_steps)

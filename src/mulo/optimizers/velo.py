@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulo.errors import ConfigError
-from mulo.optimizers.base import HParamsDict, Optimizer
+from mulo.hparams import POSITIVE, HParamsDict, hparam
+from mulo.optimizers.base import Optimizer
 from mulo.optimizers.features import Acc, decay_from_param, init_acc, update_acc
 from mulo.optimizers.velo_lstm import (LOSS_MIN_INIT, MULO_V1, NUM_LOSS_EMAS, SEMANTICS, loss_decays, loss_features,
                                        lstm_controls, lstm_features, tensor_features, update_loss_buffer)
@@ -81,13 +82,13 @@ class VeloHParams(HParamsDict):
     """Hyper-parameters of VeLO, stored with θ. Defaults: the reference's μVeLO sizes (LSTM 16, 8 MLPs of 2 hidden
     layers of 4)."""
 
-    lstm_hidden_size: int = 16
-    param_inits: int = 8
-    ff_hidden_size: int = 4
-    ff_hidden_layers: int = 2
+    lstm_hidden_size: int = hparam(16, "hidden units of the per-tensor LSTM", min=1)
+    param_inits: int = hparam(8, "per-parameter MLPs in the bank the LSTM mixes", min=1)
+    ff_hidden_size: int = hparam(4, "hidden units of each per-parameter MLP", min=1)
+    ff_hidden_layers: int = hparam(2, "hidden layers of each per-parameter MLP", min=1)
     interp_mult: float = 1.0
-    step_mult: float = 0.001
-    exp_mult: float = 0.001
+    step_mult: float = hparam(0.001, "step multiplier", min=POSITIVE)
+    exp_mult: float = hparam(0.001, "magnitude exponent multiplier", min=0.0)
     param_scale_mult: bool = False
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decays: tuple[float, ...] = (0.999,)
@@ -245,24 +246,15 @@ CONFIG_KEYS = {"velo_lstm_hidden_size": "lstm_hidden_size", "velo_param_inits": 
                "adafac_step_mult": "step_mult", "adafac_exp_mult": "exp_mult"}
 
 
-def hparams_from_config(name: str, cfg: Any) -> VeloHParams:
-    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
-    step_mult = get("adafac_step_mult")
-    return VeloHParams(lstm_hidden_size=int(get("velo_lstm_hidden_size")), param_inits=int(get("velo_param_inits")),
-                       ff_hidden_size=int(get("velo_ff_hidden_size")),
-                       ff_hidden_layers=int(get("velo_ff_hidden_layers")),
-                       step_mult=0.001 if step_mult is None else float(step_mult),
-                       exp_mult=float(get("adafac_exp_mult")), **DEFAULTS[name])
-
-
 def _register(name: str, is_mup: bool, help: str) -> None:
     from mulo.registry import LearnedSpec, register_learned
 
     register_learned(LearnedSpec(
-        name=name, is_mup=is_mup, help=help, config_keys=CONFIG_KEYS, label_key="velo_lstm_hidden_size",
+        name=name, is_mup=is_mup, help=help, hparams=VeloHParams, hparam_defaults=DEFAULTS[name],
+        implementations=tuple(IMPLEMENTATIONS), config_keys=CONFIG_KEYS,
+        label_key="velo_lstm_hidden_size",
         build=lambda hparams, impl: VeloLO(name=name, hparams=(
-            hparams if isinstance(hparams, VeloHParams) else VeloHParams.from_dict(hparams)), impl=impl),
-        hparams_from_config=lambda cfg: hparams_from_config(name, cfg).to_dict()))
+            hparams if isinstance(hparams, VeloHParams) else VeloHParams.from_dict(hparams)), impl=impl)))
 
 
 _register("velo", False, "VeLO's LSTM hypernetwork LO (standard parametrisation)")
