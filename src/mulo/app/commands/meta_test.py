@@ -239,10 +239,11 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     source = optimizer_source(cfg, download, api_factory or wandb_api)
     if source.info.get("checkpoint"):
         fixed = checkpoint_config(cfg, source)
-        for key in lo_keys(source.name):  # say so when the command line asked for something the checkpoint overrides
-            if args is not None and hasattr(args, f"key__{key}") and cfg[key] != fixed[key]:
-                print(f"[meta-test] ignoring --{key} {cfg[key]}: the checkpoint's learned optimizer has "
-                      f"{key}={fixed[key]}")
+        for key, hp in lo_keys(source.name).items():  # say so when the command line asked for what θ overrides
+            given = args is not None and (hasattr(args, f"key__{key}") or hasattr(args, f"key__lo.{hp}"))
+            if given and cfg[key] != fixed[key]:
+                print(f"[meta-test] ignoring --lo.{hp} {cfg[key]}: the checkpoint's learned optimizer has "
+                      f"{hp}={fixed[key]}")
         cfg = fixed
     theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
     run_dir = run_dir_path(cfg, "meta-test", theta)

@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from mulo.app.config import Config
+from mulo.app.config import SCHEMA, Config
 from mulo.errors import ConfigError, MuloError
 from mulo.evaluate.lo_source import _jsonable
 from mulo.app.commands.meta_test import build_tasks
@@ -94,8 +94,9 @@ def best_config_text(cfg: Config, best_params: Mapping[str, Any], value: float, 
         rel = os.path.relpath(Path(base_config).resolve(), run_dir.resolve())
         lines.append(f"_base_ = [{rel!r}]")
     lines.append("")
-    keys = {"optimizer": cfg.optimizer, "task": list(cfg.task), "num_inner_steps": cfg.num_inner_steps,
-            "local_batch_size": cfg.local_batch_size, **dict(best_params)}
+    best = cfg.replace(**dict(best_params))
+    keys = {"task": list(cfg.task), "num_inner_steps": cfg.num_inner_steps, "local_batch_size": cfg.local_batch_size,
+            **{k: best[k] for k in best_params if k in SCHEMA}, "optimizer": best.section("optimizer")}
     for key, v in keys.items():
         lines.append(f"{key} = {v!r}")
     return "\n".join(lines) + "\n"
