@@ -149,7 +149,7 @@ def _check_unknown(unknown: list[str]) -> None:
 
 
 def _options() -> list[str]:
-    return [*SCHEMA, *(f"{s}.{k}" for s in sections.SECTION_NAMES for k in sections.all_keys(s))]
+    return [*config.known_names(), *(f"{s}.{k}" for s in sections.SECTION_NAMES for k in sections.all_keys(s))]
 
 
 def parse(argv: Sequence[str], notices: list[str] | None = None) -> tuple[argparse.Namespace, Config]:

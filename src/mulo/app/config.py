@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
 from mulo.app import sections
-from mulo.app.aliases import FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_target
+from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_target
 from mulo.app.schema import (INT_MAX, MAX_STR, NON_EMPTY, check, check_host_port, clip, key_text, literal,  # noqa: F401
                              parse_text, short, suggest, to_plain)
 from mulo.errors import ConfigError, one_line
@@ -188,6 +188,11 @@ class Config(Mapping):
     def __repr__(self):
         return f"Config({self._data!r})"
 
+    def __eq__(self, other):
+        return self.to_dict() == other.to_dict() if isinstance(other, Config) else NotImplemented
+
+    __hash__ = None
+
     def replace(self, **changes) -> "Config":
         """A validated copy with some keys changed: run-level keys, sections (dicts merged into them, ``lo=dict(
         hidden_size=8)``), ``section.key`` entries (as ``**{"lo.hidden_size": 8}``) or today's flat keys."""
@@ -205,7 +210,10 @@ def unknown_key_error(key: str) -> ConfigError:
 
 
 def known_names() -> list[str]:
-    return [*SCHEMA, *sections.SECTION_NAMES]
+    """Every top-level name a config may hold (suggestions include today's flat keys, which are read as aliases)."""
+    from mulo.registry import learned_config_keys
+
+    return [*SCHEMA, *sections.SECTION_NAMES, *FLAT_KEYS, *learned_config_keys()]
 
 
 def validate_value(key: str, value: Any) -> Any:
@@ -242,36 +250,26 @@ def parse_cli_value(key: str, text: str) -> Any:
     return parse_text(key, option_key(key), text)
 
 
-def apply_cfg_options(data: dict[str, Any], options: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (MMEngine's --cfg-options) to a plain dict, returning a new one: sections
-    (``lo.hidden_size=64``), dict keys (``schedule.peak_value=3e-3``) and plain keys."""
-    data = to_plain(data)
+def cfg_options_layer(options: Iterable[str]) -> dict[str, Any]:
+    """``a.b.c=value`` overrides (MMEngine's --cfg-options) as one config layer of dotted keys: a section's key
+    (``lo.hidden_size=64``), an entry of a dict key (``schedule.peak_value=3e-3``) or a plain key."""
+    out: dict[str, Any] = {}
     for item in options:
         if "=" not in item:
             raise ConfigError(f"bad --cfg-options item {short(item)}: expected key=value or key.sub=value")
         dotted, text = item.split("=", 1)
-        parts = dotted.strip().split(".")
+        dotted = dotted.strip()
+        parts = dotted.split(".")
         top = parts[0]
-        if top in sections.SECTION_NAMES and len(parts) == 2:
-            data[dotted.strip()] = parse_cli_value(dotted.strip(), text)
-            continue
-        if top not in SCHEMA and (len(parts) > 1 or (flat_target(top) is None and top != FLAT_OPTIMIZER)):
+        if len(parts) == 1 or (top in sections.SECTION_NAMES and len(parts) == 2):
+            out[dotted] = parse_cli_value(dotted, text)
+        elif top not in SCHEMA:
             raise unknown_key_error(top)
-        if len(parts) == 1:
-            data[top] = parse_cli_value(top, text)
-            continue
-        if SCHEMA[top].type != "dict":
+        elif SCHEMA[top].type != "dict":
             raise ConfigError(f"bad --cfg-options item {short(item)}: config key '{top}' is not a dict")
-        node = data.setdefault(top, {})
-        if node is None:
-            node = data[top] = {}
-        for p in parts[1:-1]:
-            child = node.get(p)
-            if not isinstance(child, dict):
-                child = node[p] = {}
-            node = child
-        node[parts[-1]] = literal(text)
-    return data
+        else:
+            out[dotted] = literal(text)
+    return out
 
 
 def _merge(out: dict[str, Any], droppable: dict[str, set], layer: Mapping[str, Any], where: str, prefix: str,
@@ -301,6 +299,14 @@ def _merge(out: dict[str, Any], droppable: dict[str, set], layer: Mapping[str, A
             put(key, value, False)
         elif dot and section in sections.SECTION_NAMES:
             put(section, {entry: value}, False)
+        elif dot and section in SCHEMA:  # --cfg-options schedule.peak_value=...: one entry of a dict key
+            node = out[section] = to_plain(out.get(section) or {})
+            *path, last = entry.split(".")
+            for p in path:
+                if not isinstance(node.get(p), dict):
+                    node[p] = {}
+                node = node[p]
+            node[last] = value
         elif key in SCHEMA:
             out[key] = value
         elif flat_target(key) is not None:
@@ -404,7 +410,7 @@ def load_config(path: str | os.PathLike | None, cli: Mapping[str, Any] | None = 
     layers = [(_read_file(BASE_CONFIG), str(BASE_CONFIG), "", None)]
     if path is not None:
         layers.append((_read_file(path), str(path), "", None if _is_run_config(path) else notices))
-    layers.append((apply_cfg_options({}, cfg_options), "", "--cfg-options ", notices))
+    layers.append((cfg_options_layer(cfg_options), "", "--cfg-options ", notices))
     layers.append((dict(cli or {}), "", "--", notices))
     return Config(_build(layers))
 
