@@ -230,6 +230,9 @@ def option_key(key: str) -> Key:
         return SCHEMA[key]
     if key == FLAT_OPTIMIZER:
         return Key("str", "optimizer", choices=OPTIMIZER_CHOICES)
+    if key in sections.SECTION_NAMES:
+        raise ConfigError(f"config section '{key}' is a dict: set its keys one by one ({key}.KEY=VALUE, "
+                          f"--{key}.KEY VALUE)")
     section, _, entry = key.partition(".")
     if not entry:
         target = flat_target(key)

@@ -92,9 +92,9 @@ def resolve(section: str, values: Any, droppable: Collection[str] = ()) -> dict[
         if k not in accepted:
             if k in droppable:
                 continue
-            what = f"'{name}'" if name is not None else "it"
-            raise ConfigError(f"unknown key '{section}.{key_text(k)}' for {what}{suggest(str(k), accepted)}: "
-                              f"{section} {name or ''} accepts {', '.join(accepted)}".replace("  ", " "))
+            what = f"{section} {name!r}" if name is not None else section
+            raise ConfigError(f"unknown key '{section}.{key_text(k)}'{suggest(str(k), accepted)}: {what} accepts "
+                              f"{', '.join(accepted)}")
         if v is None and not accepted[k].optional:  # older run configs wrote None for "the default"
             continue
         out[k] = check(f"{section}.{k}", accepted[k], v)
