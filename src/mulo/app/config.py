@@ -19,24 +19,23 @@ raise ``ConfigError`` with one line naming the key, the bad value and what is ac
 
 from __future__ import annotations
 
-import ast
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mulo import pretrained
 from mulo.app import sections
+from mulo.app.config_file import RESOLVED_HEADER, is_run_config, read_config_file
 from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_target
-from mulo.app.schema import (INT_MAX, MAX_STR, NON_EMPTY, check, check_host_port, clip, key_text, literal,  # noqa: F401
+from mulo.app.schema import (INT_MAX, MAX_STR, NON_EMPTY, check, check_host_port, key_text, literal,  # noqa: F401
                              parse_text, short, suggest, to_plain)
-from mulo.errors import ConfigError, one_line
+from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, Key
 from mulo.registry import (DISTRIBUTED_MODES, MATMUL_PRECISIONS, META_LOSS_NORMS, META_LOSS_SPLITS,
                            ON_DEVICE_MODES, OPTIMIZER_CHOICES, SCHEDULE_KEYS, SWEEP_METHODS, WANDB_MODES)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BASE_CONFIG = REPO_ROOT / "config" / "base.py"
-RESOLVED_HEADER = "# Resolved mulo config: every key, as this run used it."  # a run directory's config.py
 
 # the entries of `schedule`, in the order of SCHEDULE_KEYS (mulo.meta.outer reads them): init_value, peak_value,
 # warmup_steps, decay_steps, end_value, exponent
@@ -360,70 +359,18 @@ def validate(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# files
-
-
-def _read_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an MMEngine Python config file (with `_base_` inheritance) into a plain dict."""
-    from mmengine.config import Config as MMConfig
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        cfg = MMConfig.fromfile(str(path))
-        _check_imports(path)
-    except ConfigError:
-        raise
-    except (Exception, SystemExit) as exc:  # mmengine raises many kinds (SyntaxError, FileNotFoundError, ...)
-        msg = clip(one_line(exc, None), 300)
-        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {msg}") from None
-    return to_plain(cfg.to_dict())
-
-
-def _check_imports(path: Path) -> None:
-    """MMEngine reads a config without ``_base_`` with lazy imports, so ``import nonexistent`` passed silently: every
-    top-level import of the file must name an importable module."""
-    import importlib.util
-
-    tree = ast.parse(path.read_bytes(), filename=str(path))
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names = [node.module]
-        else:
-            continue
-        for name in names:
-            try:
-                found = importlib.util.find_spec(name) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                raise ConfigError(f"cannot read config file {path}: line {node.lineno}: no module named {name!r}")
-
-
 def load_config(path: str | os.PathLike | None, cli: Mapping[str, Any] | None = None,
                 cfg_options: Iterable[str] = (), notices: list[str] | None = None) -> Config:
     """Build the run config: base defaults <- config file <- --cfg-options <- --key values (already parsed; a
     ``section.key`` entry sets one key of a section). Today's flat keys in the config file, --cfg-options or ``cli``
     add one notice each to ``notices`` (when given); a run directory's config.py (``RESOLVED_HEADER``: written by
     this or an older mulo) is read without notices."""
-    layers = [(_read_file(BASE_CONFIG), str(BASE_CONFIG), "", None)]
+    layers = [(read_config_file(BASE_CONFIG), str(BASE_CONFIG), "", None)]
     if path is not None:
-        layers.append((_read_file(path), str(path), "", None if _is_run_config(path) else notices))
+        layers.append((read_config_file(path), str(path), "", None if is_run_config(path) else notices))
     layers.append((cfg_options_layer(cfg_options), "", "--cfg-options ", notices))
     layers.append((dict(cli or {}), "", "--", notices))
     return Config(_build(layers))
-
-
-def _is_run_config(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().rstrip("\n") == RESOLVED_HEADER
-    except OSError:
-        return False
 
 
 def dump_text(cfg: Config) -> str:
