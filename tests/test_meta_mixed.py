@@ -18,9 +18,9 @@ from mulo.evaluate import report_meta_train as rmt
 from mulo.io import read_jsonl
 from mulo.meta import outer
 from mulo.meta.mixture import task_family
-from mulo.meta.train import MetaTrainer, _key, train
+from mulo.meta.trainer import MetaTrainer, _key
 from mulo.tasks.names import parse_task_name
-from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 
 BASE = dict(TOY_META_CONFIG, num_tasks=2)
 
@@ -65,17 +65,17 @@ def test_init_loss_scale_is_the_meta_loss_at_initialisation_and_scales_the_step(
     # noise 0: targets x = 0 and params w = v = 1, so loss = ½ Σ_j h_j + ½ d² with h = linspace(0.5, 2, d):
     # d = 3: ½ (0.5 + 1.25 + 2) + 4.5 = 6.375; d = 2: ½ (0.5 + 2) + 2 = 3.25
     tasks = [QuadraticTask(dim=3, name="quad-a"), QuadraticTask(dim=2, name="bowl-b")]
-    norm = MetaTrainer(_cfg(meta_loss_norm="init_loss"), tasks, ToyLO())
+    norm = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss"), tasks, ToyLO())
     assert norm.loss_scales == pytest.approx((6.375, 3.25), rel=1e-6)
-    assert MetaTrainer(_cfg(), tasks, ToyLO()).loss_scales is None  # the default: the plain mean
+    assert MetaTrainer.from_flat_config(_cfg(), tasks, ToyLO()).loss_scales is None  # the default: the plain mean
 
     # the outer step applies mean_j ĝ_j / c_j: recompute each task's estimate from the same keys and data
     tasks = _mixed()
-    trainer = MetaTrainer(_cfg(meta_loss_norm="init_loss", meta_grad_clip=None), tasks, ToyLO())
+    trainer = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss", meta_grad_clip=None), tasks, ToyLO())
     state = trainer.init_state()
     streams = trainer.streams(0)
     try:
-        grads = [est.estimate(state.theta, st, _key(trainer.cfg.seed, 2, 0, j), streams[j])[0]
+        grads = [est.estimate(state.theta, st, _key(trainer.settings.seed, 2, 0, j), streams[j])[0]
                  for j, (est, st) in enumerate(zip(trainer.estimators, state.estimators))]
     finally:
         for it in streams:
@@ -89,7 +89,7 @@ def test_init_loss_scale_is_the_meta_loss_at_initialisation_and_scales_the_step(
 
 
 def test_meta_loss_is_logged_per_family():
-    trainer = MetaTrainer(_cfg(meta_loss_norm="init_loss"), _mixed(), ToyLO())
+    trainer = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss"), _mixed(), ToyLO())
     _, (m,) = _run(trainer, trainer.init_state(), 1)
     c = {t.name: m[f"loss_scale/{t.name}"] for t in _mixed()}
     assert c == pytest.approx(dict(zip(c, trainer.loss_scales)))
@@ -98,7 +98,8 @@ def test_meta_loss_is_logged_per_family():
     assert m["meta_loss_family/bowl"] == pytest.approx(m["meta_loss/bowl-c"] / c["bowl-c"], rel=1e-6)
     assert m["meta_loss"] == pytest.approx(np.mean([m[f"meta_loss/{t}"] for t in c]), rel=1e-6)  # raw, as before
     # without normalisation: the families' plain means, and no scales logged
-    _, (p,) = _run(MetaTrainer(_cfg(), _mixed(), ToyLO()), MetaTrainer(_cfg(), _mixed(), ToyLO()).init_state(), 1)
+    trainer = MetaTrainer.from_flat_config(_cfg(), _mixed(), ToyLO())
+    _, (p,) = _run(trainer, trainer.init_state(), 1)
     assert p["meta_loss_family/quad"] == pytest.approx((p["meta_loss/quad-a"] + p["meta_loss/quad-b"]) / 2)
     assert not any(k.startswith("loss_scale/") for k in p)
     # real tasks are grouped by their registered family
@@ -109,7 +110,7 @@ def test_meta_loss_is_logged_per_family():
 
 
 def test_task_batch_sizes_shape_each_task_and_bad_values_are_one_line_errors():
-    trainer = MetaTrainer(_cfg(task_batch_sizes=[4, 2, 6]), _mixed(), ToyLO())
+    trainer = MetaTrainer.from_flat_config(_cfg(task_batch_sizes=[4, 2, 6]), _mixed(), ToyLO())
     assert [trainer.chunk_shape(j) for j in range(3)] == [(2, 2, 4), (2, 2, 2), (2, 2, 6)]
     streams = trainer.streams(0)
     try:
@@ -118,7 +119,7 @@ def test_task_batch_sizes_shape_each_task_and_bad_values_are_one_line_errors():
         for it in streams:
             it.close()
     with pytest.raises(ConfigError, match=r"one batch size per task \(3 tasks\)"):
-        MetaTrainer(_cfg(task_batch_sizes=[4, 2]), _mixed(), ToyLO())
+        MetaTrainer.from_flat_config(_cfg(task_batch_sizes=[4, 2]), _mixed(), ToyLO())
     for key, value in (("task_batch_sizes", "4,0"), ("task_batch_sizes", "a"), ("task_batch_sizes", ""),
                        ("meta_loss_norm", "mean")):  # as typed on the command line
         with pytest.raises(ConfigError, match=f"config key '{key}'"):
@@ -128,14 +129,14 @@ def test_task_batch_sizes_shape_each_task_and_bad_values_are_one_line_errors():
 
 def test_a_mixed_family_run_resumes_bit_exactly(tmp_path):
     cfg = _cfg(num_outer_steps=4, meta_loss_norm="init_loss", task_batch_sizes=[4, 2, 3])
-    full = train(cfg, _mixed(), ToyLO(), tmp_path / "full", handle_signals=False)
-    part = train(cfg, _mixed(), ToyLO(), tmp_path / "resumed", stop_after=2, handle_signals=False)
+    full = train_flat(cfg, _mixed(), ToyLO(), tmp_path / "full", handle_signals=False)
+    part = train_flat(cfg, _mixed(), ToyLO(), tmp_path / "resumed", stop_after=2, handle_signals=False)
     assert part["step"] == 2
     for changed in (dict(meta_loss_norm="none"), dict(task_batch_sizes=[4, 2, 2])):  # not silently another run
         with pytest.raises(CheckpointError, match="does not match this run"):
-            train(cfg.replace(auto_resume=True, **changed), _mixed(), ToyLO(), tmp_path / "resumed",
+            train_flat(cfg.replace(auto_resume=True, **changed), _mixed(), ToyLO(), tmp_path / "resumed",
                   handle_signals=False)
-    rest = train(cfg.replace(auto_resume=True), _mixed(), ToyLO(), tmp_path / "resumed", handle_signals=False)
+    rest = train_flat(cfg.replace(auto_resume=True), _mixed(), ToyLO(), tmp_path / "resumed", handle_signals=False)
     assert rest["step"] == 4
     for a, b in zip(_leaves(full["state"]), _leaves(rest["state"])):
         np.testing.assert_array_equal(a, b)
@@ -161,7 +162,7 @@ def test_a_mixed_family_run_resumes_bit_exactly(tmp_path):
 
 
 def test_runs_from_before_the_new_keys_keep_their_identity():
-    ident = MetaTrainer(_cfg(), _mixed(), ToyLO()).identity()
+    ident = MetaTrainer.from_flat_config(_cfg(), _mixed(), ToyLO()).identity()
     assert "meta_loss_norm" not in ident and "task_batch_sizes" not in ident
 
 

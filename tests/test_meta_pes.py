@@ -18,7 +18,7 @@ from test_meta_toys import QuadraticTask, ToyLO
 
 def _estimator(unroll, kind, std, trunc_length, steps_per_jit):
     """The registered estimator ``kind`` over ``unroll`` (its pairs: the unroll's inner problems)."""
-    rule = component("estimator", kind).build(EstimatorHParams(std, trunc_length, unroll.num_tasks))
+    rule = component("estimator", kind).build(EstimatorHParams(std, trunc_length, unroll.num_pairs))
     return TruncatedEstimator(unroll, rule, steps_per_jit=steps_per_jit)
 
 
@@ -54,7 +54,7 @@ def test_pes_formula_hand_computed():
 def test_unroll_resets_and_masks():
     """Episode of 3 steps: the done step trains (mask 1), the next step resets (mask 0) to fresh params."""
     task, lo = QuadraticTask(dim=2, noise=0.3), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 3, 0), num_tasks=2)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 3, 0), num_pairs=2)
     theta = lo.init_theta(None)
     state = unroll.init(theta, jax.random.PRNGKey(0))
     theta_pm = antithetic(theta, sample_perturbations(theta, jax.random.PRNGKey(1), 2, 0.01))
@@ -72,7 +72,7 @@ def test_unroll_resets_and_masks():
 def test_antithetic_pairs_share_data_and_keys():
     """With θ⁺ = θ⁻ the two branches are bit-identical although data is noisy and slots differ."""
     task, lo = QuadraticTask(dim=3, noise=1.0, init_noise=0.5), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("log_uniform", 2, 6, 3), num_tasks=4)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("log_uniform", 2, 6, 3), num_pairs=4)
     theta = lo.init_theta(None)
     state = unroll.init(theta, jax.random.PRNGKey(0))
     same = jax.tree.map(lambda t: jnp.broadcast_to(t, (2, 4) + t.shape), theta)
@@ -111,7 +111,7 @@ def test_estimate_matches_exact_gradient_of_unrolled_objective(kind):
     fixed before that window starts."""
     n, std = 4096, 0.01
     task, lo = QuadraticTask(dim=3), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_tasks=n)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_pairs=n)
     est = _estimator(unroll, kind, std, 2, 1)
     theta = lo.init_theta(None)
     state = est.init(theta, jax.random.PRNGKey(0))
@@ -178,7 +178,7 @@ def test_meta_loss_splits(split):
     """train: pre-update loss on the training batch; same_data: post-update loss on it; meta_valid: post-update loss
     on the meta-valid batch."""
     task, lo = QuadraticTask(dim=2, noise=1.0), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 10, 0), num_tasks=1, meta_loss_split=split)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 10, 0), num_pairs=1, meta_loss_split=split)
     assert unroll.data_splits == (("train", "meta_valid") if split == "meta_valid" else ("train",))
     theta = lo.init_theta(None)
     state = unroll.init(theta, jax.random.PRNGKey(0))

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mulo.meta.settings import from_flat_config
+from mulo.meta.train import train
 from mulo.optimizers.base import Optimizer
 from mulo.tasks.base import ParamMeta, update_scales
 
@@ -20,6 +22,21 @@ TOY_META_CONFIG = dict(trunc_length=4, steps_per_jit=2, num_inner_steps=9, trunc
                        progress=False, meta_grad_clip=1.0,
                        schedule=dict(init_value=1e-4, peak_value=2e-2, warmup_steps=2, decay_steps=8, end_value=1e-3,
                                      exponent=1.0))
+
+
+def train_flat(cfg, tasks, lo, run_dir, **kwargs):
+    """``mulo.meta.train.train`` from a flat config (its settings, estimator and truncation), logging metrics.jsonl
+    as the meta-train command does."""
+    from pathlib import Path
+
+    from mulo.app.runlog import RunLogger
+
+    settings, estimator, truncation = from_flat_config(cfg)
+
+    def logger():
+        return RunLogger(Path(run_dir), cfg, group="meta-train", name=Path(run_dir).name, job_type="meta-train")
+
+    return train(settings, tasks, lo, estimator, truncation, run_dir, make_logger=logger, **kwargs)
 
 
 class ToyDataset:

@@ -21,8 +21,8 @@ from mulo.errors import CheckpointError
 from mulo.io import read_jsonl
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
-from mulo.meta.train import MetaTrainer, train
-from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
+from mulo.meta.trainer import MetaTrainer
+from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 
 TESTS = Path(__file__).resolve().parent
 
@@ -44,14 +44,14 @@ def _leaves(tree):
 
 def test_interrupt_and_resume_is_bit_exact(tmp_path):
     cfg = _cfg(num_outer_steps=6)
-    full = train(cfg, _tasks(), ToyLO(), tmp_path / "full", handle_signals=False)
+    full = train_flat(cfg, _tasks(), ToyLO(), tmp_path / "full", handle_signals=False)
     assert full["interrupted"] is None and Path(full["theta_file"]).exists()
 
-    part = train(cfg, _tasks(), ToyLO(), tmp_path / "resumed", stop_after=3, handle_signals=False)
+    part = train_flat(cfg, _tasks(), ToyLO(), tmp_path / "resumed", stop_after=3, handle_signals=False)
     assert part["interrupted"] == "stop_after" and part["step"] == 3 and part["theta_file"] is None
     with pytest.raises(CheckpointError, match="auto_resume"):  # never silently restarts over a run's checkpoints
-        train(cfg, _tasks(), ToyLO(), tmp_path / "resumed", handle_signals=False)
-    rest = train(cfg.replace(auto_resume=True), _tasks(), ToyLO(), tmp_path / "resumed", handle_signals=False)
+        train_flat(cfg, _tasks(), ToyLO(), tmp_path / "resumed", handle_signals=False)
+    rest = train_flat(cfg.replace(auto_resume=True), _tasks(), ToyLO(), tmp_path / "resumed", handle_signals=False)
     assert rest["step"] == 6
     for a, b in zip(_leaves(full["state"]), _leaves(rest["state"])):  # θ, Adam, inner states, accumulators
         np.testing.assert_array_equal(a, b)
@@ -71,21 +71,22 @@ def test_interrupt_and_resume_is_bit_exact(tmp_path):
 
 def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tmp_path, capsys):
     cfg = _cfg(num_outer_steps=4, checkpoints_to_keep=3)
-    train(cfg, _tasks()[:1], ToyLO(), tmp_path, handle_signals=False)
+    train_flat(cfg, _tasks()[:1], ToyLO(), tmp_path, handle_signals=False)
     ckpt = tmp_path / "checkpoints"
     with pytest.raises(CheckpointError, match="does not match this run"):
-        train(cfg.replace(auto_resume=True, num_tasks=5), _tasks()[:1], ToyLO(), tmp_path, handle_signals=False)
+        train_flat(cfg.replace(auto_resume=True, num_tasks=5), _tasks()[:1], ToyLO(), tmp_path, handle_signals=False)
     for f in (ckpt / "4").rglob("*"):  # corrupt every data file of the newest checkpoint
         if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name and f.suffix != ".txt":
             f.write_bytes(b"garbage")
-    template = MetaTrainer(cfg, _tasks()[:1], ToyLO()).init_state()
-    step, state = Checkpointer(ckpt, 3, MetaTrainer(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 2)
+    template = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).init_state()
+    identity = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).identity()
+    step, state = Checkpointer(ckpt, 3, identity).restore(template, 2)
     assert step == 2 and int(state.step) == 2
     with pytest.raises(CheckpointError, match="corrupt"):  # asked for by step: no fallback
-        Checkpointer(ckpt, 3, MetaTrainer(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 4)
+        Checkpointer(ckpt, 3, MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 4)
     # --auto_resume falls back to the newest loadable checkpoint, says so in one line, keeps the corrupt one aside
     capsys.readouterr()
-    result = train(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
+    result = train_flat(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
                    handle_signals=False)
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "resuming from step 2" in warning[0] and "/4 is corrupt" in warning[0]
@@ -96,7 +97,7 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tm
 
 def test_nonfinite_meta_gradient_is_skipped_and_counted(tmp_path):
     cfg = _cfg(num_outer_steps=3)
-    trainer = MetaTrainer(cfg, _tasks()[:1], ToyLO())
+    trainer = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO())
     est = trainer.estimators[0]
     real = est.estimate
 
@@ -160,13 +161,12 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from mulo.app.config import load_config
-from mulo.meta.train import train
-from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO
+from test_meta_toys import QuadraticTask, ToyLO, train_flat
 cfg = load_config(None, cli={cli!r})
 def ready(step, metrics):
     if step == 2:
         Path({flag!r}).write_text("ready")
-res = train(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO(), {run!r}, on_step=ready)
+res = train_flat(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO(), {run!r}, on_step=ready)
 print("RESULT", res["interrupted"], res["step"])
 """
 
@@ -193,7 +193,7 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     _, _, step = out.strip().splitlines()[-1].split()
     assert out.strip().splitlines()[-1].startswith("RESULT SIGTERM")
     cfg = load_config(None, cli=cli)
-    trainer = MetaTrainer(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO())
+    trainer = MetaTrainer.from_flat_config(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO())
     ckpt = Checkpointer(run_dir / "checkpoints", 2, trainer.identity())
     assert ckpt.latest_step() == int(step) >= 2
     got, state = ckpt.restore(trainer.init_state())
@@ -215,3 +215,19 @@ def test_meta_train_configs_load_and_schedules_match_their_names():
         assert cfg.schedule["end_value"] == pytest.approx(float(fields["mnlr"]), rel=0.15)  # 3.33e-4 for "3e-4"
         assert cfg.num_outer_steps == int(fields["it"]) == cfg.schedule["decay_steps"] + 100
         assert cfg.meta_grad_clip == 1.0
+
+
+def test_the_identity_of_a_run_written_by_the_flat_config_trainer_is_unchanged(tmp_path):
+    """identity.json is built from the built objects (LO, estimator, truncation) and the run-level settings, yet its
+    bytes are those today's runs have: the kept general μLO run (written before the config sections) resumes."""
+    from mulo.io import atomic_write_json
+    from mulo.meta.settings import from_flat_config, identity
+    from mulo.optimizers import build_learned
+
+    run = next((TESTS.parent / "runs" / "cpu_mulo_general").glob("meta-train_*"))
+    cfg = load_config(run / "config.py")
+    settings, estimator, truncation = from_flat_config(cfg)
+    assert estimator.hparams.num_pairs == cfg.num_tasks == 4 and truncation.max_length == cfg.num_inner_steps
+    written = atomic_write_json(tmp_path / "identity.json", identity(settings, build_learned(cfg), estimator,
+                                                                     truncation))
+    assert written.read_bytes() == (run / "checkpoints" / "identity.json").read_bytes()

@@ -29,7 +29,7 @@ class SpyTask(QuadraticTask):
 
 def _unroll(use_bf16):
     task, lo = SpyTask(dim=3, noise=0.3), ToyLO()
-    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_tasks=2, use_bf16=use_bf16)
+    unroll = TruncatedUnroll(task, lo, TruncationSchedule("constant", 1, 5, 0), num_pairs=2, use_bf16=use_bf16)
     theta = lo.init_theta(None)
     state = unroll.init(theta, jax.random.PRNGKey(0))
     theta_pm = antithetic(theta, sample_perturbations(theta, jax.random.PRNGKey(1), 2, 0.01))
@@ -53,10 +53,10 @@ def test_meta_training_runs_the_task_in_bf16_with_float32_state():
 
 
 def test_meta_trainer_and_meta_test_take_use_bf16_from_the_config():
-    from mulo.meta.train import MetaTrainer
+    from mulo.meta.trainer import MetaTrainer
 
     cfg = load_config(None, cli={"use_bf16": True, "num_tasks": 2, "trunc_length": 2, "steps_per_jit": 2})
-    trainer = MetaTrainer(cfg, [QuadraticTask(dim=2)], ToyLO())
+    trainer = MetaTrainer.from_flat_config(cfg, [QuadraticTask(dim=2)], ToyLO())
     assert all(e.unroll.use_bf16 for e in trainer.estimators)
     spy = []
     f = task_loss(lambda p, b, k: spy.append(p.dtype) or jnp.sum(p), True)

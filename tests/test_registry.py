@@ -1,6 +1,7 @@
-"""The registries (mulo.registry): a learned optimizer and a task family defined and registered *here*, in a test file,
-work through the config, run names, θ files, task names and the meta-test command without any other module
-changing; duplicates are refused; the shipped LOs and families are found by discovery."""
+"""The registries (mulo.registry): a learned optimizer, a hand-designed optimizer, a meta-gradient estimator and a task
+family defined and registered *here*, in a test file, work through their config sections, the config, run names, θ
+files, task names, meta-training and the meta-test command without any other module changing; duplicates are
+refused; the shipped components are found by discovery."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mulo.app.cli import main as cli_main
@@ -22,8 +24,11 @@ from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError, TaskError
 from mulo.optimizers import build_learned, load_theta, save_theta
 from mulo.optimizers.base import Optimizer
-from mulo.registry import (LearnedSpec, RegistryError, TaskFamily, is_learned, learned_names, model_family,
-                           optimizer_names, register_learned, register_task_family, task_models)
+from mulo.optimizers.hand_designed import from_optax
+from mulo.hparams import POSITIVE, hparam
+from mulo.registry import (Component, LearnedSpec, RegistryError, TaskFamily, component, is_learned, learned_names,
+                           model_family, optimizer_names, register_estimator, register_hand_designed,
+                           register_learned, register_task_family, section_keys, task_models)
 from mulo.app.rundir import run_name, theta_label
 from mulo.tasks import get_task, parse_task_name
 from mulo.tasks.common import HaikuTask, classification_loss
@@ -36,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class ToyHParams:
-    lr: float = 0.1
+    lr: float = hparam(0.1, "toy LO: base step size", min=POSITIVE)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,14 +76,73 @@ class ToyLO:
 
 
 def _toy_spec(name: str, is_mup: bool) -> LearnedSpec:
-    return LearnedSpec(name=name, is_mup=is_mup, config_keys={"learning_rate": "lr"}, label_key=None,
+    return LearnedSpec(name=name, is_mup=is_mup, hparams=ToyHParams, config_keys={"learning_rate": "lr"},
+                       label_key=None, implementations=("fused", "reference"),
                        build=lambda hp, impl: ToyLO(name, hp if isinstance(hp, ToyHParams) else ToyHParams(**hp),
-                                                    impl),
-                       hparams_from_config=lambda cfg: {"lr": float(cfg["learning_rate"])})
+                                                    impl))
 
 
 TOY_SPEC = register_learned(_toy_spec("mup_toy_sgd_lo", True))
 register_learned(_toy_spec("toy_sgd_lo", False))
+
+# ------------------------------------------------------------------------- a toy hand-designed optimizer
+# sign descent: p <- p - lr · sign(g)
+
+
+@dataclass(frozen=True)
+class ToySignHParams:
+    learning_rate: float = hparam(0.01, "toy sign descent: step size", min=POSITIVE)
+
+
+def _toy_sign(hp: ToySignHParams, task, num_steps: int) -> Optimizer:
+    del task, num_steps
+    return from_optax(optax.chain(optax.scale_by_sign(), optax.scale(-hp.learning_rate)))
+
+
+register_hand_designed(Component(name="toy_sign", hparams=ToySignHParams, build=_toy_sign, help="sign descent"))
+
+# --------------------------------------------------------------------------------------------- a toy estimator
+# truncated ES whose estimate is multiplied by `gain` (a hyper-parameter of its own beside σ, K and N)
+
+
+@dataclass(frozen=True)
+class ToyESHParams:
+    std: float = hparam(0.01, "perturbation std", min=POSITIVE)
+    trunc_length: int = hparam(50, "truncation length", min=1)
+    num_pairs: int = hparam(8, "antithetic pairs per task", min=1)
+    gain: float = hparam(3.0, "factor on the ES estimate")
+
+
+@dataclass(frozen=True)
+class ToyES:
+    hparams: ToyESHParams = ToyESHParams()
+    name: str = "toy_es"
+
+    def _es(self):
+        from mulo.meta.es import ES
+        from mulo.meta.estimators import EstimatorHParams
+
+        hp = self.hparams
+        return ES(EstimatorHParams(hp.std, hp.trunc_length, hp.num_pairs))
+
+    def state(self, inner, carry):
+        return self._es().state(inner, carry)
+
+    def init_carry(self, theta):
+        return None
+
+    def carry_of(self, state):
+        return None
+
+    def state_sharding(self, placement):
+        return self._es().state_sharding(placement)
+
+    def pair_gradients(self, eps, carry, inner, out):
+        grads, state = self._es().pair_gradients(eps, carry, inner, out)
+        return jax.tree.map(lambda g: self.hparams.gain * g, grads), state
+
+
+register_estimator(Component(name="toy_es", hparams=ToyESHParams, build=ToyES, help="ES times a gain"))
 
 # ------------------------------------------------------------------------------------------ a toy task family
 # {mutoylin|toylin}-w{W}-d{D}_{image dataset}: D hidden linear layers of W units (no nonlinearity), then a readout
@@ -213,6 +277,80 @@ def test_meta_test_runs_the_toy_lo_on_the_toy_task(tmp_path, capsys):
     summary = json.loads((run_dir / TOY_TASK / "seed0" / "summary.json").read_text())
     assert summary["steps_completed"] == 6 and not summary["diverged"] and math.isfinite(summary["final_train_loss"])
     assert "learning_rate = 0.05" in (run_dir / "config.py").read_text()
+
+
+def test_toy_lo_through_its_lo_section():
+    """The toy LO's section keys are its hyper-parameter dataclass's (help and bounds from hparam()), and the object
+    built from the section steps as defined."""
+    keys = section_keys("lo", "mup_toy_sgd_lo")
+    assert list(keys) == ["name", "impl", "lr"] and keys["impl"].choices == ("fused", "reference")
+    assert keys["lr"].help == "toy LO: base step size" and keys["lr"].min == POSITIVE
+    spec = component("lo", "mup_toy_sgd_lo")
+    assert spec.defaults() == {"lr": 0.1}
+    lo = spec.build(spec.hparams_of({"lr": 0.3}), "reference")
+    assert lo == ToyLO("mup_toy_sgd_lo", ToyHParams(lr=0.3), impl="reference")
+    opt = lo.opt_fn(lo.init_theta(None), {"w": 0.5})
+    out = opt.params(opt.update(opt.init({"w": jnp.array([1.0])}), {"w": jnp.array([2.0])}))
+    np.testing.assert_allclose(out["w"], [1.0 - 0.3 * 0.5 * 2.0], rtol=1e-6)
+
+
+def test_toy_hand_designed_optimizer_through_its_section_the_config_and_meta_test(tmp_path):
+    from mulo.app.config import option_key
+    from mulo.optimizers import build_optimizer
+
+    assert "toy_sign" in optimizer_names() and "toy_sign" in option_key("optimizer.name").choices
+    assert list(section_keys("optimizer", "toy_sign")) == ["name", "learning_rate"]
+    spec = component("optimizer", "toy_sign")
+    params, grads = {"w": jnp.array([1.0, -1.0, 0.0])}, {"w": jnp.array([3.0, -0.1, 2.0])}
+    opt = spec.build(spec.hparams_of({"learning_rate": 0.5}), None, 10)
+    np.testing.assert_allclose(opt.params(opt.update(opt.init(params, 10), grads))["w"], [0.5, -0.5, -0.5])
+    # today's flat keys (the config's learning_rate) reach it too, and the meta-test command runs it
+    opt = build_optimizer(load_config(None, cli={"optimizer": "toy_sign", "learning_rate": 0.25}), None)
+    np.testing.assert_allclose(opt.params(opt.update(opt.init(params, 10), grads))["w"], [0.75, -0.75, -0.25])
+    out = tmp_path / "out"
+    args = ["meta-test", "--config", str(REPO / "config" / "meta_test" / "meta_test_base.py"), "--optimizer",
+            "toy_sign", "--task", TOY_TASK, "--learning_rate", "0.02", "--num_inner_steps", "4",
+            "--local_batch_size", "8", "--skip_test", "true", "--test_steps_per_jit", "2", "--progress", "false",
+            "--wandb_mode", "disabled", "--num_runs", "1", "--output_dir", str(out)]
+    assert cli_main(args) == 0
+    (run_dir,) = out.iterdir()
+    manifest = json.loads((run_dir / "meta_test.json").read_text())
+    assert manifest["optimizer"] == "toy_sign" and manifest["optimizer_info"]["hparams"]["learning_rate"] == 0.02
+    summary = json.loads((run_dir / TOY_TASK / "seed0" / "summary.json").read_text())
+    assert summary["steps_completed"] == 4 and math.isfinite(summary["final_train_loss"])
+
+
+def test_toy_estimator_through_its_section_and_meta_training():
+    """The toy estimator takes the flat config's gradient_estimator and its own section keys; meta-training runs with
+    it, and its estimate is exactly `gain` times truncated ES's from the same keys and data."""
+    from mulo.meta.es import ES
+    from mulo.meta.estimators import EstimatorHParams
+    from mulo.meta.trainer import MetaTrainer
+    from test_meta_toys import TOY_META_CONFIG, QuadraticTask
+    from test_meta_toys import ToyLO as QuadLO
+
+    assert list(section_keys("estimator", "toy_es")) == ["name", "std", "trunc_length", "num_pairs", "gain"]
+    spec = component("estimator", "toy_es")
+    assert spec.build(spec.hparams_of({"gain": 2.0, "num_pairs": 2})).hparams == ToyESHParams(num_pairs=2, gain=2.0)
+    cfg = load_config(None, cli={**TOY_META_CONFIG, "num_tasks": 2, "gradient_estimator": "toy_es"})
+    tasks = [QuadraticTask(dim=2, noise=0.5, init_noise=0.3)]
+    toy = MetaTrainer.from_flat_config(cfg, tasks, QuadLO())
+    assert isinstance(toy.estimator, ToyES) and toy.estimator.hparams.gain == 3.0 and toy.num_pairs == 2
+    es = MetaTrainer(toy.settings, tasks, QuadLO(), ES(EstimatorHParams(cfg.pes_std, cfg.trunc_length, 2)),
+                     toy.truncation)
+    grads = []
+    for trainer in (toy, es):
+        state, streams = trainer.init_state(), trainer.streams(0)
+        try:
+            grads.append(trainer.estimators[0].estimate(state.theta, state.estimators[0], jax.random.PRNGKey(3),
+                                                        streams[0])[0])
+            new, metrics = trainer.step(state, streams)
+        finally:
+            for it in streams:
+                it.close()
+        assert int(new.step) == 1 and math.isfinite(metrics["meta_grad_norm"])
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[1]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 3.0 * b, rtol=1e-5, atol=1e-8), *grads)
 
 
 def test_importing_the_config_imports_no_optimizer_module():

@@ -159,7 +159,7 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     import jax.numpy as jnp
 
     from mulo.meta.checkpoint import Checkpointer
-    from mulo.meta.train import MetaTrainer
+    from mulo.meta.trainer import MetaTrainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, get_tasks
 
@@ -167,7 +167,8 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     path = run_dir_path(cfg, "meta-train")
     path.mkdir(parents=True)
     write_config(path, cfg)
-    identity = MetaTrainer(cfg, get_tasks(list(cfg.task), TaskSettings.from_config(cfg)), build_learned(cfg)).identity()
+    tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
+    identity = MetaTrainer.from_flat_config(cfg, tasks, build_learned(cfg)).identity()
     ckpt = Checkpointer(path / "checkpoints", 3, identity)
     ckpt.save(1, {"theta": jnp.arange(3.0)})
     ckpt.close()

@@ -1,16 +1,20 @@
-"""Registries of learned optimizers and task families: the one list of what exists, read by every other module.
+"""Registries of the components (learned and hand-designed optimizers, meta-gradient estimators, truncation
+schedules) and task families: the one list of what exists, read by every other module.
 
-A module that defines a learned optimizer or a task family registers it where it is defined::
+A module that defines a component registers it where it is defined, with the frozen dataclass of its
+hyper-parameters (``mulo.hparams``: the keys of its config section, with defaults, bounds and help)::
 
-    register_learned(LearnedSpec(name="my_lo", build=..., hparams_from_config=..., config_keys={...}, is_mup=True))
+    register_learned(LearnedSpec(name="my_lo", hparams=MyHParams, build=..., is_mup=True))
+    register_hand_designed(Component(name="lion", hparams=LionHParams, build=...))
+    register_estimator(Component(name="pes", hparams=EstimatorHParams, build=PES))
     register_task_family(TaskFamily(name="vit", models={"muvit": True, "vit": False}, dataset_kind="image",
                                     build=...))
 
-and nothing else has to change: the config's ``optimizer`` choices, run names, θ files, meta-test's LO loading and
-the task-name grammar look names up here. The registries are found by *discovery* on first use: every module of
-``mulo.optimizers`` (``mulo.tasks``) whose source calls ``register_learned(`` (``register_task_family(``) is
-imported, so a new file in those packages is picked up without editing any other module; other modules (and code
-outside mulo, e.g. a test file) register by calling the same functions.
+and nothing else has to change: the config's sections (``SECTIONS``: ``lo``, ``optimizer``, ``estimator``,
+``truncation``) and choices, run names, θ files, meta-test's LO loading and the task-name grammar look names up here.
+The registries are found by *discovery* on first use: every module of the registry's packages whose source calls its
+``register_...(`` function is imported, so a new file in those packages is picked up without editing any other
+module; other modules (and code outside mulo, e.g. a test file) register by calling the same functions.
 
 Registries are the one accepted piece of module-level state: append-only, and a name registered twice is an error.
 This module imports no JAX (config validation and ``--help`` read it cheaply; discovery imports the registering

@@ -121,3 +121,16 @@ def flat_value(data: Mapping[str, Any], key: str) -> Any:
         if entry in found:
             return found[entry]
     raise KeyError(key)
+
+
+def build(cfg: Any, section: str, *args: Any) -> Any:
+    """The object of ``cfg``'s section ``section``, built once by its registered component from the section's values:
+    ``lo`` -> the learned optimizer (in its ``impl``), ``estimator`` -> the estimator, ``truncation`` -> the schedule
+    (``args``: its max_length), ``optimizer`` -> a hand-designed optimizer (``args``: task, num_steps)."""
+    from mulo.registry import component
+
+    values = cfg.section(section)
+    spec = component(section, values.pop("name"))
+    impl = values.pop("impl", None)
+    hparams = spec.hparams_of(values)
+    return spec.build(hparams, impl) if section == "lo" else spec.build(hparams, *args)

@@ -13,6 +13,7 @@ A learned optimizer's hyper-parameters come from its θ file (``load_theta``), n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +206,7 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-HAND_KEYS = ("learning_rate", "beta1", "beta2", "weight_decay", "sgd_momentum", "warmup_steps", "cosine_decay",
-             "end_lr_ratio", "mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")
+MUP_KEYS = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")  # recorded with a hand-designed optimizer
 
 
 def optimizer_source(cfg: Any, download_dir: str | os.PathLike | None = None,
@@ -217,10 +217,12 @@ def optimizer_source(cfg: Any, download_dir: str | os.PathLike | None = None,
         if cfg.checkpoint or cfg.wandb_checkpoint_id:
             raise ConfigError(f"optimizer {cfg.optimizer!r} is hand-designed and takes no checkpoint: drop "
                               f"--checkpoint/--wandb_checkpoint_id or choose a learned optimizer")
-        from mulo.optimizers import build_optimizer
+        from mulo.optimizers import hand_designed_from_config
 
-        info = {"hparams": {k: cfg[k] for k in HAND_KEYS}}
-        return OptimizerSource(name=cfg.optimizer, make=lambda task: build_optimizer(cfg, task), info=info)
+        spec, hparams = hand_designed_from_config(cfg)
+        info = {"hparams": {**dataclasses.asdict(hparams), **{k: cfg[k] for k in MUP_KEYS}}}
+        return OptimizerSource(name=spec.name, make=lambda task: spec.build(hparams, task, cfg.num_inner_steps),
+                               info=info)
 
     if cfg.checkpoint and cfg.wandb_checkpoint_id:
         raise ConfigError("give either --checkpoint or --wandb_checkpoint_id, not both")

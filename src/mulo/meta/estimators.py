@@ -1,7 +1,8 @@
 """Meta-gradient estimators over truncated unrolls: truncated PES and truncated ES (antithetic).
 
-Notation (reference §4.4): θ the LO meta-parameters, N = ``num_tasks`` antithetic pairs, σ = ``pes_std``,
-K = ``trunc_length`` (a window), S = ``steps_per_jit``. One ``estimate`` call:
+Notation (reference §4.4): θ the LO meta-parameters, N = ``num_pairs`` antithetic pairs, σ = ``std``, K =
+``trunc_length`` (a window): the ``estimator`` section (``EstimatorHParams``); S = ``steps_per_jit``. Each estimator
+is one module (``mulo.meta.pes``, ``mulo.meta.es``) that registers a ``Rule``; ``TruncatedEstimator`` runs any rule. One ``estimate`` call:
 
 1. draws ε_i ~ N(0, σ² I), i = 1..N, and sets θ_i^± = θ ± ε_i;
 2. unrolls every slot K steps with θ_i^+ and θ_i^- (K/S jitted chunks, both branches in one call, same data and keys);
@@ -101,7 +102,7 @@ def _concat_outputs(outs: tuple[StepOutput, ...]) -> StepOutput:
 @dataclass(frozen=True)
 class TruncatedEstimator:
     """A truncated estimator (``rule``: PES, ES, ...) for one task. ``estimate`` pulls K/S batches of shape
-    (S, N, B, ...) from ``batches``; N = ``rule.hparams.num_pairs`` = ``unroll.num_tasks``."""
+    (S, N, B, ...) from ``batches``; N = ``rule.hparams.num_pairs`` = ``unroll.num_pairs``."""
 
     unroll: TruncatedUnroll
     rule: Rule
@@ -111,8 +112,8 @@ class TruncatedEstimator:
     _jit: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.unroll.num_tasks != self.rule.hparams.num_pairs:
-            raise ValueError(f"the unroll has {self.unroll.num_tasks} inner problems per task, the estimator "
+        if self.unroll.num_pairs != self.rule.hparams.num_pairs:
+            raise ValueError(f"the unroll has {self.unroll.num_pairs} inner problems per task, the estimator "
                              f"{self.rule.hparams.num_pairs} pairs")
         if self.trunc_length % self.steps_per_jit:
             raise ValueError(f"steps_per_jit={self.steps_per_jit} must divide trunc_length={self.trunc_length}")
@@ -153,8 +154,8 @@ class TruncatedEstimator:
         return self.rule.state_sharding(self.placement)
 
     @property
-    def num_tasks(self) -> int:
-        return self.unroll.num_tasks
+    def num_pairs(self) -> int:
+        return self.unroll.num_pairs
 
     @property
     def num_chunks(self) -> int:
@@ -166,7 +167,7 @@ class TruncatedEstimator:
         return self.rule.state(self.unroll.init(theta, key), self.rule.init_carry(theta))
 
     def _start(self, theta, key):
-        eps = sample_perturbations(theta, key, self.num_tasks, self.std)
+        eps = sample_perturbations(theta, key, self.num_pairs, self.std)
         return eps, antithetic(theta, eps)
 
     def _finish(self, eps, carry, inner: InnerState, outs: tuple[StepOutput, ...]):

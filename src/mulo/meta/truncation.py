@@ -6,7 +6,7 @@
   ln((max + 1)/min). (The reference draws from [min, max) and so can never reach ``num_inner_steps``.)
 
 At initialisation every inner problem also starts at a random inner step in [0, ``initial_offset``), so that the
-``num_tasks`` problems of an estimator do not all reset in the same window (reference §4.2).
+``num_pairs`` inner problems of an estimator do not all reset in the same window (reference §4.2).
 
 Everything here is a pure function of a PRNG key, so the ± branches of a PES pair (which share keys) draw the same
 lengths and reset together.

@@ -1,8 +1,8 @@
 """Inner problems of meta-training and their jitted, truncated unroll.
 
-An estimator owns ``num_tasks`` inner problems (slots), each a fresh optimizee trained by the learned optimizer (LO)
+An estimator owns ``num_pairs`` inner problems (slots), each a fresh optimizee trained by the learned optimizer (LO)
 with its own minibatch stream. PES and ES run every slot twice, with θ + ε_i and θ − ε_i, so states carry two leading
-axes: (2, num_tasks). Both branches use the same data and the same PRNG keys (common random numbers), and therefore
+axes: (2, num_pairs). Both branches use the same data and the same PRNG keys (common random numbers), and therefore
 draw the same episode lengths, initial params and resets.
 
 One inner step of slot i (reference §4.3):
@@ -38,7 +38,7 @@ from mulo.tasks.precision import task_loss
 
 
 class InnerState(NamedTuple):
-    """States of all inner problems of one estimator; every leaf has leading axes (2, num_tasks)."""
+    """States of all inner problems of one estimator; every leaf has leading axes (2, num_pairs)."""
 
     opt_state: Any  # the LO's optimizer state (holds the optimizee params)
     inner_step: jax.Array  # int32: training steps done in the current episode
@@ -69,7 +69,7 @@ class TruncatedUnroll:
     task: Any
     lo: Any
     schedule: TruncationSchedule
-    num_tasks: int
+    num_pairs: int  # the estimator's antithetic pairs: inner problems of this task
     meta_loss_split: str = "train"
     use_bf16: bool = False  # the task's forward/backward in bf16 (config key use_bf16)
 
@@ -115,14 +115,14 @@ class TruncatedUnroll:
     def init(self, theta, key: jax.Array) -> InnerState:
         """Initial states with leading axes (2, N): both branches identical, random initial inner steps."""
         k_slots, k_off = jax.random.split(key)
-        keys = jax.random.split(k_slots, self.num_tasks)
+        keys = jax.random.split(k_slots, self.num_pairs)
         one = jax.vmap(self._fresh_slot, in_axes=(None, 0))(theta, keys)
-        one = one._replace(inner_step=self.schedule.sample_offset(k_off, (self.num_tasks,)))
+        one = one._replace(inner_step=self.schedule.sample_offset(k_off, (self.num_pairs,)))
         return jax.tree.map(lambda x: jnp.stack([x, x]), one)
 
     def step(self, theta_pm, state: InnerState, batch, key):
         """One inner step of every slot and branch. ``theta_pm`` has leading axes (2, N); ``batch`` leaves (N, B, ...)."""
-        slot_keys = jax.random.split(key, self.num_tasks)
+        slot_keys = jax.random.split(key, self.num_pairs)
         k_train = jax.vmap(lambda k: jax.random.fold_in(k, 0))(slot_keys)
         k_reset = jax.vmap(lambda k: jax.random.fold_in(k, 1))(slot_keys)
         done = state.inner_step[0] >= state.length[0]  # (N,), identical in both branches

@@ -1,45 +1,26 @@
-"""``python src/main.py meta-train``: check everything (tasks, learned optimizer, outer schedule, run name, data,
-memory of a step) before the run directory is created or anything is compiled, claim the run directory, then run
-the paper's outer loop (``mulo.meta.train.train``) with a logger that mirrors its metrics to wandb."""
+"""``python src/main.py meta-train``: build the learned optimizer, the estimator and the truncation schedule from
+their config sections and the tasks from ``task``; check everything (outer schedule, run name, data, memory of a
+step) before the run directory is created or anything is compiled; claim the run directory, then run the paper's
+outer loop (``mulo.meta.train.train``) with a logger that mirrors its metrics to wandb."""
 
 from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mulo.app import preflight, startup
 from mulo.app.memory import check_fits
 from mulo.app.rundir import claim, run_dir_path, write_config
 from mulo.app.runlog import RunLogger
-from mulo.errors import CheckpointError
+from mulo.app.sections import build
 from mulo.meta import outer
-from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.mixture import task_batch_sizes
-from mulo.meta.train import MetaTrainer, train
-from mulo.optimizers import build_learned
+from mulo.meta.settings import TrainSettings
+from mulo.meta.train import check_resume, train
+from mulo.meta.trainer import MetaTrainer
 from mulo.parallel import Placement, barrier, is_main_process
 from mulo.tasks import TaskSettings, get_tasks
-
-
-def _check_resume(cfg, tasks: Sequence[Any], lo: Any, run_dir: Path) -> None:
-    """Existing checkpoints in ``run_dir`` are continued only with --auto_resume and a matching identity: checked
-    before config.py is written (train() checks it too, but a refused rerun must not rewrite the run's config)."""
-    ckpt_dir = run_dir / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return
-    ckpt = Checkpointer(ckpt_dir, cfg.checkpoints_to_keep, MetaTrainer(cfg, tasks, lo).identity())
-    try:
-        latest = ckpt.latest_step()
-        if latest is None:
-            return
-        if not cfg.auto_resume:
-            raise CheckpointError(f"{run_dir} already has meta-training checkpoints (latest step {latest}): pass "
-                                  f"--auto_resume true to continue that run, or set another name_suffix or output_dir")
-        ckpt.check_identity()
-    finally:
-        ckpt.close()
 
 
 def run(cfg: Any, args: Any = None) -> int:
@@ -48,31 +29,29 @@ def run(cfg: Any, args: Any = None) -> int:
     directory's lock (``mulo.app.rundir.claim``), whether existing checkpoints may be continued. config.py is written
     only for a run that starts or continues."""
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-    lo = build_learned(cfg)
+    lo = build(cfg, "lo")
+    estimator = build(cfg, "estimator")
+    truncation = build(cfg, "truncation", cfg.num_inner_steps)
+    settings = TrainSettings.from_config(cfg)
     outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
-    for b in task_batch_sizes(cfg, len(tasks)):  # pairs and batch split over the devices
-        Placement.from_config(cfg).check(cfg.num_tasks, b)
+    for b in task_batch_sizes(settings, len(tasks)):  # pairs and batch split over the devices
+        Placement.create(data_parallel=settings.data_parallel).check(estimator.hparams.num_pairs, b)
     run_dir = run_dir_path(cfg, "meta-train")
     splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
     preflight.check_data(tasks, splits)
-    biggest = cfg.replace(local_batch_size=max(task_batch_sizes(cfg, len(tasks))))  # a bound for every task
+    biggest = cfg.replace(local_batch_size=max(task_batch_sizes(settings, len(tasks))))  # a bound for every task
     check_fits(preflight.meta_train_footprint(biggest, tasks, lo, splits), "meta-train")
     main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
     with claim(run_dir, "meta-train") if main else nullcontext():
         if main:
-            _check_resume(cfg, tasks, lo, run_dir)
+            check_resume(settings, MetaTrainer(settings, tasks, lo, estimator, truncation).identity(), run_dir)
             write_config(run_dir, cfg)
         barrier("mulo-run-dir")
         if main:
             startup.announce("meta-train", cfg, run_dir)
             print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
-        logger = (RunLogger(run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train") if main
-                  else None)
-        try:
-            result = train(cfg, tasks, lo, run_dir, logger=logger)
-        finally:
-            if logger is not None:
-                logger.close()
+        result = train(settings, tasks, lo, estimator, truncation, run_dir, make_logger=lambda: RunLogger(
+            run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train"))
     if not is_main_process():
         return 0
     if result["interrupted"]:

@@ -1,0 +1,104 @@
+"""What meta-training reads besides its built objects (the LO, the estimator, the truncation schedule, the tasks):
+the run-level settings (``TrainSettings``), and the compatibility path that builds all of them from today's flat
+config keys (``from_flat_config``).
+
+``mulo.meta.train.train(settings, tasks, lo, estimator, truncation, run_dir)`` takes these; the estimator is the one
+source of the antithetic pairs per task (``estimator.hparams.num_pairs``), the truncation schedule of the episode
+length (``truncation.max_length``, the run's ``num_inner_steps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from mulo.registry import component
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The run-level config keys the meta-trainer reads, each named as its config key (defaults: config/base.py)."""
+
+    task: tuple[str, ...]  # the task names, as given (identity and θ files)
+    seed: int
+    num_outer_steps: int
+    steps_per_jit: int
+    local_batch_size: int
+    task_batch_sizes: tuple[int, ...] | None
+    meta_loss_split: str
+    meta_loss_norm: str
+    use_bf16: bool
+    data_on_device: str
+    prefetch_batches: int
+    data_parallel: int
+    meta_learning_rate: float
+    schedule: Mapping[str, Any]
+    meta_weight_decay: float
+    meta_grad_clip: float | None
+    save_iter: int
+    checkpoints_to_keep: int
+    auto_resume: bool
+    log_every: int
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TrainSettings":
+        """The settings from a config (a mapping or a ``mulo.app.config.Config``) holding these keys."""
+        get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
+        values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        values["task"] = tuple(values["task"])
+        sizes = values["task_batch_sizes"]
+        values["task_batch_sizes"] = None if sizes is None else tuple(sizes)
+        values["schedule"] = dict(values["schedule"] or {})
+        return cls(**values)
+
+    def replace(self, **changes) -> "TrainSettings":
+        return dataclasses.replace(self, **changes)
+
+
+# today's flat config keys -> (section, key) of the estimator and truncation sections (the compatibility path;
+# mulo.app.aliases maps them for configs)
+FLAT_ESTIMATOR_KEYS = {"pes_std": "std", "trunc_length": "trunc_length", "num_tasks": "num_pairs"}
+FLAT_TRUNCATION_KEYS = {"truncation_schedule_min_length": "min_length", "random_initial_iteration_offset":
+                        "random_offset"}
+
+
+def from_flat_config(cfg: Any) -> tuple[TrainSettings, Any, Any]:
+    """(settings, estimator, truncation schedule) from today's flat config keys (``gradient_estimator``,
+    ``pes_std``, ``trunc_length``, ``num_tasks``, ``truncation_schedule``, ``truncation_schedule_min_length``,
+    ``random_initial_iteration_offset``, ``num_inner_steps`` and the run-level keys)."""
+    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
+    est = component("estimator", get("gradient_estimator"))
+    estimator = est.build(est.hparams_of({key: get(flat) for flat, key in FLAT_ESTIMATOR_KEYS.items()}))
+    trunc = component("truncation", get("truncation_schedule"))
+    truncation = trunc.build(trunc.hparams_of({key: get(flat) for flat, key in FLAT_TRUNCATION_KEYS.items()}),
+                             get("num_inner_steps"))
+    return TrainSettings.from_config(cfg), estimator, truncation
+
+
+def identity(settings: TrainSettings, lo: Any, estimator: Any, truncation: Any) -> dict:
+    """What must match for a resume (``identity.json`` of the checkpoints): the entries, names and values that
+    runs written before the config sections have, so that they resume (the names are today's flat config keys)."""
+    est = estimator.hparams
+    hp = lo.hparams
+    name = getattr(lo, "name", type(lo).__name__)
+    out = {"task": list(settings.task), "optimizer": name, "seed": settings.seed, "num_tasks": est.num_pairs,
+           "gradient_estimator": estimator.name, "trunc_length": est.trunc_length,
+           "steps_per_jit": settings.steps_per_jit, "pes_std": est.std, "local_batch_size": settings.local_batch_size,
+           "meta_loss_split": settings.meta_loss_split, "truncation_schedule": truncation.kind,
+           "truncation_schedule_min_length": truncation.min_length, "num_inner_steps": truncation.max_length,
+           "random_initial_iteration_offset": truncation.initial_offset}
+    if settings.meta_loss_norm != "none":  # only when set, so that runs from before these keys still resume
+        out["meta_loss_norm"] = settings.meta_loss_norm
+    if settings.task_batch_sizes is not None:
+        out["task_batch_sizes"] = list(settings.task_batch_sizes)
+    return {**out, "lo": name,
+            "lo_hparams": dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) else hp,
+            "num_processes": _process_count()}
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
