@@ -365,7 +365,7 @@ def test_importing_the_config_imports_no_optimizer_module():
 # ------------------------------------------------------------------------------------- choice lists exist once
 
 def _choice_keys() -> dict[str, object]:
-    """Every config key (dict entries as key.entry) that has a list of accepted values -> that list."""
+    """Every run-level config key (dict entries as key.entry) that has a list of accepted values -> that list."""
     from mulo.app.config import SCHEMA
 
     out = {}
@@ -380,15 +380,15 @@ def _choice_keys() -> dict[str, object]:
 
 def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
     """Each config key's accepted values are derived, not written again: the schema holds the very tuple (``is``)
-    that the implementing module checks and dispatches on, and that tuple lives in mulo.registry."""
+    that the implementing module checks and dispatches on, and that tuple lives in mulo.registry; a section's
+    choices are its components' (names from the registry, lo.impl from each LO's implementations)."""
     import importlib
 
     from mulo import registry
+    from mulo.app import sections
     from mulo.app.config import SCHEMA
 
     owners = {  # config key -> (the module that implements the choice, its name for the list, registry's name)
-        "lo_impl": ("mulo.optimizers.adafac_mlp", "LO_IMPLS", "LO_IMPLS"),
-        "lo_eps_scaling": ("mulo.optimizers.adafac_mlp", "EPS_SCALINGS", "EPS_SCALINGS"),
         "meta_loss_split": ("mulo.meta.unroll", "META_LOSS_SPLITS", "META_LOSS_SPLITS"),
         "meta_loss_norm": ("mulo.meta.mixture", "META_LOSS_NORMS", "META_LOSS_NORMS"),
         "distributed": ("mulo.parallel", "DISTRIBUTED_MODES", "DISTRIBUTED_MODES"),
@@ -398,17 +398,21 @@ def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
         "sweep_config.method": ("mulo.app.sweep_space", "METHODS", "SWEEP_METHODS"),
     }
     choices = _choice_keys()
-    sections = {"gradient_estimator": "estimator", "truncation_schedule": "truncation"}  # the registered components
-    assert set(choices) == set(owners) | set(sections) | {"optimizer"}, "a new choice key needs its owner listed here"
-    for key, section in sections.items():
-        assert tuple(choices[key]) == registry.names(section) == tuple(registry.SECTIONS[section].names()), key
+    assert set(choices) == set(owners), "a new choice key needs its owner listed here"
     for key, (module, name, reg_name) in owners.items():
         owned = getattr(importlib.import_module(module), name)
         assert choices[key] is getattr(registry, reg_name), key
         assert owned is choices[key], key
-    # optimizer: hand-designed names, then every registered learned optimizer (read when validated)
-    assert tuple(SCHEMA["optimizer"].choices) == registry.hand_names() + learned_names()
-    assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(SCHEMA["optimizer"].choices)
+    for section in sections.NAMED:  # name: the registry's names (optimizer: the hand-designed ones and "lo")
+        names = registry.names(section) + (("lo",) if section == "optimizer" else ())
+        assert tuple(sections.all_keys(section)["name"][0].choices) == names, section
+    assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(sections.component_names("lo"))
+    for name in registry.learned_names():  # lo.impl: the LO's own list; lo.eps_scaling: the one tuple
+        keys = sections.keys("lo", name)
+        assert tuple(keys["impl"].choices) == registry.component("lo", name).implementations
+        assert set(keys["impl"].choices) <= set(registry.LO_IMPLS)
+        if "eps_scaling" in keys:
+            assert keys["eps_scaling"].choices is registry.EPS_SCALINGS
     # schedule: its entries are SCHEDULE_KEYS, the list mulo.meta.outer checks a schedule against
     from mulo.meta import outer
 

@@ -21,7 +21,8 @@ import pytest
 
 from mulo.app import runtime
 from mulo.app.cli import main, parse
-from mulo.app.config import INT_MAX, SCHEMA
+from mulo.app.config import SCHEMA
+from mulo.app.schema import INT_MAX
 from mulo.errors import CheckpointError
 from mulo.app.memory import Footprint, check_fits, footprint, is_out_of_memory, tree_bytes
 from mulo.app.rundir import LOCK_FILE, claim, run_dir_path, write_config

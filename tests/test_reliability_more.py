@@ -371,7 +371,7 @@ def _fullwidth(text: str) -> str:
 def schema_bad_values(key: str) -> list[str]:
     """Values no key of this type accepts: wrong type, out of range (the schema's bounds), NaN, empty, huge, digits
     that are not ASCII, strings with NUL or a lone surrogate; choices misspelled (upper case, full width, padded)."""
-    from mulo.app.config import NON_EMPTY
+    from mulo.app.schema import NON_EMPTY
 
     spec = SCHEMA[key]
     values = list(_SCHEMA_BAD.get(spec.type, []))

@@ -27,8 +27,8 @@ from mulo import pretrained
 from mulo.app import sections
 from mulo.app.config_file import RESOLVED_HEADER, is_run_config, read_config_file
 from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_target
-from mulo.app.schema import (INT_MAX, MAX_STR, NON_EMPTY, check, check_host_port, key_text, literal,  # noqa: F401
-                             parse_text, short, suggest, to_plain)
+from mulo.app.schema import (INT_MAX, check, check_host_port, key_text, literal, parse_text, short, suggest,
+                             to_plain)
 from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, Key
 from mulo.registry import (DISTRIBUTED_MODES, MATMUL_PRECISIONS, META_LOSS_NORMS, META_LOSS_SPLITS,
