@@ -175,16 +175,16 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 FLAT_OPTIMIZER = "optimizer"  # a hand-designed name -> optimizer.name; a learned one -> optimizer.name=lo + lo.name
 
 
-def flat_target(key: str) -> tuple[str, str] | None:
-    """(section, key) that today's flat config key ``key`` now is, or None (a run-level key, or not a flat key)."""
-    if key in FLAT_KEYS:
-        return FLAT_KEYS[key]
+def flat_targets(key: str) -> list[tuple[str, str]]:
+    """The (section, key)s that today's flat config key ``key`` now is (several when components share a flat key, e.g.
+    a learned optimizer whose ``config_keys`` read ``learning_rate``); [] for a run-level key or no flat key."""
     from mulo.registry import LEARNED_OPTIMIZERS
 
+    out = [FLAT_KEYS[key]] if key in FLAT_KEYS else []
     for _, spec in LEARNED_OPTIMIZERS.items():
-        if key in spec.config_keys:
-            return "lo", spec.config_keys[key]
-    return None
+        if key in spec.config_keys and ("lo", spec.config_keys[key]) not in out:
+            out.append(("lo", spec.config_keys[key]))
+    return out
 
 
 def flat_optimizer(value: Any) -> dict[str, dict[str, Any]]:
@@ -201,6 +201,5 @@ def flat_notice(key: str, value: Any, where: str) -> str:
     if key == FLAT_OPTIMIZER:
         shown = ", ".join(f"{s}.{k}={v!r}" for s, entries in flat_optimizer(value).items() for k, v in entries.items())
     else:
-        section, entry = flat_target(key) or ("?", key)
-        shown = f"{section}.{entry}"
+        shown = " / ".join(f"{section}.{entry}" for section, entry in flat_targets(key)) or key
     return f"note: {where}{key} is read as {shown} (today's flat key; see README 'Configs')"

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 from mulo import pretrained
 from mulo.app import sections
 from mulo.app.config_file import RESOLVED_HEADER, is_run_config, read_config_file
-from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_target
+from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_notice, flat_optimizer, flat_targets
 from mulo.app.schema import (INT_MAX, check, check_host_port, key_text, literal, parse_text, short, suggest,
                              to_plain)
 from mulo.errors import ConfigError
@@ -234,10 +234,10 @@ def option_key(key: str) -> Key:
                           f"--{key}.KEY VALUE)")
     section, _, entry = key.partition(".")
     if not entry:
-        target = flat_target(key)
-        if target is None:
+        targets = flat_targets(key)
+        if not targets:
             raise unknown_key_error(key)
-        section, entry = target
+        section, entry = targets[0]
     if section not in sections.SECTION_NAMES:
         raise unknown_key_error(key)
     found = sections.all_keys(section)
@@ -311,10 +311,10 @@ def _merge(out: dict[str, Any], droppable: dict[str, set], layer: Mapping[str, A
             node[last] = value
         elif key in SCHEMA:
             out[key] = value
-        elif flat_target(key) is not None:
+        elif flat_targets(key):
             _note(notices, flat_notice(key, value, prefix))
-            section, entry = flat_target(key)
-            put(section, {entry: value}, True)
+            for section, entry in flat_targets(key):
+                put(section, {entry: value}, True)
         else:
             raise ConfigError(f"unknown config key '{key_text(key)}'{' in ' + where if where else ''}"
                               f"{suggest(str(key), known_names())}; see --help for the accepted keys")

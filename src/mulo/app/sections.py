@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Mapping
 
-from mulo.app.aliases import FLAT_OPTIMIZER, flat_target
+from mulo.app.aliases import FLAT_OPTIMIZER, flat_targets
 from mulo.app.schema import check, key_text, short, suggest
 from mulo.errors import ConfigError
 from mulo.hparams import Key, field_defaults, section_schema
@@ -110,16 +110,20 @@ def flat_value(data: Mapping[str, Any], key: str) -> Any:
 
         name = data["optimizer"]["name"]
         return data["lo"]["name"] if name == LO_CHOICE else name
-    target = flat_target(key)
-    if target is None:
+    targets = flat_targets(key)
+    if not targets:
         raise KeyError(key)
-    section, entry = target
-    if entry in data[section]:
-        return data[section][entry]
-    for name in component_names(section):
-        found = defaults(section, name)
-        if entry in found:
-            return found[entry]
+    from mulo.registry import LEARNED_OPTIMIZERS
+
+    lo = LEARNED_OPTIMIZERS.get(data["lo"]["name"])
+    for section, entry in targets:  # the key of a component of this config first (the lo only if it reads it)
+        if entry in data[section] and (section != "lo" or (lo is not None and lo.config_keys.get(key) == entry)):
+            return data[section][entry]
+    for section, entry in targets:
+        for name in component_names(section):
+            found = defaults(section, name)
+            if entry in found:
+                return found[entry]
     raise KeyError(key)
 
 

@@ -240,9 +240,9 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     if source.info.get("checkpoint"):
         fixed = checkpoint_config(cfg, source)
         for key, hp in lo_keys(source.name).items():  # say so when the command line asked for what θ overrides
-            given = args is not None and (hasattr(args, f"key__{key}") or hasattr(args, f"key__lo.{hp}"))
+            given = [f for f in (key, f"lo.{hp}") if args is not None and hasattr(args, f"key__{f}")]
             if given and cfg[key] != fixed[key]:
-                print(f"[meta-test] ignoring --lo.{hp} {cfg[key]}: the checkpoint's learned optimizer has "
+                print(f"[meta-test] ignoring --{given[0]} {cfg[key]}: the checkpoint's learned optimizer has "
                       f"{hp}={fixed[key]}")
         cfg = fixed
     theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
