@@ -293,6 +293,7 @@ def _merge(out: dict[str, Any], droppable: dict[str, set], layer: Mapping[str, A
         if key in sections.SECTION_NAMES:
             if not isinstance(value, Mapping):
                 if key == FLAT_OPTIMIZER:  # today's optimizer = "<name>"
+                    check(key, option_key(key), value)
                     _note(notices, flat_notice(key, value, prefix))
                     for s, entries in flat_optimizer(value).items():
                         put(s, entries, False)
