@@ -66,8 +66,10 @@ class Rule(Protocol):
 
     def state_sharding(self, placement: Any) -> Any: ...
 
-    def pair_gradients(self, eps: Any, carry: Any, inner: InnerState, out: StepOutput) -> tuple[Any, Any]: ...
-
+    def pair_gradients(self, eps: Any, carry: Any, inner: InnerState, out: StepOutput) -> tuple[Any, Any]:
+        """(per-pair gradients with leading axis N, the new estimator state) after a window: ``eps`` its
+        perturbations, ``inner`` the inner states at its end, ``out`` its StepOutput stacked to (K, 2, N)."""
+        ...
 
 
 def sample_perturbations(theta: Any, key: jax.Array, num: int, std: float) -> Any:
