@@ -47,12 +47,12 @@ def _library_dirs(tmp_path_factory, monkeypatch):
 
 def qs(out: Path, *extra: str) -> list[str]:
     """The issue's QS: a one-step quickstart meta-training of a width-16 muMLP."""
-    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--num_tasks", "1", "--num_outer_steps", "1",
+    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--estimator.num_pairs", "1", "--num_outer_steps", "1",
             "--output_dir", str(out), *QUIET, *extra]
 
 
 def mt(out: Path, *extra: str) -> list[str]:
-    return ["meta-test", "--config", META_TEST, "--optimizer", "adam", "--task", "mumlp-w8-d1_fashionmnist-28x28x1",
+    return ["meta-test", "--config", META_TEST, "--optimizer.name", "adam", "--task", "mumlp-w8-d1_fashionmnist-28x28x1",
             "--num_inner_steps", "20", "--num_runs", "1", "--output_dir", str(out), *QUIET, *extra]
 
 
@@ -176,7 +176,7 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     before = listing(path)
     config_text = (path / "config.py").read_text()
 
-    rc, err = run(qs(tmp_path / "O", "--auto_resume", "true", "--seed", "3", "--pes_std", "0.2"), capsys)
+    rc, err = run(qs(tmp_path / "O", "--auto_resume", "true", "--seed", "3", "--estimator.std", "0.2"), capsys)
     one_line(rc, err, "does not match this run", "seed")
     rc, err = run(qs(tmp_path / "O"), capsys)
     one_line(rc, err, "already has meta-training checkpoints", "--auto_resume true")
