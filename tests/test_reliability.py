@@ -47,13 +47,14 @@ def _library_dirs(tmp_path_factory, monkeypatch):
 
 def qs(out: Path, *extra: str) -> list[str]:
     """The issue's QS: a one-step quickstart meta-training of a width-16 muMLP."""
-    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--estimator.num_pairs", "1", "--num_outer_steps", "1",
-            "--output_dir", str(out), *QUIET, *extra]
+    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--estimator.num_pairs", "1", "--num_outer_steps",
+            "1", "--output_dir", str(out), *QUIET, *extra]
 
 
 def mt(out: Path, *extra: str) -> list[str]:
-    return ["meta-test", "--config", META_TEST, "--optimizer.name", "adam", "--task", "mumlp-w8-d1_fashionmnist-28x28x1",
-            "--num_inner_steps", "20", "--num_runs", "1", "--output_dir", str(out), *QUIET, *extra]
+    return ["meta-test", "--config", META_TEST, "--optimizer.name", "adam", "--task",
+            "mumlp-w8-d1_fashionmnist-28x28x1", "--num_inner_steps", "20", "--num_runs", "1", "--output_dir", str(out),
+            *QUIET, *extra]
 
 
 def sweep(out: Path, *extra: str) -> list[str]:
