@@ -73,3 +73,14 @@ def test_sections_name_their_registries_and_builders():
         registry.names("optimiser")
     with pytest.raises(registry.RegistryError, match="reserved"):
         registry.register_hand_designed(registry.Component(name="lo", build=lambda hp, task, n: None))
+
+
+def test_every_registered_component_declares_helped_keys_and_builds_from_its_defaults():
+    for section in registry.SECTIONS:
+        for name in registry.names(section):
+            spec = registry.component(section, name)
+            schema = spec.schema()
+            assert schema and all(key.help for key in schema.values()), (section, name)
+            assert set(spec.defaults()) == set(schema), (section, name)
+            hp = spec.hparams_of({})
+            assert {k: getattr(hp, k) for k in schema} == spec.defaults(), (section, name)
