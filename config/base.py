@@ -1,20 +1,23 @@
-# Every config key mulo knows, with its default. Types, accepted values and help live in src/mulo/config.py (SCHEMA);
-# this file and SCHEMA must list the same keys (tests check it). Other configs inherit from this file through
-# `_base_`, and every key can be overridden on the command line as `--key value`.
+# Every run-level config key mulo knows, with its default, and the default component of each section. Types, accepted
+# values and help of the run-level keys live in src/mulo/app/config.py (SCHEMA; this file and SCHEMA list the same
+# keys, tests check it); a section's keys, defaults and help are its component's hyper-parameter dataclass (`python
+# src/main.py meta-test --help` lists them). Other configs inherit from this file through `_base_`; every key can be
+# overridden on the command line as `--key value`, a section's as `--lo.hidden_size 64`.
 # Mirrors the reference's config_base.py without its federated leftovers (num_grads, num_local_steps, ...).
 
-# ---- what to run
-optimizer = "mup_small_fc_mlp"
+# ---- what to run: `optimizer` is what meta-test, sweeps and the coordinate check run: "lo" (the `lo` section's
+# learned optimizer) or a hand-designed one with its hyper-parameters, e.g. dict(name="muadam", learning_rate=3e-3)
+optimizer = dict(name="lo")
+lo = dict(name="mup_small_fc_mlp")  # the learned optimizer (meta-train trains it), e.g. dict(name=..., hidden_size=64)
+estimator = dict(name="pes")  # meta-gradient estimator: std, trunc_length, num_pairs (antithetic pairs per task)
+truncation = dict(name="log_uniform")  # episode lengths: min_length, random_offset
 task = ["mumlp-w128-d3_fashionmnist-28x28x1"]
 seed = 0
 name_suffix = ""
 output_dir = "checkpoints"
 
-# ---- tasks: muP multipliers and model shape
-mup_input_mult = 1.0
-mup_output_mult = 1.0
-mup_hidden_lr_mult = 1.0
-d_head = 64
+# ---- tasks: muP multipliers and head size (mup_input_mult, mup_output_mult, mup_hidden_lr_mult, d_head)
+task_options = dict()
 
 # ---- data
 data_dir = None
@@ -28,41 +31,10 @@ max_eval_examples = 10000
 prefetch_batches = 4
 data_on_device = "auto"  # on | off | auto (accelerators)
 
-# ---- learned optimizers
-hidden_size = 32
-adafac_step_mult = None
-adafac_exp_mult = 0.001
-lo_clip_grad = False
-lo_impl = "fused"  # reference | fused | pallas (same function)
-lo_eps_scaling = "none"  # none | fan_in: the LO normaliser's epsilon, 1e-5 or 1e-5/fan_in (stored with theta)
-
-# ---- hand-designed optimizers (meta-test, sweeps)
-learning_rate = 1e-3
-beta1 = 0.9
-beta2 = 0.999
-weight_decay = 1e-4
-sgd_momentum = 0.0
-warmup_steps = 0
-cosine_decay = False
-end_lr_ratio = 0.1
-
-# ---- VeLO (velo, mup_velo; also adafac_step_mult (None: 0.001) and adafac_exp_mult), stored with theta
-velo_lstm_hidden_size = 16
-velo_param_inits = 8
-velo_ff_hidden_size = 4
-velo_ff_hidden_layers = 2
-
 # ---- meta-training
 num_outer_steps = 5000
 num_inner_steps = 1000
-num_tasks = 8
 steps_per_jit = 10
-trunc_length = 50
-pes_std = 0.01
-gradient_estimator = "pes"
-truncation_schedule = "log_uniform"
-truncation_schedule_min_length = 100
-random_initial_iteration_offset = 50
 meta_loss_split = "train"
 meta_loss_norm = "none"  # none | init_loss: each task's meta-loss divided by its value at initialisation
 task_batch_sizes = None  # one batch size per task (None: local_batch_size for every task)

@@ -60,7 +60,7 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
                 impl: str | None = None, devices: int | None = None) -> tuple[float, float]:
     import jax
 
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.meta.trainer import MetaTrainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, parse_task_name

@@ -41,7 +41,7 @@ def _machine() -> str:
 
 def _make_step(task, name: str, impl: str):
     """(init_fn(params) -> (opt_args, state), step_fn(opt_args, state, batch, key) -> (state, loss))."""
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.optimizers import adam, build_learned, muadam
 
     if name in ("adam", "muadam"):

@@ -238,7 +238,7 @@ def check_prefetch(sz, platform_name):
 def check_meta_train(sz, platform_name):
     import jax
 
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.meta.trainer import MetaTrainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, parse_task_name
@@ -349,8 +349,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     import jax
 
-    from mulo import runtime
-    from mulo.config import load_config
+    from mulo.app import runtime
+    from mulo.app.config import load_config
 
     runtime.enable_compilation_cache(None, 1.0)  # measure compilation, do not write caches on a borrowed machine
     runtime.set_matmul_precision(load_config(None).jax_default_matmul_precision)

@@ -23,7 +23,7 @@ VOLATILE = {"time", "step_time_s", "inner_steps_per_s"}  # metrics that are timi
 
 
 def harness(stats_path: str, argv: list[str]) -> int:
-    """Run ``mulo.cli.main(argv)`` as ``python src/main.py`` does, timing every ``next()`` on the device prefetcher
+    """Run ``mulo.app.cli.main(argv)`` as ``python src/main.py`` does, timing every ``next()`` on the device prefetcher
     (wall time blocked, with its end time) and reading the first device's ``memory_stats()`` at the end."""
     sys.path.insert(0, str(ROOT / "src"))
     from mulo.data import prefetch
@@ -39,7 +39,7 @@ def harness(stats_path: str, argv: list[str]) -> int:
             waits.append((time.time(), time.perf_counter() - t))
 
     prefetch.DevicePrefetcher.__next__ = timed_next
-    from mulo import cli
+    from mulo.app import cli
 
     rc = 1
     try:
@@ -60,7 +60,7 @@ def harness(stats_path: str, argv: list[str]) -> int:
 
 def recipe_value(recipe: str, key: str):
     sys.path.insert(0, str(ROOT / "src"))
-    from mulo.config import load_config
+    from mulo.app.config import load_config
 
     return load_config(ROOT / recipe)[key]
 
@@ -199,7 +199,7 @@ def meta_test_table(r: dict, work: Path) -> list[dict]:
     rows = []
     for run in r.get("run_dirs", {}).get("meta_test", []):
         run = Path(run)
-        label = run.name.removeprefix("meta-test_").split("_mumlp-")[0]  # optimizer, lr or θ (mulo.rundir.run_name)
+        label = run.name.removeprefix("meta-test_").split("_mumlp-")[0]  # optimizer, lr or θ (mulo.app.rundir.run_name)
         for p in sorted(run.glob("*/seed*/summary.json")):
             s = json.loads(p.read_text())
             rows.append({"optimizer": label, "task": p.parent.parent.name, "seed": p.parent.name,

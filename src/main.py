@@ -2,7 +2,7 @@
 
 import sys
 
-from mulo.cli import main
+from mulo.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

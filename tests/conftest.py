@@ -27,8 +27,8 @@ if "MULO_COMPILATION_CACHE_DIR" not in os.environ:
 
     os.environ["MULO_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mulo-test-jaxcache-")
     atexit.register(shutil.rmtree, os.environ["MULO_COMPILATION_CACHE_DIR"], True)
-from mulo import runtime  # noqa: E402
-from mulo.config import load_config  # noqa: E402
+from mulo.app import runtime  # noqa: E402
+from mulo.app.config import load_config  # noqa: E402
 
 runtime.apply(load_config(None))  # as the CLI does: the variable above wins over the default directory
 

@@ -52,11 +52,11 @@ def sharded_vs_single(out: Path) -> dict:
     import jax
     import numpy as np
 
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.meta.checkpoint import Checkpointer
     from mulo.parallel import Placement
 
-    from mulo import runtime
+    from mulo.app import runtime
 
     assert jax.device_count() == 4, jax.devices()
     runtime.apply(load_config(None))  # the tests' compilation cache (MULO_COMPILATION_CACHE_DIR): reruns load
@@ -143,7 +143,7 @@ def resident_streams(out: Path) -> dict:
     import jax
     import numpy as np
 
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.meta.trainer import MetaTrainer
     from mulo.optimizers import build_learned
     from mulo.parallel import Placement
@@ -168,7 +168,7 @@ def meta_train_process(argv: list[str]) -> dict:
     """One process of ``meta-train`` through the CLI's own entry (jax.distributed from the config/environment)."""
     import jax
 
-    from mulo import cli
+    from mulo.app import cli
 
     code = cli.main(argv)
     theta = None

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import ConfigError
 from mulo.evaluate.accumulate import split_batch, value_and_grad_accumulated
-from mulo.evaluate.meta_test import LoopSettings, TrainLoop
+from mulo.evaluate.train_loop import LoopSettings, TrainLoop
 from mulo.optimizers import adam
 from mulo.tasks import TaskSettings, get_task
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mulo import aliases, cli
+from mulo.app import aliases, cli
 from mulo.errors import ConfigError
 
 COMMANDS = list(cli.COMMANDS)
@@ -33,9 +33,10 @@ def test_project_flag_with_equals_sign(capsys):
 def test_needs_state_is_ignored_and_said_once(capsys):
     base = cli.parse(["meta-train", *QUICK])[1]
     capsys.readouterr()
-    args, cfg, notes = _parse(["meta-train", *QUICK, "--needs_state", "--num_tasks", "3", "--needs_state", "true"],
-                              capsys)
+    args, cfg, notes = _parse(["meta-train", *QUICK, "--needs_state", "--estimator.num_pairs", "3", "--needs_state",
+                               "true"], capsys)
     assert cfg.num_tasks == 3 and cfg.replace(num_tasks=base.num_tasks) == base  # nothing else changed
+    assert cfg != base
     assert len(notes) == 1 and notes[0].startswith("note: --needs_state ignored: muP scales are static")
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from mulo import cli
+from mulo.app import cli
 from mulo.evaluate.coord_check import coord_data, l1_table, train_losses
 from mulo.optimizers import adam, muadam
 from mulo.tasks import TaskSettings, get_tasks
@@ -115,7 +115,7 @@ def test_coord_check_command_errors(tmp_path, capsys, args, needle):
 
 
 def test_coord_check_command_with_a_learned_optimizer(tmp_path):
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.optimizers import build_learned
     from mulo.optimizers.theta_io import save_theta
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import random_image_dataset
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.data import get_dataset
 from mulo.data.prefetch import DevicePrefetcher
 from mulo.data.transfer import device_decoder, encodes, host_kwargs, resident_images, wants_resident

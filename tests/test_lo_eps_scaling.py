@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import ConfigError
 from mulo.optimizers import AdafacHParams, AdafacMLPLO, build_learned, load_theta, save_theta
 from mulo.optimizers import adafac_mlp as A
@@ -100,7 +100,7 @@ def test_pallas_with_fan_in_is_one_error_line_and_exit_2_before_anything_is_writ
     Meta-train (the scaling from the config) and meta-test (the scaling stored with θ) now stop with one line."""
     from pathlib import Path
 
-    from mulo.cli import main as cli_main
+    from mulo.app.cli import main as cli_main
 
     repo = Path(__file__).resolve().parents[1]
     with pytest.raises(ConfigError, match="lo_impl=pallas does not take lo_eps_scaling=fan_in"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.io import read_jsonl
 from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 

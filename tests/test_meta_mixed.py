@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config, parse_cli_value
+from mulo.app.config import load_config, parse_cli_value
 from mulo.errors import CheckpointError, ConfigError
 from mulo.evaluate import report_meta_train as rmt
 from mulo.io import read_jsonl

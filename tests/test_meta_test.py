@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mulo.cli import main as cli_main
-from mulo.config import load_config
+from mulo.app.cli import main as cli_main
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError
-from mulo.evaluate.meta_test import (OptimizerSource, build_tasks, fetch_wandb_checkpoint, meta_test_runs,
+from mulo.app.commands.meta_test import (OptimizerSource, build_tasks, fetch_wandb_checkpoint, meta_test_runs,
                                      resolve_checkpoint)
 from mulo.io import read_jsonl
 from mulo.optimizers import adam, sgd
@@ -138,7 +138,7 @@ def test_fetch_wandb_checkpoint_errors(tmp_path):
 
 
 def test_meta_test_cli_offline_wandb_is_one_line_error(tmp_path, capsys, monkeypatch):
-    import mulo.evaluate.meta_test as mt
+    import mulo.app.commands.meta_test as mt
 
     def offline():
         raise ConnectionError("no network")

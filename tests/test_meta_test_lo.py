@@ -12,9 +12,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from mulo.cli import main as cli_main
-from mulo.config import load_config
-from mulo.evaluate import meta_test as mt
+from mulo.app.cli import main as cli_main
+from mulo.app.config import load_config
+from mulo.app.commands import meta_test as mt
+from mulo.errors import CheckpointError
+from mulo.evaluate.lo_source import optimizer_source, resolve_checkpoint
 from mulo.io import read_jsonl
 from mulo.optimizers import build_learned, save_theta
 
@@ -72,10 +74,10 @@ def local_run(lo_run, tmp_path_factory):
 def test_checkpoint_forms_resolve_to_the_saved_theta(lo_run):
     run, path, lo, theta = lo_run
     for form in (run, run / "checkpoints" / "latest", run / "checkpoints", path):
-        assert mt.resolve_checkpoint(form) == path
+        assert resolve_checkpoint(form) == path
     cfg = load_config(None, cli={"optimizer": "mup_small_fc_mlp", "checkpoint": str(run / "checkpoints" / "latest"),
                                  "hidden_size": 64, "adafac_step_mult": 0.5})
-    source = mt.optimizer_source(cfg)
+    source = optimizer_source(cfg)
     loaded_lo, loaded_theta = source.learned
     assert source.name == "mup_small_fc_mlp" and loaded_lo.hparams == lo.hparams  # not the CLI's 64 / 0.5
     assert source.info["hparams"]["hidden_size"] == 8
@@ -136,7 +138,7 @@ def test_meta_test_from_fake_wandb(lo_run, local_run, tmp_path):
     assert _losses(run_dir / T16 / "seed0") == _losses(local_run / T16 / "seed0")
     # an unknown run is one clear line
     bad = cfg.replace(wandb_checkpoint_id="ent/proj/nope")
-    with pytest.raises(mt.CheckpointError, match="cannot fetch wandb run ent/proj/nope"):
+    with pytest.raises(CheckpointError, match="cannot fetch wandb run ent/proj/nope"):
         mt.main(bad, None, api_factory=lambda: api)
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from mulo.evaluate.meta_test import LoopSettings, TrainLoop, _chunks, bf16_loss, cast_floats, tail_mean
+from mulo.evaluate.train_loop import LoopSettings, TrainLoop, _chunks, tail_mean
 from mulo.optimizers import adam, sgd
+from mulo.tasks.precision import bf16_loss, cast_floats
 from mulo.tasks.base import ParamMeta, update_scales
 
 

@@ -29,7 +29,7 @@ def train_flat(cfg, tasks, lo, run_dir, **kwargs):
     as the meta-train command does."""
     from pathlib import Path
 
-    from mulo.runlog import RunLogger
+    from mulo.app.runlog import RunLogger
 
     settings, estimator, truncation = from_flat_config(cfg)
 

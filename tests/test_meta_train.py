@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError
 from mulo.io import read_jsonl
 from mulo.meta import outer
@@ -160,7 +160,7 @@ SIGTERM_SCRIPT = r"""
 import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from mulo.config import load_config
+from mulo.app.config import load_config
 from test_meta_toys import QuadraticTask, ToyLO, train_flat
 cfg = load_config(None, cli={cli!r})
 def ready(step, metrics):

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mulo import runtime
-from mulo.config import load_config
+from mulo.app import runtime
+from mulo.app.config import load_config
 from mulo.meta.estimators import antithetic, sample_perturbations
 from mulo.meta.truncation import TruncationSchedule
 from mulo.meta.unroll import TruncatedUnroll

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import ConfigError
 from mulo.optimizers import adam, adamw, build_optimizer, lr_schedule, muadam, sgd
 

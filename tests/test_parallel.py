@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError
 from mulo.meta.checkpoint import Checkpointer
 from mulo.parallel import Placement, distributed_kwargs, launch_kind
@@ -254,7 +254,7 @@ def test_resume_with_another_process_count_says_so(tmp_path):
 def test_sweep_runs_one_trial_per_device_with_the_single_device_objectives(tmp_path):
     from test_sweep import sweep_cmd, trials_of, write_config
 
-    from mulo.evaluate.sweep_study import storage_url
+    from mulo.app.sweep_study import storage_url
 
     cfg_path = write_config(tmp_path, steps=12, lrs=[1e-4, 0.03])
     values = {}

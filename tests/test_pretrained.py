@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mulo.cli import main as cli_main
+from mulo.app.cli import main as cli_main
 from mulo.errors import CheckpointError
 from mulo.io import read_jsonl
 from mulo.optimizers import AdafacHParams, AdafacMLPLO, as_optax, hub, load_theta, sources
 from mulo.pretrained import PRETRAINED, PRETRAINED_DIR, names
-from mulo.rundir import theta_label
+from mulo.app.rundir import theta_label
 
 KEY = jax.random.PRNGKey(0)
 BASE_CFG = str(Path(__file__).resolve().parents[1] / "config" / "meta_test" / "meta_test_base.py")

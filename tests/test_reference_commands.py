@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mulo import cli
-from mulo.config import load_config
-from mulo.evaluate import meta_test as mt
+from mulo.app import cli
+from mulo.app.config import load_config
+from mulo.app.commands import meta_test as mt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 import pytest
 
-from mulo.cli import main as cli_main
-from mulo.config import load_config
+from mulo.app.cli import main as cli_main
+from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError, TaskError
 from mulo.optimizers import build_learned, load_theta, save_theta
 from mulo.optimizers.base import Optimizer
@@ -29,7 +29,7 @@ from mulo.hparams import POSITIVE, hparam
 from mulo.registry import (Component, LearnedSpec, RegistryError, TaskFamily, component, is_learned, learned_names,
                            model_family, optimizer_names, register_estimator, register_hand_designed,
                            register_learned, register_task_family, section_keys, task_models)
-from mulo.rundir import run_name, theta_label
+from mulo.app.rundir import run_name, theta_label
 from mulo.tasks import get_task, parse_task_name
 from mulo.tasks.common import HaikuTask, classification_loss
 
@@ -276,7 +276,7 @@ def test_meta_test_runs_the_toy_lo_on_the_toy_task(tmp_path, capsys):
     assert manifest["optimizer"] == "mup_toy_sgd_lo" and manifest["optimizer_info"]["hparams"] == {"lr": 0.05}
     summary = json.loads((run_dir / TOY_TASK / "seed0" / "summary.json").read_text())
     assert summary["steps_completed"] == 6 and not summary["diverged"] and math.isfinite(summary["final_train_loss"])
-    assert "learning_rate = 0.05" in (run_dir / "config.py").read_text()
+    assert load_config(run_dir / "config.py").section("lo")["lr"] == 0.05  # the θ file's, in the lo section
 
 
 def test_toy_lo_through_its_lo_section():
@@ -295,10 +295,10 @@ def test_toy_lo_through_its_lo_section():
 
 
 def test_toy_hand_designed_optimizer_through_its_section_the_config_and_meta_test(tmp_path):
-    from mulo.config import SCHEMA
+    from mulo.app.config import option_key
     from mulo.optimizers import build_optimizer
 
-    assert "toy_sign" in optimizer_names() and "toy_sign" in SCHEMA["optimizer"].choices
+    assert "toy_sign" in optimizer_names() and "toy_sign" in option_key("optimizer.name").choices
     assert list(section_keys("optimizer", "toy_sign")) == ["name", "learning_rate"]
     spec = component("optimizer", "toy_sign")
     params, grads = {"w": jnp.array([1.0, -1.0, 0.0])}, {"w": jnp.array([3.0, -0.1, 2.0])}
@@ -354,7 +354,7 @@ def test_toy_estimator_through_its_section_and_meta_training():
 
 
 def test_importing_the_config_imports_no_optimizer_module():
-    code = ("import sys; import mulo.config, mulo.registry; "
+    code = ("import sys; import mulo.app.config, mulo.registry; "
             "print(sorted(m for m in sys.modules if m.startswith(('jax', 'mulo.optimizers', 'mulo.tasks'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
@@ -365,8 +365,8 @@ def test_importing_the_config_imports_no_optimizer_module():
 # ------------------------------------------------------------------------------------- choice lists exist once
 
 def _choice_keys() -> dict[str, object]:
-    """Every config key (dict entries as key.entry) that has a list of accepted values -> that list."""
-    from mulo.config import SCHEMA
+    """Every run-level config key (dict entries as key.entry) that has a list of accepted values -> that list."""
+    from mulo.app.config import SCHEMA
 
     out = {}
     for key, spec in SCHEMA.items():
@@ -380,35 +380,39 @@ def _choice_keys() -> dict[str, object]:
 
 def test_every_choice_list_of_the_config_is_the_one_its_implementation_reads():
     """Each config key's accepted values are derived, not written again: the schema holds the very tuple (``is``)
-    that the implementing module checks and dispatches on, and that tuple lives in mulo.registry."""
+    that the implementing module checks and dispatches on, and that tuple lives in mulo.registry; a section's
+    choices are its components' (names from the registry, lo.impl from each LO's implementations)."""
     import importlib
 
     from mulo import registry
-    from mulo.config import SCHEMA
+    from mulo.app import sections
+    from mulo.app.config import SCHEMA
 
     owners = {  # config key -> (the module that implements the choice, its name for the list, registry's name)
-        "lo_impl": ("mulo.optimizers.adafac_mlp", "LO_IMPLS", "LO_IMPLS"),
-        "lo_eps_scaling": ("mulo.optimizers.adafac_mlp", "EPS_SCALINGS", "EPS_SCALINGS"),
         "meta_loss_split": ("mulo.meta.unroll", "META_LOSS_SPLITS", "META_LOSS_SPLITS"),
         "meta_loss_norm": ("mulo.meta.mixture", "META_LOSS_NORMS", "META_LOSS_NORMS"),
         "distributed": ("mulo.parallel", "DISTRIBUTED_MODES", "DISTRIBUTED_MODES"),
         "data_on_device": ("mulo.data.transfer", "ON_DEVICE_MODES", "ON_DEVICE_MODES"),
-        "wandb_mode": ("mulo.runtime", "WANDB_MODES", "WANDB_MODES"),
-        "jax_default_matmul_precision": ("mulo.runtime", "MATMUL_PRECISIONS", "MATMUL_PRECISIONS"),
-        "sweep_config.method": ("mulo.evaluate.sweep_space", "METHODS", "SWEEP_METHODS"),
+        "wandb_mode": ("mulo.app.runtime", "WANDB_MODES", "WANDB_MODES"),
+        "jax_default_matmul_precision": ("mulo.app.runtime", "MATMUL_PRECISIONS", "MATMUL_PRECISIONS"),
+        "sweep_config.method": ("mulo.app.sweep_space", "METHODS", "SWEEP_METHODS"),
     }
     choices = _choice_keys()
-    sections = {"gradient_estimator": "estimator", "truncation_schedule": "truncation"}  # the registered components
-    assert set(choices) == set(owners) | set(sections) | {"optimizer"}, "a new choice key needs its owner listed here"
-    for key, section in sections.items():
-        assert tuple(choices[key]) == registry.names(section) == tuple(registry.SECTIONS[section].names()), key
+    assert set(choices) == set(owners), "a new choice key needs its owner listed here"
     for key, (module, name, reg_name) in owners.items():
         owned = getattr(importlib.import_module(module), name)
         assert choices[key] is getattr(registry, reg_name), key
         assert owned is choices[key], key
-    # optimizer: hand-designed names, then every registered learned optimizer (read when validated)
-    assert tuple(SCHEMA["optimizer"].choices) == registry.hand_names() + learned_names()
-    assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(SCHEMA["optimizer"].choices)
+    for section in sections.NAMED:  # name: the registry's names (optimizer: the hand-designed ones and "lo")
+        names = registry.names(section) + (("lo",) if section == "optimizer" else ())
+        assert tuple(sections.all_keys(section)["name"][0].choices) == names, section
+    assert {"small_fc_mlp", "mup_small_fc_mlp", "velo", "mup_velo"} <= set(sections.component_names("lo"))
+    for name in registry.learned_names():  # lo.impl: the LO's own list; lo.eps_scaling: the one tuple
+        keys = sections.keys("lo", name)
+        assert tuple(keys["impl"].choices) == registry.component("lo", name).implementations
+        assert set(keys["impl"].choices) <= set(registry.LO_IMPLS)
+        if "eps_scaling" in keys:
+            assert keys["eps_scaling"].choices is registry.EPS_SCALINGS
     # schedule: its entries are SCHEDULE_KEYS, the list mulo.meta.outer checks a schedule against
     from mulo.meta import outer
 
@@ -430,7 +434,7 @@ def test_the_implementations_refuse_values_outside_their_list():
     """The lists are what the implementations check (not only the config): a value outside them is one line."""
     from mulo.meta.mixture import divides_by_init_loss
     from mulo.parallel import distributed_kwargs
-    from mulo.runtime import check_environment, set_matmul_precision
+    from mulo.app.runtime import check_environment, set_matmul_precision
 
     assert divides_by_init_loss("init_loss") and not divides_by_init_loss("none")
     with pytest.raises(ConfigError, match="meta_loss_norm.*none, init_loss"):

@@ -1,7 +1,7 @@
 """Issue 14: every bad input is one line (exit 2, no traceback, nothing written or damaged), concurrent runs are safe,
 unwritable outputs and damaged files are handled.
 
-Almost every case runs the CLI in-process (``mulo.cli.main``) and stops in the checks that come before anything is
+Almost every case runs the CLI in-process (``mulo.app.cli.main``) and stops in the checks that come before anything is
 created or compiled; the concurrency test and one end-to-end stderr check start real processes.
 """
 
@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mulo import runtime
-from mulo.cli import main, parse
-from mulo.config import INT_MAX, SCHEMA
+from mulo.app import runtime
+from mulo.app.cli import main, parse
+from mulo.app.config import SCHEMA
+from mulo.app.schema import INT_MAX
 from mulo.errors import CheckpointError
-from mulo.memory import Footprint, check_fits, footprint, is_out_of_memory, tree_bytes
-from mulo.rundir import LOCK_FILE, claim, run_dir_path, write_config
+from mulo.app.memory import Footprint, check_fits, footprint, is_out_of_memory, tree_bytes
+from mulo.app.rundir import LOCK_FILE, claim, run_dir_path, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "config" / "meta_train" / "quickstart.py")
@@ -46,13 +47,14 @@ def _library_dirs(tmp_path_factory, monkeypatch):
 
 def qs(out: Path, *extra: str) -> list[str]:
     """The issue's QS: a one-step quickstart meta-training of a width-16 muMLP."""
-    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--num_tasks", "1", "--num_outer_steps", "1",
-            "--output_dir", str(out), *QUIET, *extra]
+    return ["meta-train", "--config", QUICKSTART, "--task", TINY, "--estimator.num_pairs", "1", "--num_outer_steps",
+            "1", "--output_dir", str(out), *QUIET, *extra]
 
 
 def mt(out: Path, *extra: str) -> list[str]:
-    return ["meta-test", "--config", META_TEST, "--optimizer", "adam", "--task", "mumlp-w8-d1_fashionmnist-28x28x1",
-            "--num_inner_steps", "20", "--num_runs", "1", "--output_dir", str(out), *QUIET, *extra]
+    return ["meta-test", "--config", META_TEST, "--optimizer.name", "adam", "--task",
+            "mumlp-w8-d1_fashionmnist-28x28x1", "--num_inner_steps", "20", "--num_runs", "1", "--output_dir", str(out),
+            *QUIET, *extra]
 
 
 def sweep(out: Path, *extra: str) -> list[str]:
@@ -112,7 +114,7 @@ def test_meta_train_and_coord_check_refuse_a_held_run_directory(tmp_path, capsys
 
 
 def test_a_sweep_directory_belongs_to_one_study(tmp_path, capsys):
-    from mulo.evaluate.sweep_study import STUDY_RECORD, claim_study, storage_url
+    from mulo.app.sweep_study import STUDY_RECORD, claim_study, storage_url
 
     argv = sweep(tmp_path / "O", "--study_name", "s")
     _, cfg = parse(argv)
@@ -175,7 +177,7 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     before = listing(path)
     config_text = (path / "config.py").read_text()
 
-    rc, err = run(qs(tmp_path / "O", "--auto_resume", "true", "--seed", "3", "--pes_std", "0.2"), capsys)
+    rc, err = run(qs(tmp_path / "O", "--auto_resume", "true", "--seed", "3", "--estimator.std", "0.2"), capsys)
     one_line(rc, err, "does not match this run", "seed")
     rc, err = run(qs(tmp_path / "O"), capsys)
     one_line(rc, err, "already has meta-training checkpoints", "--auto_resume true")
@@ -237,7 +239,7 @@ def test_a_disk_that_fills_while_the_config_is_written_leaves_no_partial_run(tmp
 
 
 def test_errors_that_escape_a_run_are_one_line(capsys, monkeypatch):
-    import mulo.cli as cli
+    import mulo.app.cli as cli
 
     def raising(exc):
         def handler(cfg, args):
@@ -419,7 +421,7 @@ def test_footprint_counts_copies_meta_parameters_and_batches():
 
 
 def test_capacity_sums_the_accelerators_of_every_process_and_falls_back_to_host_ram():
-    from mulo.memory import capacity
+    from mulo.app.memory import capacity
 
     class Device:
         def __init__(self, limit):
@@ -586,7 +588,7 @@ SUBCOMMANDS = ["meta-train", "meta-test", "sweep", "coord-check", "report"]
 def test_every_bad_value_of_every_key_is_one_line_on_every_subcommand(tmp_path, capsys, monkeypatch, command):
     """meta-train gets every case, the other subcommands every 4th (each a different quarter). A value that got
     past the checks would reach the command's handler: here that fails at once instead of running it."""
-    import mulo.cli as cli
+    import mulo.app.cli as cli
 
     def accepted(name):
         raise AssertionError(f"{name} was started: a bad value was accepted")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mulo.cli import main as cli_main
+from mulo.app.cli import main as cli_main
 from mulo.evaluate.report import make_report
 from mulo.evaluate.report_runs import family_and_width
 from mulo.io import read_jsonl
@@ -159,11 +159,11 @@ def test_y_axis_turns_log_when_losses_span_more_than_20x():
 def test_learned_runs_are_labelled_by_their_meta_train_run_whatever_key_names_it(tmp_path, optimizer, sizes):
     """Issue #24: VeLO's run names carry its lstm_hidden_size (``velo4``), not a hidden_size: the label drops the
     ``meta-train_velo4_`` prefix as it drops ``meta-train_mup_small_fc_mlp8_`` (the θ read as meta-test reads it)."""
-    from mulo.config import load_config
+    from mulo.app.config import load_config
     from mulo.evaluate.lo_source import optimizer_source
     from mulo.evaluate.report_runs import run_label
     from mulo.optimizers import build_learned, save_theta
-    from mulo.rundir import run_name
+    from mulo.app.rundir import run_name
 
     task = "mumlp-w16-d2_fashionmnist-28x28x1"
     cfg = load_config(None, cli={"optimizer": optimizer, "task": task, "name_suffix": "_quick", **sizes})

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mulo.cli import main as cli_main
+from mulo.app.cli import main as cli_main
 from mulo.evaluate import report_meta_train as rmt
 from mulo.evaluate.report import fmt_cell
 from mulo.evaluate.report_plots import plot_curves, plot_vs_width

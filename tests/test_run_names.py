@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mulo.config import load_config
-from mulo.rundir import run_name, theta_label
+from mulo.app.config import load_config
+from mulo.app.rundir import run_name, theta_label
 
 TASK = "mumlp-w64-d3_fashionmnist-28x28x1"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from mulo import io
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.io import read_jsonl
-from mulo.rundir import make_run_dir, run_name, tasks_label
-from mulo.runlog import RunLogger
+from mulo.app.rundir import make_run_dir, run_name, tasks_label
+from mulo.app.runlog import RunLogger
 
 
 @pytest.fixture

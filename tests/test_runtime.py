@@ -14,8 +14,8 @@ PROBE = """
 import sys
 import numpy as np
 import jax, jax.numpy as jnp
-from mulo import runtime
-from mulo.config import load_config
+from mulo.app import runtime
+from mulo.app.config import load_config
 cfg = load_config(None, cli={"compilation_cache_dir": None if sys.argv[1] == "-" else sys.argv[1]})
 runtime.apply(cfg)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

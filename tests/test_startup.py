@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.data import tf_env
-from mulo.startup import COMPILING, banner, compiling_line, device_line
+from mulo.app.startup import COMPILING, banner, compiling_line, device_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,8 @@ def test_meta_test_prints_start_up_lines_before_compiling_and_nothing_else(tmp_p
     proc = subprocess.run(
         [sys.executable, str(ROOT / "src/main.py"), "meta-test",
          "--config", str(ROOT / "config/meta_test/cpu_tinyshakespeare.py"),
-         "--optimizer", "adam", "--task", "mutransformer-w16-d1_tinyshakespeare-s8-vbyte", "--d_head", "8",
+         "--optimizer.name", "adam", "--task", "mutransformer-w16-d1_tinyshakespeare-s8-vbyte",
+         "--task_options.d_head", "8",
          "--num_runs", "2", "--num_inner_steps", "3", "--local_batch_size", "4", "--test_interval", "3",
          "--max_eval_examples", "8", "--eval_batch_size", "8", "--output_dir", str(tmp_path), "--progress", "false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

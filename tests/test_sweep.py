@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import ConfigError
-from mulo.evaluate.sweep import run_sweep
-from mulo.evaluate.sweep_space import parse_sweep_config
-from mulo.evaluate.sweep_study import open_study, storage_url
+from mulo.app.commands.sweep import run_sweep
+from mulo.app.sweep_space import parse_sweep_config
+from mulo.app.sweep_study import open_study, storage_url
 from mulo.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.errors import TaskError
 from mulo.tasks import (ParamMeta, TaskSettings, get_task, get_tasks, parse_task_name, split_task_names,
                         with_width)
@@ -92,7 +92,7 @@ def test_settings_from_config():
     s = TaskSettings.from_config(cfg)
     assert (s.input_mult, s.output_mult, s.hidden_lr_mult, s.d_head) == (2.0, 0.5, 4.0, 32)
     assert s.vocab_path == "/x.model" and s.tfds_download is True and s.data_dir is None
-    assert TaskSettings.from_config(cfg.to_dict()) == s
+    assert TaskSettings.from_config({**cfg.to_dict(), **cfg.section("task_options")}) == s  # a plain mapping
 
 
 # ---------------------------------------------------------------------------------------------------------------------

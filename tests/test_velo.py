@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulo.config import load_config
+from mulo.app.config import load_config
 from mulo.optimizers import build_learned, load_theta, save_theta
 from mulo.optimizers import velo as V
 from mulo.optimizers import velo_lstm as VL
 from mulo.optimizers import velo_mlp as VM
 from mulo.optimizers.features import Acc, factored_dims, init_acc, product, update_acc
-from mulo.rundir import run_name
+from mulo.app.rundir import run_name
 from test_meta_toys import QuadraticTask
 
 KEY = jax.random.PRNGKey(0)
@@ -200,7 +200,7 @@ def test_meta_test_runs_mup_velo_from_its_theta_file(tmp_path, capsys):
     import json
     from pathlib import Path
 
-    from mulo.cli import main as cli_main
+    from mulo.app.cli import main as cli_main
 
     cfg = load_config(None, cli={"optimizer": "mup_velo", "velo_param_inits": 2, "velo_lstm_hidden_size": 4})
     lo = build_learned(cfg)

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from mulo import cli
-from mulo.config import load_config
+from mulo.app import cli
+from mulo.app.config import load_config
 from mulo.errors import TaskError
 from mulo.evaluate.coord_check import coord_data
 from mulo.optimizers import adam, muadam

@@ -5,8 +5,7 @@
 # --optimizer adam` to see standard parametrization blow up with width.
 _base_ = ["../base.py"]
 
-optimizer = "muadam"
-learning_rate = 1e-2
+optimizer = dict(name="muadam", learning_rate=1e-2)
 task = ["mumlp-w128-d3_fashionmnist-28x28x1"]
 widths = [64, 128, 256, 512, 1024, 2048, 4096]
 coord_steps = 4

@@ -4,8 +4,7 @@
 # `--task vit-w128-d2-p7_fashionmnist-28x28x1 --optimizer adam` to see the SP ViT's activations grow with width.
 _base_ = ["../base.py"]
 
-optimizer = "muadam"
-learning_rate = 1e-2
+optimizer = dict(name="muadam", learning_rate=1e-2)
 task = ["muvit-w128-d2-p7_fashionmnist-28x28x1"]
 widths = [64, 128, 256, 512, 1024]
 coord_steps = 4

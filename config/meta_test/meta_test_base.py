@@ -3,7 +3,8 @@
 # figures and tables: python src/main.py report RUN_DIR [RUN_DIR ...].
 _base_ = ["../base.py"]
 
-optimizer = "mup_small_fc_mlp"
+optimizer = dict(name="lo")
+lo = dict(name="mup_small_fc_mlp")
 num_runs = 5  # seeds seed, seed+1, ...: each changes the initialisation and the data order
 num_inner_steps = 1000
 local_batch_size = 128

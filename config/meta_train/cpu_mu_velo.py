@@ -5,8 +5,7 @@
 #   python src/main.py meta-train --config config/meta_train/cpu_mu_velo.py
 _base_ = ["./quickstart.py"]
 
-optimizer = "mup_velo"
-adafac_step_mult = 0.001
-trunc_length = 20
+lo = dict(name="mup_velo", step_mult=0.001)
+estimator = dict(trunc_length=20)
 steps_per_jit = 10
 name_suffix = "_cpu-mu-velo"

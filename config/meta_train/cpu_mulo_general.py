@@ -20,21 +20,18 @@
 # on an idle 2-core machine; within the ~3 CPU-hour budget with room for the compiles of a few resumes.
 _base_ = ["./meta_train_base.py"]
 
-optimizer = "mup_small_fc_mlp"
+lo = dict(name="mup_small_fc_mlp", step_mult=0.03)
+estimator = dict(num_pairs=4, trunc_length=20)
+truncation = dict(min_length=100, random_offset=50)
+task_options = dict(d_head=32)
 task = ["mumlp-w32-d3_fashionmnist-28x28x1", "mumlp-w64-d3_fashionmnist-28x28x1",
         "mutransformer-w32-d1_tinyshakespeare-s32-vbyte", "muvit-w32-d2-p7-h1_fashionmnist-28x28x1"]
 task_batch_sizes = [128, 128, 16, 32]
-d_head = 32
 tinyshakespeare_path = "data/tinyshakespeare_halves/first_half.txt"
 meta_loss_norm = "init_loss"
-adafac_step_mult = 0.03
 local_batch_size = 128
-num_tasks = 4
-trunc_length = 20
 steps_per_jit = 10
 num_inner_steps = 1000
-truncation_schedule_min_length = 100
-random_initial_iteration_offset = 50
 num_outer_steps = 2500
 meta_grad_clip = 1.0
 schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=100, decay_steps=2500, end_value=3e-4, exponent=1.0)

@@ -11,16 +11,13 @@
 # 1000 outer steps took 69 min on this 2-core CPU (shared with other jobs: 2.5-6 s a step), less on an idle one.
 _base_ = ["./meta_train_base.py"]
 
-optimizer = "mup_small_fc_mlp"
+lo = dict(name="mup_small_fc_mlp", step_mult=0.03)
+estimator = dict(num_pairs=4, trunc_length=20)
+truncation = dict(min_length=100, random_offset=50)
 task = ["mumlp-w32-d3_fashionmnist-28x28x1", "mumlp-w64-d3_fashionmnist-28x28x1", "mumlp-w128-d3_fashionmnist-28x28x1"]
-adafac_step_mult = 0.03
 local_batch_size = 128
-num_tasks = 4
-trunc_length = 20
 steps_per_jit = 10
 num_inner_steps = 1000
-truncation_schedule_min_length = 100
-random_initial_iteration_offset = 50
 num_outer_steps = 1000
 meta_grad_clip = 1.0
 schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=50, decay_steps=1000, end_value=3e-4, exponent=1.0)

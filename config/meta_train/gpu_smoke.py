@@ -23,10 +23,9 @@ _base_ = ["./mulo_m.py"]
 
 task = ["mumlp-w128-d3_fashionmnist-28x28x1", "mumlp-w512-d3_fashionmnist-28x28x1", "mumlp-w1024-d3_fashionmnist-28x28x1"]
 local_batch_size = 4096
-num_tasks = 8
-trunc_length = 50
+lo = dict(impl="pallas")
+estimator = dict(num_pairs=8, trunc_length=50)
 steps_per_jit = 10
-lo_impl = "pallas"
 num_outer_steps = 100
 schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=10, decay_steps=100, end_value=1e-3, exponent=1.0)
 meta_grad_clip = 1.0

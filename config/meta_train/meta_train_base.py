@@ -3,17 +3,12 @@
 # Run: python src/main.py meta-train --config config/meta_train/<recipe>.py [--key value ...]
 _base_ = ["../base.py"]
 
-optimizer = "mup_small_fc_mlp"
+lo = dict(name="mup_small_fc_mlp")
+estimator = dict(name="pes", std=0.01, trunc_length=50, num_pairs=8)  # num_pairs: antithetic pairs per task
+truncation = dict(name="log_uniform", min_length=100, random_offset=50)
 num_outer_steps = 5000
 num_inner_steps = 1000
-num_tasks = 8
-trunc_length = 50
 steps_per_jit = 10
-pes_std = 0.01
-gradient_estimator = "pes"
-truncation_schedule = "log_uniform"
-truncation_schedule_min_length = 100
-random_initial_iteration_offset = 50
 meta_loss_split = "train"
 schedule = dict()
 save_iter = 50

@@ -6,18 +6,11 @@
 #   python src/main.py meta-train --config config/meta_train/mu_velo_m.py --auto_resume true
 _base_ = ["./meta_train_base.py"]
 
-optimizer = "mup_velo"
+lo = dict(name="mup_velo", lstm_hidden_size=16, param_inits=8, ff_hidden_size=4, ff_hidden_layers=2, step_mult=0.001,
+          exp_mult=0.001)
+estimator = dict(num_pairs=8, std=0.01, trunc_length=20)
 task = ["mumlp-w128-d3_imagenet-32x32x3", "mumlp-w512-d3_imagenet-32x32x3", "mumlp-w1024-d3_imagenet-32x32x3"]
-velo_lstm_hidden_size = 16
-velo_param_inits = 8
-velo_ff_hidden_size = 4
-velo_ff_hidden_layers = 2
-adafac_step_mult = 0.001
-adafac_exp_mult = 0.001
 local_batch_size = 4096
-num_tasks = 8
-pes_std = 0.01
-trunc_length = 20
 steps_per_jit = 5
 num_outer_steps = 45000
 meta_learning_rate = 1e-3

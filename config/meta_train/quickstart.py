@@ -7,16 +7,13 @@
 #   python src/main.py meta-train --config config/meta_train/quickstart.py
 _base_ = ["./meta_train_base.py"]
 
-optimizer = "mup_small_fc_mlp"
+lo = dict(name="mup_small_fc_mlp", step_mult=0.01)
+estimator = dict(num_pairs=4, trunc_length=20)
+truncation = dict(min_length=100, random_offset=50)
 task = ["mumlp-w32-d3_fashionmnist-28x28x1", "mumlp-w64-d3_fashionmnist-28x28x1", "mumlp-w128-d3_fashionmnist-28x28x1"]
-adafac_step_mult = 0.01
 local_batch_size = 64
-num_tasks = 4
-trunc_length = 20
 steps_per_jit = 10
 num_inner_steps = 500
-truncation_schedule_min_length = 100
-random_initial_iteration_offset = 50
 num_outer_steps = 80
 meta_grad_clip = 1.0
 schedule = dict(init_value=1e-4, peak_value=3e-3, warmup_steps=10, decay_steps=80, end_value=3e-4, exponent=1.0)

@@ -2,7 +2,7 @@
 # 0.1 x beta1 {0.9, 0.95, 0.99} x beta2 {0.95, 0.99, 0.999} = 126 trials (the paper's AdamW grid without decay).
 _base_ = ["./sweeps_base.py"]
 
-optimizer = "adam"
+optimizer = dict(name="adam")
 task = ["mlp-w1024-d3_imagenet-32x32x3"]
 local_batch_size = 4096
 sweep_config = dict(

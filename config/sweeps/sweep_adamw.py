@@ -5,5 +5,5 @@
 # ranges, see sweep_adamw_tpe.py.
 _base_ = ["./sweep_adam.py"]
 
-optimizer = "adamw"
+optimizer = dict(name="adamw")
 sweep_config = dict(parameters=dict(weight_decay=[0.1, 1e-2, 1e-3, 1e-4]))

@@ -2,7 +2,7 @@
 # width-1024 depth-3 muMLP on ImageNet 32x32, batch 4096, 1000 steps. CPU-sized: sweep_muadam_fashionmnist.py.
 _base_ = ["./sweeps_base.py"]
 
-optimizer = "muadam"
+optimizer = dict(name="muadam")
 task = ["mumlp-w1024-d3_imagenet-32x32x3"]
 local_batch_size = 4096
 sweep_config = dict(

@@ -2,7 +2,7 @@
 # muLO), width 64, depth 3, batch 128, 1000 steps: 8 trials. Tune at width 64, transfer to every width (muP).
 _base_ = ["./sweeps_base.py"]
 
-optimizer = "muadam"
+optimizer = dict(name="muadam")
 task = ["mumlp-w64-d3_fashionmnist-28x28x1"]
 local_batch_size = 128
 max_eval_examples = 2000

@@ -6,11 +6,14 @@ A reader (or a crash) therefore sees either the old file or the new one, never a
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+import time
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -90,6 +93,70 @@ def read_jsonl(path: str | os.PathLike, bad: list[int] | None = None,
             elif bad is not None:
                 bad.append(number)
     return out
+
+
+def _clean(value: Any) -> Any:
+    """jax/numpy scalars -> floats (non-finite ones as their string); keep None/str/bool/int."""
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    return value if math.isfinite(value) else (str(value))
+
+
+class MetricsLog:
+    """Append metrics as JSON lines to ``<run_dir>/<filename>`` (one record per step: step, time, the metrics). The
+    paper packages log to this; the command line's ``mulo.app.runlog.RunLogger`` mirrors the same records to wandb."""
+
+    def __init__(self, run_dir: str | os.PathLike, filename: str = "metrics.jsonl"):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / filename
+
+    def record(self, step: int, metrics: Mapping[str, Any]) -> dict:
+        """Append one record; returns it."""
+        record = {"step": int(step), "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
+        append_line(self.path, to_json_line(record))
+        return record
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.record(step, metrics)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _is_step(step: Any) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool)
+
+
+def trim_metrics(path: str | os.PathLike, last_step: int) -> None:
+    """On resume: keep the records up to ``last_step`` (steps redone after a resume would otherwise appear twice).
+    Damaged lines (not JSON, binary garbage) and records whose ``step`` is not an integer are dropped with one
+    warning line naming the file and the lines; the run continues."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    bad: list[int] = []
+    numbers: list[int] = []
+    records = read_jsonl(path, bad, numbers)
+    bad += [n for n, r in zip(numbers, records) if not _is_step(r.get("step"))]
+    if bad:
+        bad.sort()
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        print(f"warning: {path}: dropped {len(bad)} damaged line(s) (line {shown}: not a JSON record with an integer "
+              f"step); resuming", file=sys.stderr)
+    kept = [r for r in records if _is_step(r.get("step")) and r["step"] <= last_step]
+    atomic_write_text(path, "".join(to_json_line(r) for r in kept))
 
 
 @contextmanager

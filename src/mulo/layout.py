@@ -7,13 +7,16 @@ Meta-train (``mulo.meta.train``)::
     <run>/checkpoints/<N>/              the full orbax state of step N (``mulo.meta.checkpoint``)
     <run>/checkpoints/latest            text: the newest step N
 
-Meta-test (``mulo.evaluate.meta_test``)::
+Meta-test (``mulo.app.commands.meta_test``)::
 
     <run>/meta_test.json                the optimizer and one entry per run
     <run>/<task>/seed<k>/metrics.jsonl  one line per step
     <run>/<task>/seed<k>/summary.json   the run's outcome
 
-Pure paths: nothing here reads or writes files.
+mulo's own cache (downloads, the compilation cache, libraries' home folders): ``CACHE_ROOT``.
+
+Pure paths: nothing here reads or writes files. The paper packages and the run machinery (``mulo.app``) both read
+them, so this module lies below both.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ THETA_STEP = "theta_step"  # + the step number
 THETA_EXT = ".msgpack"  # mulo.optimizers.save_theta's format (flax msgpack)
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+CACHE_ROOT = "~/.cache/mulo"
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"

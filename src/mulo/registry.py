@@ -42,9 +42,9 @@ META_LOSS_NORMS = ("none", "init_loss")  # meta_loss_norm: mulo.meta.mixture
 SCHEDULE_KEYS = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")  # mulo.meta.outer
 DISTRIBUTED_MODES = ("auto", "on", "off")  # distributed: mulo.parallel
 ON_DEVICE_MODES = ("auto", "on", "off")  # data_on_device: mulo.data.transfer
-SWEEP_METHODS = ("grid", "tpe", "random")  # sweep_config.method: mulo.evaluate.sweep
-WANDB_MODES = ("online", "offline", "disabled")  # wandb_mode and the WANDB_MODE variable: mulo.runtime
-MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # jax_default_matmul_precision: mulo.runtime
+SWEEP_METHODS = ("grid", "tpe", "random")  # sweep_config.method: mulo.app.commands.sweep
+WANDB_MODES = ("online", "offline", "disabled")  # wandb_mode and the WANDB_MODE variable: mulo.app.runtime
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # jax_default_matmul_precision: mulo.app.runtime
 
 
 class RegistryError(ConfigError):
@@ -361,7 +361,7 @@ def task_models() -> tuple[str, ...]:
 
 class LazyNames(Sequence):
     """A tuple of names computed when first read (``names()`` looked up at each access): the config schema's
-    ``optimizer`` choices, so that importing mulo.config imports no optimizer module."""
+    ``optimizer`` choices, so that importing mulo.app.config imports no optimizer module."""
 
     def __init__(self, names: Callable[[], tuple[str, ...]]):
         self._names = names

@@ -4,7 +4,7 @@
 _base_ = ["../heldout_suite.py"]
 
 task = [f"mutransformer-w{w}-d1_tinyshakespeare-s32-vbyte" for w in (128, 512)]
-d_head = 32
+task_options = dict(d_head=32)
 tinyshakespeare_path = "data/tinyshakespeare_halves/second_half.txt"
 local_batch_size = 16
 max_eval_examples = 512

@@ -2,7 +2,7 @@
 # the row's width 1024), 5000 steps, one seed.
 _base_ = ["../../meta_test/heldout/horizon5x.py"]
 
-optimizer = "muadam"
+optimizer = dict(name="muadam")
 task = ["mumlp-w128-d3_fashionmnist-28x28x1"]
 num_runs = 1
 sweep_objective_frac = 0.05

@@ -2,7 +2,7 @@
 # seed, the row's batch and steps; best_config.py / best.json give the lr that the row then uses at every width.
 _base_ = ["../../meta_test/heldout/mlp_depth8.py"]
 
-optimizer = "muadam"
+optimizer = dict(name="muadam")
 task = ["mumlp-w128-d8_fashionmnist-28x28x1"]
 num_runs = 1
 sweep_objective_frac = 0.05

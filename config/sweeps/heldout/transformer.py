@@ -2,7 +2,7 @@
 # seed, the row's batch, steps and text (the second half of Tiny Shakespeare).
 _base_ = ["../../meta_test/heldout/transformer.py"]
 
-optimizer = "muadam"
+optimizer = dict(name="muadam")
 task = ["mutransformer-w128-d1_tinyshakespeare-s32-vbyte"]
 num_runs = 1
 sweep_objective_frac = 0.05

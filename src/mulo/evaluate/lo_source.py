@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mulo.config import Config
 from mulo.errors import CheckpointError, ConfigError, MuloError, one_line
 from mulo.layout import CHECKPOINTS, LATEST, THETA_DIR, THETA_FINAL, is_theta_step_file
 from mulo.registry import HAND_DESIGNED
@@ -210,7 +209,7 @@ def _jsonable(obj: Any) -> Any:
 MUP_KEYS = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")  # recorded with a hand-designed optimizer
 
 
-def optimizer_source(cfg: Config, download_dir: str | os.PathLike | None = None,
+def optimizer_source(cfg: Any, download_dir: str | os.PathLike | None = None,
                      api_factory: Callable[[], Any] = wandb_api) -> OptimizerSource:
     """The optimizer of ``cfg``: hand-designed from the config, learned from ``checkpoint`` / ``wandb_checkpoint_id``
     (its hyper-parameters come from the checkpoint)."""
@@ -267,7 +266,7 @@ def lo_keys(name: str) -> dict[str, str]:
     return dict(spec.config_keys) if spec is not None else {}
 
 
-def checkpoint_config(cfg: Config, source: OptimizerSource) -> Config:
+def checkpoint_config(cfg: Any, source: OptimizerSource) -> Any:
     """``cfg`` with the LO's config keys (the Adafactor-MLP LOs: hidden_size, adafac_step_mult, adafac_exp_mult,
     lo_clip_grad, lo_eps_scaling) set from the checkpoint's hyper-parameters, so the run name and the saved config.py
     say what was actually used."""

@@ -35,9 +35,10 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from mulo.evaluate.meta_test import MANIFEST, final_loss_text
+from mulo.evaluate.train_loop import final_loss_text
+from mulo.layout import MANIFEST
 from mulo.evaluate.report_plots import plot_curves, plot_vs_width
 from mulo.evaluate.report_runs import Cell, ReportError, aggregate, display_family, load_runs, read_metrics
 from mulo.io import atomic_write_json, atomic_write_text
@@ -115,9 +116,6 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     train_dirs = [d for d in dirs if not (d / MANIFEST).is_file() and is_meta_train_dir(d, read_metrics)]
     test_dirs = [d for d in dirs if d not in train_dirs]
     out = Path(out_dir) if out_dir is not None else default_report_dir(run_dirs)
-    from mulo.rundir import check_writable
-
-    check_writable(out, "report directory")  # one line before any figure is drawn
     cells = aggregate(load_runs(test_dirs, frac)) if test_dirs or not train_dirs else []
     out.mkdir(parents=True, exist_ok=True)
     figures, sections = [], []
@@ -149,14 +147,3 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
          "test_loss_mean": c.test_mean,
          "per_seed": {str(r.seed): (None if r.diverged else r.final) for r in c.runs}} for c in cells])
     return out
-
-
-def main(cfg: Any, args: Any) -> int:
-    """``report`` command handler: ``args.run_dirs``; ``--output_dir`` (when given) is the report directory, else
-    the report gets its own directory next to the first run directory (``default_report_dir``)."""
-    out = getattr(args, "key__output_dir", None)
-    path = make_report(args.run_dirs, out, frac=cfg.sweep_objective_frac)
-    print(f"[report] {path / 'report.md'}")
-    print("\n".join(line for line in (path / "report.md").read_text(encoding="utf-8").splitlines()
-                    if not line.startswith("![")))
-    return 0

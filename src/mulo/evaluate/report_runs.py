@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mulo.errors import MuloError
-from mulo.evaluate.meta_test import MANIFEST, METRICS, SUMMARY, final_loss_text, tail_mean
+from mulo.evaluate.train_loop import final_loss_text, tail_mean
+from mulo.layout import MANIFEST, METRICS, SUMMARY
 from mulo.io import read_jsonl
 
 _WIDTH = re.compile(r"-w(\d+)-")
@@ -88,7 +89,7 @@ def _final(summary: dict, losses: np.ndarray, frac: float) -> float:
 
 
 def _name_label(name: str, hparams: dict) -> str:
-    """What follows a learned optimizer's name in its run names (``mulo.rundir.run_name``: the value of its
+    """What follows a learned optimizer's name in its run names (``mulo.app.rundir.run_name``: the value of its
     registration's ``label_key``), read from θ's hyper-parameters: ``hidden_size`` 32 in ``mup_small_fc_mlp32``,
     ``lstm_hidden_size`` 16 in ``velo16``; "" for an optimizer with none (or not registered)."""
     from mulo.registry import LEARNED_OPTIMIZERS

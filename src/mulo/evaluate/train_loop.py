@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mulo.config import Config
 from mulo.data.transfer import batch_decoder, host_kwargs, resident_images, wants_resident
 from mulo.errors import MuloError
 from mulo.evaluate.accumulate import value_and_grad_accumulated
@@ -45,7 +44,7 @@ class LoopSettings:
     data_on_device: str = "auto"  # mulo.data.transfer.wants_resident
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "LoopSettings":
+    def from_config(cls, cfg: Any) -> "LoopSettings":
         return cls(num_steps=cfg.num_inner_steps, batch_size=cfg.local_batch_size,
                    steps_per_jit=cfg.test_steps_per_jit, test_interval=cfg.test_interval, skip_test=cfg.skip_test,
                    eval_batch_size=cfg.eval_batch_size, max_eval_examples=cfg.max_eval_examples,

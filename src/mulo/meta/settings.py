@@ -44,7 +44,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TrainSettings":
-        """The settings from a config (a mapping or a ``mulo.config.Config``) holding these keys."""
+        """The settings from a config (a mapping or a ``mulo.app.config.Config``) holding these keys."""
         get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
         values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
         values["task"] = tuple(values["task"])
@@ -58,7 +58,7 @@ class TrainSettings:
 
 
 # today's flat config keys -> (section, key) of the estimator and truncation sections (the compatibility path;
-# mulo.aliases maps them for configs)
+# mulo.app.aliases maps them for configs)
 FLAT_ESTIMATOR_KEYS = {"pes_std": "std", "trunc_length": "trunc_length", "num_tasks": "num_pairs"}
 FLAT_TRUNCATION_KEYS = {"truncation_schedule_min_length": "min_length", "random_initial_iteration_offset":
                         "random_offset"}

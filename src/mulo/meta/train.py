@@ -1,4 +1,4 @@
-"""``python src/main.py meta-train``: the outer loop of PES/ES meta-training.
+"""The outer loop of PES/ES meta-training (``python src/main.py meta-train``: ``mulo.app.commands.meta_train``).
 
     state = trainer.init_state()                       # θ, outer optimizer, one estimator state per task
     for step in range(start, num_outer_steps):
@@ -20,7 +20,7 @@ Reproducibility: every random number is a pure function of (seed, step). The PRN
 what the uninterrupted run would have done. The data stream is prefetched to the device across steps by
 ``mulo.data.prefetch.DevicePrefetcher``.
 
-Outputs in the run directory (``mulo.rundir.make_run_dir(cfg, "meta-train")``):
+Outputs in the run directory (the ``meta-train`` command, ``mulo.app.commands.meta_train``, names and claims it):
 
 * ``metrics.jsonl`` (and wandb): per step ``meta_loss`` (mean over tasks of the raw meta-losses),
   ``meta_loss_family/<family>`` (mean over the family's tasks of meta_loss_j / c_j: the families on one scale when
@@ -46,11 +46,12 @@ from typing import Any, Callable, Sequence
 import jax
 
 from mulo.errors import CheckpointError
+from mulo.io import trim_metrics
 from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
 from mulo.meta.checkpoint import Checkpointer
-from mulo.meta.settings import TrainSettings, from_flat_config
+from mulo.meta.settings import TrainSettings
 from mulo.meta.trainer import MetaTrainer, TrainState
-from mulo.parallel import Placement, agree, barrier, is_main_process
+from mulo.parallel import Placement, agree, is_main_process
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -90,13 +91,6 @@ def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
     return path
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after ``last_step`` (steps redone after a resume would otherwise appear twice)."""
-    from mulo.runlog import trim_metrics
-
-    trim_metrics(path, last_step)
-
-
 def train(settings: TrainSettings, tasks: Sequence[Any], lo: Any, estimator: Any, truncation: Any,
           run_dir: str | Path, *, make_logger: Callable[[], Any] | None = None, stop_after: int | None = None,
           on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True,
@@ -123,7 +117,7 @@ def train(settings: TrainSettings, tasks: Sequence[Any], lo: Any, estimator: Any
         _, state = ckpt.restore(state)
         state = trainer.place(state)
         if main:
-            _trim_metrics(run_dir / "metrics.jsonl", int(state.step))
+            trim_metrics(run_dir / "metrics.jsonl", int(state.step))
     start = int(state.step)
     hp = lo.hparams
     theta_extra = {"run_dir": str(run_dir), "tasks": list(settings.task), "lo_hparams": asdict(hp)
@@ -217,52 +211,3 @@ def check_resume(settings: TrainSettings, trainer_identity: dict, run_dir: Path)
         ckpt.check_identity()
     finally:
         ckpt.close()
-
-
-def run(cfg, args=None) -> int:
-    """CLI handler of ``meta-train``. Everything is checked before the run directory is created or anything is
-    compiled (tasks, LO, outer schedule, run name and output_dir, data, memory of a step); then, holding the run
-    directory's lock (``mulo.rundir.claim``), whether existing checkpoints may be continued. config.py is written
-    only for a run that starts or continues."""
-    import sys
-    from contextlib import nullcontext
-
-    from mulo import preflight, startup
-    from mulo.memory import check_fits
-    from mulo.meta import outer
-    from mulo.meta.mixture import task_batch_sizes
-    from mulo.optimizers import build_learned
-    from mulo.rundir import claim, run_dir_path, write_config
-    from mulo.runlog import RunLogger
-    from mulo.tasks import TaskSettings, get_tasks
-
-    tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-    lo = build_learned(cfg)
-    settings, estimator, truncation = from_flat_config(cfg)
-    outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
-    for b in task_batch_sizes(settings, len(tasks)):  # pairs and batch split over the devices
-        Placement.create(data_parallel=settings.data_parallel).check(estimator.hparams.num_pairs, b)
-    run_dir = run_dir_path(cfg, "meta-train")
-    splits = ["train"] + (["meta_valid"] if cfg.meta_loss_split == "meta_valid" else [])
-    preflight.check_data(tasks, splits)
-    biggest = cfg.replace(local_batch_size=max(task_batch_sizes(settings, len(tasks))))  # a bound for every task
-    check_fits(preflight.meta_train_footprint(biggest, tasks, lo, splits), "meta-train")
-    main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
-    with claim(run_dir, "meta-train") if main else nullcontext():
-        if main:
-            check_resume(settings, MetaTrainer(settings, tasks, lo, estimator, truncation).identity(), run_dir)
-            write_config(run_dir, cfg)
-        barrier("mulo-run-dir")
-        if main:
-            startup.announce("meta-train", cfg, run_dir)
-            print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
-        result = train(settings, tasks, lo, estimator, truncation, run_dir, make_logger=lambda: RunLogger(
-            run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train"))
-    if not is_main_process():
-        return 0
-    if result["interrupted"]:
-        print(f"meta-train: stopped by {result['interrupted']} after step {result['step']}; checkpoint saved in "
-              f"{run_dir / 'checkpoints'}; continue with --auto_resume true", file=sys.stderr)
-    else:
-        print(f"meta-train: done, {result['step']} steps; theta: {result['theta_file']}", file=sys.stderr)
-    return 0

@@ -58,7 +58,7 @@ def build_learned(cfg: Any) -> Any:
 
 
 # today's flat config keys of the hand-designed optimizers -> their section keys (the compatibility path below;
-# mulo.aliases maps them for configs)
+# mulo.app.aliases maps them for configs)
 FLAT_HAND_KEYS = {"learning_rate": "learning_rate", "beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay",
                   "sgd_momentum": "momentum", "warmup_steps": "warmup_steps", "cosine_decay": "cosine_decay",
                   "end_lr_ratio": "end_lr_ratio"}

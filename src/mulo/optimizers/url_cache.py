@@ -1,4 +1,4 @@
-"""A file at a public HTTPS URL, downloaded once into mulo's cache (``~/.cache/mulo``, ``mulo.runtime.CACHE_ROOT``).
+"""A file at a public HTTPS URL, downloaded once into mulo's cache (``~/.cache/mulo``, ``mulo.layout.CACHE_ROOT``).
 
 Used for Google's released VeLO checkpoint (``velo:google``, a public Google Cloud Storage object: no credentials).
 A file already in the cache is returned without any network call. A download is written to a temporary file in the
@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from mulo.errors import CheckpointError, one_line
-from mulo.runtime import CACHE_ROOT
+from mulo.layout import CACHE_ROOT
 
 TIMEOUT_S = 60.0  # per blocking socket operation (connect, each read), not the whole download
 CHUNK = 1 << 20

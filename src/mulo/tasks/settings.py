@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from mulo.hparams import POSITIVE, hparam
 from mulo.tasks.base import MupMultipliers
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The ``task_options`` config section: the options every task reads besides its name."""
+
+    mup_input_mult: float = hparam(1.0, "muP forward multiplier of the input layer's output", min=POSITIVE)
+    mup_output_mult: float = hparam(1.0, "muP multiplier of the logits (times 1/fan_in of the readout)",
+                                    min=POSITIVE)
+    mup_hidden_lr_mult: float = hparam(1.0, "muP update scale of hidden matrices (times 1/fan_in)", min=POSITIVE)
+    d_head: int = hparam(64, "transformer head dimension (width must be divisible by it)", min=1)
 
 
 @dataclass(frozen=True)

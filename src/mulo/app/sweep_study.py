@@ -1,4 +1,4 @@
-"""A sweep's Optuna study (``mulo.evaluate.sweep``): its storage URL (checked, password masked), opening or joining
+"""A sweep's Optuna study (``mulo.app.commands.sweep``): its storage URL (checked, password masked), opening or joining
 the study, the settings its trials share, the run directory's record of its study, re-queuing the trials of dead
 workers, and the trial budget."""
 
@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mulo.config import Config
+from mulo.app.config import Config
 from mulo.errors import ConfigError, one_line
 from mulo.evaluate.lo_source import _jsonable
 from mulo.io import atomic_write_json
@@ -59,7 +59,7 @@ def check_storage(url: str | None) -> None:
                           f"sqlite:////path/study.db or postgresql://user@host/db ({type(exc).__name__}: {msg})"
                           ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        from mulo.rundir import check_writable
+        from mulo.app.rundir import check_writable
 
         check_writable(Path(parsed.database).expanduser().parent, "the storage's SQLite folder")
         if not Path(parsed.database).expanduser().exists():
@@ -203,7 +203,7 @@ def claim_study(run_dir: Path, url: str, name: str) -> None:
     study (other storage or name) aimed at the same directory stops. Workers of the same study share it."""
     import json
 
-    from mulo.rundir import OutputError
+    from mulo.app.rundir import OutputError
 
     url = masked(url)  # no database password in the record nor in the error
     mine = {"storage": url, "study_name": name}

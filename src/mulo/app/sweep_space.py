@@ -1,4 +1,4 @@
-"""A sweep's search space (``mulo.evaluate.sweep``): ``sweep_config`` parsed and checked, each trial's values drawn
+"""A sweep's search space (``mulo.app.commands.sweep``): ``sweep_config`` parsed and checked, each trial's values drawn
 from it, and the Optuna sampler of its method."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from mulo.config import SCHEMA, Config
+from mulo.app.config import Config, option_key
 from mulo.errors import ConfigError
 from mulo.registry import SWEEP_METHODS as METHODS
 
@@ -29,9 +29,12 @@ def parse_sweep_config(cfg: Config) -> tuple[str, dict[str, Any]]:
                           "high=, log=))")
     space: dict[str, Any] = {}
     for key, spec in params.items():
-        if key not in SCHEMA:
-            raise ConfigError(f"sweep_config.parameters: {key!r} is not a config key")
-        if key in ("task", "optimizer", "seed", "sweep_config", "storage", "study_name", "output_dir"):
+        try:  # a run-level key, a section's (optimizer.learning_rate) or today's flat key (learning_rate)
+            kind = option_key(key).type
+        except ConfigError:
+            raise ConfigError(f"sweep_config.parameters: {key!r} is not a config key") from None
+        if key in ("task", "optimizer", "optimizer.name", "lo.name", "seed", "sweep_config", "storage", "study_name",
+                   "output_dir"):
             raise ConfigError(f"sweep_config.parameters: {key!r} cannot be swept")
         if isinstance(spec, (list, tuple)):
             values = list(spec)
@@ -43,13 +46,13 @@ def parse_sweep_config(cfg: Config) -> tuple[str, dict[str, Any]]:
         elif isinstance(spec, Mapping):
             if method == "grid":
                 raise ConfigError(f"sweep_config.parameters.{key}: a grid sweep needs a list of values, not a range")
-            if SCHEMA[key].type not in ("float", "int") or not {"low", "high"} <= set(spec):
+            if kind not in ("float", "int") or not {"low", "high"} <= set(spec):
                 raise ConfigError(f"sweep_config.parameters.{key}: a range needs low and high for a numeric key")
             low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
             if not low < high or (log and low <= 0):
                 raise ConfigError(f"sweep_config.parameters.{key}: need low < high (and low > 0 with log=True)")
             cfg.replace(**{key: low}), cfg.replace(**{key: high})
-            space[key] = {"low": low, "high": high, "log": log, "type": SCHEMA[key].type}
+            space[key] = {"low": low, "high": high, "log": log, "type": kind}
         else:
             raise ConfigError(f"sweep_config.parameters.{key}: expected a list of values or dict(low=, high=)")
     return method, space

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mulo.config import Config, dump_text
+from mulo.app.config import Config, dump_text
 from mulo.errors import MuloError
 from mulo.io import atomic_write_json, atomic_write_text
 from mulo.registry import LEARNED_OPTIMIZERS

@@ -31,7 +31,7 @@ params and optimizer state stay float32, integer labels and token ids are never 
 The command is three modules: where the optimizer comes from (``mulo.evaluate.lo_source``: run directory, θ file,
 wandb, hub), the training loop (``mulo.evaluate.train_loop.TrainLoop``, ``test_steps_per_jit`` steps per jitted
 ``lax.scan`` call; sweeps reuse it) and this one, which runs every (task, seed) and writes the run directory laid out
-as ``mulo.layout`` says. Their names stay importable from here.
+as ``mulo.layout`` says.
 """
 
 from __future__ import annotations
@@ -44,19 +44,13 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from mulo.config import Config
-from mulo.errors import CheckpointError, ConfigError, MuloError  # noqa: F401
+from mulo.app.config import Config
+from mulo.errors import MuloError
+from mulo.evaluate.lo_source import (OptimizerSource, _jsonable, checkpoint_config, lo_keys, optimizer_source,
+                                     wandb_api)
+from mulo.evaluate.train_loop import LoopSettings, TrainLoop, run_summary
 from mulo.io import atomic_write_json, read_jsonl
-from mulo.layout import MANIFEST, METRICS, SUMMARY, seed_dir  # noqa: F401
-from mulo.registry import HAND_DESIGNED  # noqa: F401
-
-# the optimizer's source and the training loop live in their own modules; their names stay importable from here
-from mulo.evaluate.lo_source import (OptimizerSource, _is_theta_name, _jsonable, _step_of,  # noqa: F401
-                                     checkpoint_config, fetch_wandb_checkpoint, lo_keys, optimizer_source,
-                                     resolve_checkpoint, wandb_api)
-from mulo.evaluate.train_loop import (LoopSettings, RunResult, TrainLoop, _chunks, final_loss_text,  # noqa: F401
-                                      run_summary, tail_mean)
-from mulo.tasks.precision import bf16_loss, cast_floats  # noqa: F401 (one definition for meta-train and meta-test)
+from mulo.layout import MANIFEST, METRICS, SUMMARY, seed_dir
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the meta-test command
@@ -142,8 +136,8 @@ def meta_test_runs(cfg: Config, tasks: Sequence[Any], source: OptimizerSource, r
     loops: dict[tuple, TrainLoop] = {}
 
     def run_job(i: int, device: Any) -> None:
-        from mulo.runlog import RunLogger
-        from mulo.startup import compiling_line
+        from mulo.app.runlog import RunLogger
+        from mulo.app.startup import compiling_line
 
         task, seed = jobs[i]
         out = seed_dir(run_dir, task.name, seed)
@@ -231,12 +225,12 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
 
     Everything is checked before the run directory is created: task names, the optimizer and its checkpoint, the
     run name and output_dir, the data, the memory a training step needs. The run directory is then locked for the
-    whole run (``mulo.rundir.claim``), so a second meta-test aimed at it stops instead of interleaving."""
+    whole run (``mulo.app.rundir.claim``), so a second meta-test aimed at it stops instead of interleaving."""
     from contextlib import nullcontext
 
-    from mulo import preflight, startup
+    from mulo.app import preflight, startup
     from mulo.parallel import barrier, is_main_process
-    from mulo.rundir import claim, run_dir_path, run_name, theta_label, write_config
+    from mulo.app.rundir import claim, run_dir_path, run_name, theta_label, write_config
 
     tasks = build_tasks(cfg)  # validate the task names before creating anything
     download = None
@@ -245,10 +239,11 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     source = optimizer_source(cfg, download, api_factory or wandb_api)
     if source.info.get("checkpoint"):
         fixed = checkpoint_config(cfg, source)
-        for key in lo_keys(source.name):  # say so when the command line asked for something the checkpoint overrides
-            if args is not None and hasattr(args, f"key__{key}") and cfg[key] != fixed[key]:
-                print(f"[meta-test] ignoring --{key} {cfg[key]}: the checkpoint's learned optimizer has "
-                      f"{key}={fixed[key]}")
+        for key, hp in lo_keys(source.name).items():  # say so when the command line asked for what θ overrides
+            given = [f for f in (key, f"lo.{hp}") if args is not None and hasattr(args, f"key__{f}")]
+            if given and cfg[key] != fixed[key]:
+                print(f"[meta-test] ignoring --{given[0]} {cfg[key]}: the checkpoint's learned optimizer has "
+                      f"{hp}={fixed[key]}")
         cfg = fixed
     theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
     run_dir = run_dir_path(cfg, "meta-test", theta)

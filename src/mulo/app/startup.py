@@ -33,7 +33,7 @@ def device_line() -> str:
 def wandb_line(cfg: Any, run_dir: str | os.PathLike, runs_under: str = "") -> str | None:
     """The one line that says where wandb puts this invocation's runs (None when wandb is off). ``runs_under``:
     where, inside the run directory, the per-seed or per-trial runs are (e.g. ``<task>/seed<k>``)."""
-    from mulo.runlog import wandb_mode
+    from mulo.app.runlog import wandb_mode
 
     mode = wandb_mode(cfg)
     if mode == "disabled":

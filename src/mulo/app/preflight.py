@@ -1,7 +1,7 @@
 """Checks every command makes before it creates or compiles anything: the data can be read, the step can fit in
 memory. Each failure is one ``MuloError`` line; nothing has been written when one is raised.
 
-The memory estimates (see ``mulo.memory``) take exact parameter and state sizes from ``jax.eval_shape`` of the
+The memory estimates (see ``mulo.app.memory``) take exact parameter and state sizes from ``jax.eval_shape`` of the
 initialisers (abstract: no allocation, no compilation) and count only buffers that must exist together.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 from mulo.errors import DataError, MuloError, one_line
-from mulo.memory import Footprint, add, check_fits, example_bytes, footprint, tree_bytes
+from mulo.app.memory import Footprint, add, check_fits, example_bytes, footprint, tree_bytes
 
 
 def check_data(tasks: Sequence[Any], splits: Iterable[str]) -> None:

@@ -34,12 +34,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from mulo.config import Config
+from mulo.app.config import SCHEMA, Config
 from mulo.errors import ConfigError, MuloError, one_line
 from mulo.evaluate.lo_source import _jsonable
-from mulo.evaluate.meta_test import build_tasks
-from mulo.evaluate.sweep_space import grid_size, make_sampler, parse_sweep_config, suggest
-from mulo.evaluate.sweep_study import (TrialBudget, check_storage, check_study_settings, claim_study, masked,
+from mulo.app.commands.meta_test import build_tasks
+from mulo.app.sweep_space import grid_size, make_sampler, parse_sweep_config, suggest
+from mulo.app.sweep_study import (TrialBudget, check_storage, check_study_settings, claim_study, masked,
                                        open_study, requeue_dead_trials, storage_url)
 from mulo.evaluate.train_loop import LoopSettings, TrainLoop, final_loss_text, run_summary
 from mulo.io import atomic_write_json, atomic_write_text
@@ -59,7 +59,7 @@ class TrialFailed(Exception):
 def run_trial(cfg: Config, params: Mapping[str, Any], trial_dir: Path, group: str, name: str) -> dict:
     """Train the sweep's task once with ``params`` applied to the config; return the trial's summary."""
     from mulo.optimizers import build_optimizer
-    from mulo.runlog import RunLogger
+    from mulo.app.runlog import RunLogger
 
     tcfg = cfg.replace(**dict(params))
     task = build_tasks(tcfg)[0]
@@ -94,8 +94,9 @@ def best_config_text(cfg: Config, best_params: Mapping[str, Any], value: float, 
         rel = os.path.relpath(Path(base_config).resolve(), run_dir.resolve())
         lines.append(f"_base_ = [{rel!r}]")
     lines.append("")
-    keys = {"optimizer": cfg.optimizer, "task": list(cfg.task), "num_inner_steps": cfg.num_inner_steps,
-            "local_batch_size": cfg.local_batch_size, **dict(best_params)}
+    best = cfg.replace(**dict(best_params))
+    keys = {"task": list(cfg.task), "num_inner_steps": cfg.num_inner_steps, "local_batch_size": cfg.local_batch_size,
+            **{k: best[k] for k in best_params if k in SCHEMA}, "optimizer": best.section("optimizer")}
     for key, v in keys.items():
         lines.append(f"{key} = {v!r}")
     return "\n".join(lines) + "\n"
@@ -159,7 +160,7 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
     ``max_trials_here`` limits the trials this call runs (tests use it to stop a worker early); ``on_ready()`` is
     called once the study is open and its settings match, before the first trial (the CLI writes config.py then).
     Each trial's directory is locked while the trial writes it."""
-    from mulo.rundir import claim
+    from mulo.app.rundir import claim
 
     import optuna
     from optuna.trial import TrialState
@@ -259,9 +260,9 @@ def run_sweep(cfg: Config, run_dir: str | os.PathLike, base_config: str | None =
 def main(cfg: Config, args: Any = None) -> int:
     """``sweep`` command handler. Everything that needs no file is checked first (sweep config, task name, storage
     URL, run name and output_dir, data, memory of a trial); nothing is created when a check fails."""
-    from mulo import preflight, startup
+    from mulo.app import preflight, startup
     from mulo.optimizers import build_optimizer
-    from mulo.rundir import claim, run_dir_path, run_name, write_config
+    from mulo.app.rundir import claim, run_dir_path, run_name, write_config
 
     run_dir = run_dir_path(cfg, "sweep")
     _, space = check_sweep(cfg)

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mulo.layout import CACHE_ROOT
 from mulo.registry import MATMUL_PRECISIONS, WANDB_MODES
 
 MIN_COMPILE_SECONDS = 1.0  # cheaper compilations are not worth a file
 CACHE_ENV = "MULO_COMPILATION_CACHE_DIR"  # wins over the config key (tests point it at a temporary directory)
-CACHE_ROOT = "~/.cache/mulo"
 # Libraries that would write under the home directory (~/.keras, ~/.config/matplotlib, ~/.cache/wandb, ...) are
 # pointed at CACHE_ROOT/<sub> when the variable is unset; a value the user set is kept.
 LIBRARY_DIRS = {"KERAS_HOME": "keras", "MPLCONFIGDIR": "matplotlib", "WANDB_CACHE_DIR": "wandb/cache",
@@ -29,7 +29,7 @@ WANDB_ENV_MODES = WANDB_MODES + ("dryrun", "run")
 
 def library_dirs(environ: Any = None) -> dict[str, str]:
     """Set the unset LIBRARY_DIRS variables (before those libraries are imported); returns what was set. Runs write
-    their wandb files into the run directory (``mulo.runlog``); WANDB_DIR only catches what a library writes
+    their wandb files into the run directory (``mulo.app.runlog``); WANDB_DIR only catches what a library writes
     outside a run."""
     environ = os.environ if environ is None else environ
     root = Path(CACHE_ROOT).expanduser()
@@ -90,7 +90,7 @@ def set_matmul_precision(name: str) -> None:
 
 def apply(cfg: Any) -> None:
     """Apply the config's runtime keys (called once by the CLI before dispatching)."""
-    from mulo.config import parse_cli_value
+    from mulo.app.config import parse_cli_value
 
     check_environment()
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from mulo.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,54 @@ def translate(argv: Sequence[str], commands: Sequence[str]) -> tuple[list[str], 
     elif run_type is not None and run_type != out[0]:
         raise ConfigError(f"--run_type says {run_type} but the subcommand is {out[0]}: give one of them")
     return out, notes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# today's flat config keys -> the component sections that own them (config files, --cfg-options, --key on the command
+# line: one notice each; silent for a run directory's config.py written by an older mulo). The learned optimizers'
+# flat keys are each LO's own map (``LearnedSpec.config_keys``: hidden_size -> lo.hidden_size, adafac_step_mult ->
+# lo.step_mult, velo_lstm_hidden_size -> lo.lstm_hidden_size, ...); ``optimizer`` is read by ``flat_optimizer``.
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "learning_rate": ("optimizer", "learning_rate"), "beta1": ("optimizer", "b1"), "beta2": ("optimizer", "b2"),
+    "weight_decay": ("optimizer", "weight_decay"), "sgd_momentum": ("optimizer", "momentum"),
+    "warmup_steps": ("optimizer", "warmup_steps"), "cosine_decay": ("optimizer", "cosine_decay"),
+    "end_lr_ratio": ("optimizer", "end_lr_ratio"),
+    "lo_impl": ("lo", "impl"),
+    "gradient_estimator": ("estimator", "name"), "pes_std": ("estimator", "std"),
+    "trunc_length": ("estimator", "trunc_length"), "num_tasks": ("estimator", "num_pairs"),
+    "truncation_schedule": ("truncation", "name"), "truncation_schedule_min_length": ("truncation", "min_length"),
+    "random_initial_iteration_offset": ("truncation", "random_offset"),
+    "mup_input_mult": ("task_options", "mup_input_mult"), "mup_output_mult": ("task_options", "mup_output_mult"),
+    "mup_hidden_lr_mult": ("task_options", "mup_hidden_lr_mult"), "d_head": ("task_options", "d_head"),
+}
+FLAT_OPTIMIZER = "optimizer"  # a hand-designed name -> optimizer.name; a learned one -> optimizer.name=lo + lo.name
+
+
+def flat_targets(key: str) -> list[tuple[str, str]]:
+    """The (section, key)s that today's flat config key ``key`` now is (several when components share a flat key, e.g.
+    a learned optimizer whose ``config_keys`` read ``learning_rate``); [] for a run-level key or no flat key."""
+    from mulo.registry import LEARNED_OPTIMIZERS
+
+    out = [FLAT_KEYS[key]] if key in FLAT_KEYS else []
+    for _, spec in LEARNED_OPTIMIZERS.items():
+        if key in spec.config_keys and ("lo", spec.config_keys[key]) not in out:
+            out.append(("lo", spec.config_keys[key]))
+    return out
+
+
+def flat_optimizer(value: Any) -> dict[str, dict[str, Any]]:
+    """The sections that today's ``optimizer = <name>`` sets."""
+    from mulo.registry import LO_CHOICE, is_learned
+
+    if isinstance(value, str) and is_learned(value):
+        return {"optimizer": {"name": LO_CHOICE}, "lo": {"name": value}}
+    return {"optimizer": {"name": value}}
+
+
+def flat_notice(key: str, value: Any, where: str) -> str:
+    """The one notice line for a flat key read as its section's key(s)."""
+    if key == FLAT_OPTIMIZER:
+        shown = ", ".join(f"{s}.{k}={v!r}" for s, entries in flat_optimizer(value).items() for k, v in entries.items())
+    else:
+        shown = " / ".join(f"{section}.{entry}" for section, entry in flat_targets(key)) or key
+    return f"note: {where}{key} is read as {shown} (today's flat key; see README 'Configs')"
