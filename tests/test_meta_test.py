@@ -14,8 +14,8 @@ import pytest
 from mulo.app.cli import main as cli_main
 from mulo.app.config import load_config
 from mulo.errors import CheckpointError, ConfigError
-from mulo.app.commands.meta_test import (OptimizerSource, build_tasks, fetch_wandb_checkpoint, meta_test_runs,
-                                     resolve_checkpoint)
+from mulo.app.commands.meta_test import build_tasks, meta_test_runs
+from mulo.evaluate.lo_source import OptimizerSource, fetch_wandb_checkpoint, resolve_checkpoint
 from mulo.io import read_jsonl
 from mulo.optimizers import adam, sgd
 
