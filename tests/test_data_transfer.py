@@ -117,7 +117,7 @@ def test_meta_train_streams_carry_the_normalised_batches(mode):
     assert trainer.resident == (mode == "on",)
     got = first_chunks(trainer, 2)
     with pytest.MonkeyPatch.context() as mp:  # the old path: float32 normalised on the host
-        mp.setattr("mulo.meta.train.host_kwargs", lambda dataset, resident: {})
+        mp.setattr("mulo.meta.trainer.host_kwargs", lambda dataset, resident: {})
         plain = trainer.host_stream(0, 0)
         expected = [next(plain) for _ in range(2)]
     assert set(got[0]) == set(expected[0])
