@@ -48,7 +48,7 @@ def _plot(cols, rows, path: Path, title: str) -> None:
     if len(loss) >= k:
         ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"{k}-step mean")
     ax.set_xlabel("outer step")
-    ax.set_ylabel("meta-loss (normalised train loss)")
+    ax.set_ylabel("meta-loss")
     ax.set_title(title, fontsize=9)
     ax.legend()
     if families:  # one curve per task family (its k-step mean over the steps where it was logged)
@@ -59,7 +59,7 @@ def _plot(cols, rows, path: Path, title: str) -> None:
                 ax.plot(pts[k - 1:, 0], np.convolve(pts[:, 1], np.ones(k) / k, mode="valid"), lw=1.5,
                         label=cols[i].split("/", 1)[1])
         ax.set_xlabel("outer step")
-        ax.set_ylabel(f"meta-loss per family ({k}-step mean)")
+        ax.set_ylabel(f"meta-loss / loss scale ({k}-step mean)")
         ax.set_title("per task family", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
