@@ -4,7 +4,8 @@
 
 Writes pretrained/NAME.msgpack (θ at the end of the run, or at outer step N: theta/theta_stepN.msgpack),
 pretrained/NAME.config.py (the run's resolved config), pretrained/NAME.meta_loss.csv (step, meta_loss, per-task
-meta-losses) and pretrained/NAME.meta_loss.png (the meta-loss and its 25-step running mean). The model card
+and per-family meta-losses) and pretrained/NAME.meta_loss.png (the meta-loss and its 25-step running mean; of a
+mixed-family run, each family's running mean too). The model card
 pretrained/NAME.md is written by hand; NAME must be listed in mulo.pretrained.PRETRAINED.
 """
 
@@ -23,7 +24,7 @@ from mulo.pretrained import PRETRAINED_DIR
 
 
 def _curve(records: list[dict]) -> tuple[list[str], list[list[float]]]:
-    tasks = sorted({k for r in records for k in r if k.startswith("meta_loss/")})
+    tasks = sorted({k for r in records for k in r if k.startswith(("meta_loss/", "meta_loss_family/"))})
     cols = ["step", "meta_loss", *tasks]
     rows = [[r["step"], r["meta_loss"], *(r.get(t, float("nan")) for t in tasks)] for r in records
             if "meta_loss" in r]
@@ -40,14 +41,28 @@ def _plot(cols, rows, path: Path, title: str) -> None:
     steps = np.array([r[0] for r in rows])
     loss = np.array([r[1] for r in rows])
     k = 25
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    families = [i for i, c in enumerate(cols) if c.startswith("meta_loss_family/")]
+    fig, axes = plt.subplots(1, 2 if families else 1, figsize=(11 if families else 6, 3.5), squeeze=False)
+    ax = axes[0][0]
     ax.plot(steps, loss, lw=0.5, alpha=0.4, label="meta-loss")
     if len(loss) >= k:
         ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"{k}-step mean")
     ax.set_xlabel("outer step")
-    ax.set_ylabel("meta-loss (normalised train loss)")
+    ax.set_ylabel("meta-loss")
     ax.set_title(title, fontsize=9)
     ax.legend()
+    if families:  # one curve per task family (its k-step mean over the steps where it was logged)
+        ax = axes[0][1]
+        for i in families:
+            pts = np.array([(r[0], r[i]) for r in rows if np.isfinite(r[i])])
+            if len(pts) >= k:
+                ax.plot(pts[k - 1:, 0], np.convolve(pts[:, 1], np.ones(k) / k, mode="valid"), lw=1.5,
+                        label=cols[i].split("/", 1)[1])
+        ax.set_xlabel("outer step")
+        ax.set_ylabel(f"meta-loss / loss scale ({k}-step mean)")
+        ax.set_title("per task family", fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
