@@ -16,7 +16,7 @@ PY="${PYTHON:-python}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 ROWS="${ROWS:-$(ls config/meta_test/heldout/ | sed -n 's/\.py$//p' | tr '\n' ' ')}"
-LO=(--optimizer mup_small_fc_mlp)
+LO=(--optimizer.name lo --lo.name mup_small_fc_mlp)
 for row in $ROWS; do
   cfg="config/meta_test/heldout/$row.py"
   [ -f "$cfg" ] || { echo "error: no held-out row $cfg" >&2; exit 2; }
@@ -26,7 +26,7 @@ for row in $ROWS; do
   best=$(ls -d "$dir"/sweep/*/best.json | head -1)
   lr=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["params"]["learning_rate"])' "$best")
   echo "[heldout] $row: MuAdam lr $lr (from $best)"
-  "$PY" src/main.py meta-test --config "$cfg" --optimizer muadam --learning_rate "$lr" --output_dir "$dir" "$@"
+  "$PY" src/main.py meta-test --config "$cfg" --optimizer.name muadam --optimizer.learning_rate "$lr" --output_dir "$dir" "$@"
   if [ "$GENERAL" != "none" ]; then
     "$PY" src/main.py meta-test --config "$cfg" "${LO[@]}" --checkpoint "$GENERAL" --output_dir "$dir" "$@"
   fi
