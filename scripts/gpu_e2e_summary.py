@@ -131,10 +131,11 @@ def lr_scan(tune_dir: Path) -> dict:
     """{learning rate: final train loss (inf if diverged)} of the MuAdam tuning runs under ``tune_dir``."""
     out = {}
     for run in sorted(tune_dir.glob("meta-test_*")):
-        lr = None
-        for line in (run / "config.py").read_text().splitlines() if (run / "config.py").is_file() else []:
-            if line.startswith("learning_rate = "):
-                lr = float(line.split("=", 1)[1])
+        lr = None  # the run's manifest records the optimizer's hyper-parameters (learning_rate of the section)
+        try:
+            lr = float(json.loads((run / "meta_test.json").read_text())["optimizer_info"]["hparams"]["learning_rate"])
+        except (OSError, ValueError, KeyError, TypeError):
+            lr = None
         losses = [json.loads(p.read_text()).get("final_train_loss") for p in run.glob("*/seed*/summary.json")]
         if lr is not None and losses:
             out[lr] = min(float("inf") if x is None else float(x) for x in losses)

@@ -98,7 +98,7 @@ def sharded_vs_single(out: Path) -> dict:
         return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
                    for x, y in zip(a, b))
 
-    theta0 = _leaves(trainer.lo.init_theta(__import__("mulo.meta.train", fromlist=["_key"])._key(cfg.seed, 0)))
+    theta0 = _leaves(trainer.lo.init_theta(__import__("mulo.meta.trainer", fromlist=["_key"])._key(cfg.seed, 0)))
 
     def reldiff(a, b):
         """||a - b|| relative to how far θ moved from its initial value."""

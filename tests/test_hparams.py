@@ -53,7 +53,7 @@ def test_hparams_dict_round_trip_as_in_theta_files():
 
 def test_sections_name_their_registries_and_builders():
     assert set(registry.SECTIONS) == {"lo", "optimizer", "estimator", "truncation"}
-    assert set(registry.names("optimizer")) == {"sgd", "adam", "adamw", "muadam"}
+    assert set(registry.names("optimizer")) >= {"sgd", "adam", "adamw", "muadam"}  # (+ test_registry's toy ones)
     assert set(registry.names("estimator")) >= {"pes", "es"}
     assert set(registry.names("truncation")) >= {"constant", "log_uniform"}
     assert registry.names("lo") == registry.learned_names()

@@ -196,7 +196,7 @@ def test_lo_impl_reaches_the_learned_optimizer_and_the_run_config(tmp_path):
     cfg = load_config(None, cli={"lo_impl": "pallas", "jax_default_matmul_precision": "tensorfloat32"})
     assert build_learned(cfg).impl == "pallas"
     text = dump_text(cfg)
-    assert "lo_impl = 'pallas'" in text and "jax_default_matmul_precision = 'tensorfloat32'" in text
+    assert "'impl': 'pallas'" in text and "jax_default_matmul_precision = 'tensorfloat32'" in text
     # meta-test: θ brings its hyper-parameters, the config its implementation
     from mulo.evaluate.lo_source import optimizer_source
 

@@ -319,11 +319,16 @@ def test_fused_lo_updates_equal_the_plain_path_over_steps(name):
 def test_bad_lo_impl_is_one_error_line():
     from mulo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="bad value 'pallas' for config key 'lo_impl': VeLO has reference and "
+    from mulo.optimizers.velo import VeloLO
+
+    # the config refuses an implementation VeLO does not have (its section's impl choices are VeLO's own)
+    with pytest.raises(ConfigError, match="bad value 'pallas' for config key 'lo.impl': expected one of reference, "
                                           "fused") as err:
-        build_learned(load_config(None, cli={"optimizer": "mup_velo", "lo_impl": "pallas"}))
+        load_config(None, cli={"optimizer": "mup_velo", "lo_impl": "pallas"})
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="lo_impl"):  # not an implementation of any LO: the config refuses it
+    with pytest.raises(ConfigError, match="VeLO has reference and fused"):  # and so does the LO itself
+        VeloLO("mup_velo", impl="pallas")
+    with pytest.raises(ConfigError, match="lo.impl"):  # not an implementation of any LO: the config refuses it
         load_config(None, cli={"optimizer": "mup_velo", "lo_impl": "fast"})
     assert build_learned(load_config(None, cli={"optimizer": "mup_velo"})).impl == "fused"  # the config's default
     assert build_learned(load_config(None, cli={"optimizer": "velo", "lo_impl": "reference"})).impl == "reference"

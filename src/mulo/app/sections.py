@@ -117,7 +117,8 @@ def flat_value(data: Mapping[str, Any], key: str) -> Any:
 
     lo = LEARNED_OPTIMIZERS.get(data["lo"]["name"])
     for section, entry in targets:  # the key of a component of this config first (the lo only if it reads it)
-        if entry in data[section] and (section != "lo" or (lo is not None and lo.config_keys.get(key) == entry)):
+        if entry in data[section] and (section != "lo" or entry in ("name", "impl")
+                                       or (lo is not None and lo.config_keys.get(key) == entry)):
             return data[section][entry]
     for section, entry in targets:
         for name in component_names(section):

@@ -99,6 +99,8 @@ def best_config_text(cfg: Config, best_params: Mapping[str, Any], value: float, 
             **{k: best[k] for k in best_params if k in SCHEMA}, "optimizer": best.section("optimizer")}
     for key, v in keys.items():
         lines.append(f"{key} = {v!r}")
+    # the section replaces the base config's optimizer whole: a base may still name it the flat way (a string)
+    lines[-1] = f"optimizer = dict(_delete_=True, **{keys['optimizer']!r})"
     return "\n".join(lines) + "\n"
 
 
