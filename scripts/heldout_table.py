@@ -41,7 +41,10 @@ def table(out_dir: Path, frac: float = 0.05) -> str:
         runs = sorted(row_dir.glob("meta-test_*"))
         if not runs:
             continue
-        cells = aggregate(load_runs(runs, frac))
+        try:
+            cells = aggregate(load_runs(runs, frac))
+        except ReportError:  # a row whose runs have not finished a seed yet
+            continue
         for cell in cells:
             if cell.label.startswith("muadam"):
                 baseline_labels[row_dir.name] = cell.label

@@ -38,6 +38,7 @@ def test_table_ratios_and_verdicts(tmp_path, capsys):
     _run(tmp_path / "mlp" / "meta-test_gen", lo_a, {t128: [0.9, 0.9], t256: [2.2, 2.2]})
     _run(tmp_path / "mlp" / "meta-test_fm", lo_b, {t128: [1.1, 1.1], t256: [2.06, 2.04]}, diverged={(t256, 1)})
     (tmp_path / "empty_row").mkdir()
+    (tmp_path / "unfinished_row" / "meta-test_muadam" / "task" / "seed0").mkdir(parents=True)  # no summary yet
     assert mod.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| row | task | MuAdam (tuned lr) |")

@@ -207,10 +207,10 @@ def test_real_huggingface_hub_cache_hit_and_offline(tmp_path):
 
 
 def test_pretrained_names_resolve_and_are_in_meta_test_help():
-    assert set(names()) >= {"cpu_mulo_m_fmnist", "mulo_m"}
+    assert set(names()) >= {"cpu_mulo_m_fmnist", "cpu_mulo_general", "mulo_m"}
     assert sources.pretrained_location("mulo_m") == "hf:btherien/mulo"
     with pytest.raises(CheckpointError, match="unknown pretrained learned optimizer 'nope'; expected one of "
-                                              "cpu_mulo_m_fmnist, mulo_m"):
+                                              "cpu_mulo_m_fmnist, cpu_mulo_general, mulo_m"):
         sources.load_source("pretrained:nope")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
@@ -235,14 +235,15 @@ def test_every_shipped_theta_loads_by_name():
         assert all(np.all(np.isfinite(np.asarray(u))) for u in jax.tree.leaves(updates))
 
 
-def test_shipped_theta_meta_tests_through_the_cli(tmp_path):
-    """``meta-test --checkpoint pretrained:cpu_mulo_m_fmnist`` (the README's command, shortened to 100 steps of a
-    width-64 muMLP, inside the widths it was meta-trained on): the run is named by the shipped file's hash, records
-    the name and the file's hyper-parameters, and trains (Fashion-MNIST starts at ln 10 = 2.30)."""
-    (shipped,) = [p for p in PRETRAINED if p.name == "cpu_mulo_m_fmnist"]
+@pytest.mark.parametrize("name", ["cpu_mulo_m_fmnist", "cpu_mulo_general"])
+def test_shipped_theta_meta_tests_through_the_cli(tmp_path, name):
+    """``meta-test --checkpoint pretrained:NAME`` (the README's command, shortened to 100 steps of a width-64 muMLP,
+    inside the widths both were meta-trained on): the run is named by the shipped file's hash, records the name and
+    the file's hyper-parameters, and trains (Fashion-MNIST starts at ln 10 = 2.30)."""
+    (shipped,) = [p for p in PRETRAINED if p.name == name]
     path = PRETRAINED_DIR / shipped.location
     out = tmp_path / "out"
-    assert cli_main(["meta-test", "--config", BASE_CFG, "--checkpoint", "pretrained:cpu_mulo_m_fmnist", "--task",
+    assert cli_main(["meta-test", "--config", BASE_CFG, "--checkpoint", f"pretrained:{name}", "--task",
                      "mumlp-w64-d3_fashionmnist-28x28x1", "--num_runs", "1", "--num_inner_steps", "100",
                      "--local_batch_size", "128", "--test_interval", "100", "--max_eval_examples", "500",
                      "--eval_batch_size", "500", "--progress", "false", "--wandb_mode", "disabled",
@@ -253,7 +254,7 @@ def test_shipped_theta_meta_tests_through_the_cli(tmp_path):
     summary = json.loads((seed / "summary.json").read_text())
     info = summary["settings"]["optimizer_info"]
     lo, _, _ = load_theta(path)
-    assert info["checkpoint_extra"]["source"] == "pretrained:cpu_mulo_m_fmnist"
+    assert info["checkpoint_extra"]["source"] == f"pretrained:{name}"
     assert (info["hparams"]["step_mult"], info["hparams"]["eps_scaling"]) == (lo.hparams.step_mult,
                                                                               lo.hparams.eps_scaling)
     assert not summary["diverged"] and summary["steps_completed"] == 100
