@@ -96,11 +96,10 @@ def best_config_text(cfg: Config, best_params: Mapping[str, Any], value: float, 
     lines.append("")
     best = cfg.replace(**dict(best_params))
     keys = {"task": list(cfg.task), "num_inner_steps": cfg.num_inner_steps, "local_batch_size": cfg.local_batch_size,
-            **{k: best[k] for k in best_params if k in SCHEMA}, "optimizer": best.section("optimizer")}
-    for key, v in keys.items():
-        lines.append(f"{key} = {v!r}")
+            **{k: best[k] for k in best_params if k in SCHEMA}}
+    lines += [f"{key} = {v!r}" for key, v in keys.items()]
     # the section replaces the base config's optimizer whole: a base may still name it the flat way (a string)
-    lines[-1] = f"optimizer = dict(_delete_=True, **{keys['optimizer']!r})"
+    lines.append(f"optimizer = dict(_delete_=True, **{best.section('optimizer')!r})")
     return "\n".join(lines) + "\n"
 
 
