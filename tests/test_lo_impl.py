@@ -198,7 +198,7 @@ def test_lo_impl_reaches_the_learned_optimizer_and_the_run_config(tmp_path):
     text = dump_text(cfg)
     assert "'impl': 'pallas'" in text and "jax_default_matmul_precision = 'tensorfloat32'" in text
     # meta-test: θ brings its hyper-parameters, the config its implementation
-    from mulo.evaluate.lo_source import optimizer_source
+    from mulo.app.sections import optimizer_source
 
     lo = build_learned(load_config(None))
     theta_file = tmp_path / "theta.msgpack"

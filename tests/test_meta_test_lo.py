@@ -16,7 +16,8 @@ from mulo.app.cli import main as cli_main
 from mulo.app.config import load_config
 from mulo.app.commands import meta_test as mt
 from mulo.errors import CheckpointError
-from mulo.evaluate.lo_source import optimizer_source, resolve_checkpoint
+from mulo.app.sections import optimizer_source
+from mulo.evaluate.lo_source import resolve_checkpoint
 from mulo.io import read_jsonl
 from mulo.optimizers import build_learned, save_theta
 
@@ -82,6 +83,29 @@ def test_checkpoint_forms_resolve_to_the_saved_theta(lo_run):
     assert source.name == "mup_small_fc_mlp" and loaded_lo.hparams == lo.hparams  # not the CLI's 64 / 0.5
     assert source.info["hparams"]["hidden_size"] == 8
     assert _same_theta(loaded_theta, theta)
+
+
+def test_optimizer_source_reads_only_the_sections(lo_run):
+    """mulo.evaluate.lo_source builds from the two sections it is given, no Config: a hand-designed optimizer from the
+    optimizer section's values, a learned one from θ (the lo section's hyper-parameters are not used), and a θ of
+    another LO than lo.name is refused."""
+    from mulo.errors import ConfigError
+    from mulo.evaluate import lo_source
+
+    run, path, lo, theta = lo_run
+    hand = lo_source.optimizer_source({"name": "sgd", "learning_rate": 0.25, "momentum": 0.0}, {"name": "x"},
+                                      num_steps=3, record={"mup_input_mult": 2.0})
+    assert hand.name == "sgd" and hand.learned is None
+    assert hand.info["hparams"]["learning_rate"] == 0.25 and hand.info["hparams"]["mup_input_mult"] == 2.0
+    with pytest.raises(ConfigError, match="hand-designed and takes no checkpoint"):
+        lo_source.optimizer_source({"name": "sgd"}, {}, num_steps=3, checkpoint=str(run))
+    learned = lo_source.optimizer_source({"name": "lo"}, {"name": "mup_small_fc_mlp", "impl": "reference",
+                                                          "hidden_size": 64}, num_steps=3, checkpoint=str(run))
+    assert learned.learned[0].hparams == lo.hparams and learned.learned[0].impl == "reference"
+    with pytest.raises(ConfigError, match="is a learned optimizer: pass --checkpoint"):
+        lo_source.optimizer_source({"name": "lo"}, {"name": "mup_small_fc_mlp"}, num_steps=3)
+    with pytest.raises(CheckpointError, match="lo.name is 'small_fc_mlp'"):
+        lo_source.optimizer_source({"name": "lo"}, {"name": "small_fc_mlp"}, num_steps=3, checkpoint=str(path))
 
 
 def test_meta_test_from_local_checkpoint_uses_its_hparams(lo_run, local_run):

@@ -160,7 +160,7 @@ def test_learned_runs_are_labelled_by_their_meta_train_run_whatever_key_names_it
     """Issue #24: VeLO's run names carry its lstm_hidden_size (``velo4``), not a hidden_size: the label drops the
     ``meta-train_velo4_`` prefix as it drops ``meta-train_mup_small_fc_mlp8_`` (the θ read as meta-test reads it)."""
     from mulo.app.config import load_config
-    from mulo.evaluate.lo_source import optimizer_source
+    from mulo.app.sections import optimizer_source
     from mulo.evaluate.report_runs import run_label
     from mulo.optimizers import build_learned, save_theta
     from mulo.app.rundir import run_name

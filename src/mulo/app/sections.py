@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Mapping
 
-from mulo.app.aliases import FLAT_OPTIMIZER, flat_targets
+from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_targets
 from mulo.app.schema import check, key_text, short, suggest
 from mulo.errors import ConfigError
 from mulo.hparams import Key, field_defaults, section_schema
@@ -116,8 +116,8 @@ def flat_value(data: Mapping[str, Any], key: str) -> Any:
     from mulo.registry import LEARNED_OPTIMIZERS
 
     lo = LEARNED_OPTIMIZERS.get(data["lo"]["name"])
-    for section, entry in targets:  # the key of a component of this config first (the lo only if it reads it)
-        if entry in data[section] and (section != "lo" or entry in ("name", "impl")
+    for section, entry in targets:  # this config's components first; an LO's own flat key only if this LO reads it
+        if entry in data[section] and (FLAT_KEYS.get(key) == (section, entry)
                                        or (lo is not None and lo.config_keys.get(key) == entry)):
             return data[section][entry]
     for section, entry in targets:
@@ -139,3 +139,36 @@ def build(cfg: Any, section: str, *args: Any) -> Any:
     impl = values.pop("impl", None)
     hparams = spec.hparams_of(values)
     return spec.build(hparams, impl) if section == "lo" else spec.build(hparams, *args)
+
+
+MUP_RECORD = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")  # task_options recorded with a hand optimizer
+
+
+def optimizer_source(cfg: Any, download_dir: Any = None, api_factory: Any = None) -> Any:
+    """The optimizer of ``cfg``'s ``optimizer`` and ``lo`` sections (``mulo.evaluate.lo_source.optimizer_source``):
+    a hand-designed one built from its section, or a learned one from ``checkpoint`` / ``wandb_checkpoint_id``
+    (downloaded into ``download_dir``, by default ``<output_dir>/wandb_checkpoints``)."""
+    from pathlib import Path
+
+    from mulo.evaluate import lo_source
+
+    options = cfg.section("task_options")
+    return lo_source.optimizer_source(
+        cfg.section("optimizer"), cfg.section("lo"), num_steps=cfg.num_inner_steps, checkpoint=cfg.checkpoint,
+        wandb_checkpoint_id=cfg.wandb_checkpoint_id,
+        download_dir=download_dir if download_dir is not None else Path(cfg.output_dir) / "wandb_checkpoints",
+        api_factory=api_factory or lo_source.wandb_api, record={k: options[k] for k in MUP_RECORD})
+
+
+def with_checkpoint_hparams(cfg: Any, source: Any) -> Any:
+    """``cfg`` with the ``lo`` section's hyper-parameters that θ overrides (``lo_source.lo_keys``: hidden_size,
+    step_mult, exp_mult, clip_grad, eps_scaling for the Adafactor-MLP LOs) set from the checkpoint's, so the run name
+    and the saved config.py say what was actually used."""
+    from mulo.evaluate.lo_source import lo_keys
+
+    hp = source.info.get("hparams") or {}
+    changes = {key: hp[key] for key in lo_keys(source.name).values() if key in hp}
+    try:
+        return cfg.replace(lo=changes)
+    except ConfigError:
+        return cfg

@@ -1,14 +1,15 @@
-"""Where meta-test's (and sweeps', coord-check's) optimizer comes from: ``optimizer_source(cfg)``.
+"""Where meta-test's (and coord-check's) optimizer comes from: ``optimizer_source(optimizer, lo, ...)`` of the
+config's ``optimizer`` and ``lo`` sections.
 
-* a hand-designed optimizer: built from the config keys;
+* a hand-designed optimizer: built by its registration from the ``optimizer`` section;
 * a learned one from ``--checkpoint``: a meta-train run directory, its ``checkpoints/latest``, a step folder or a θ
   file (``resolve_checkpoint``, which reads the layout meta-train writes: ``mulo.layout``), or a named source
   (``hf:OWNER/NAME``, ``pretrained:NAME``, a hub-layout folder: ``mulo.optimizers.sources``);
 * or from ``--wandb_checkpoint_id entity/project/run_id``: the run's θ file is downloaded (all wandb access goes
   through ``wandb_api``).
 
-A learned optimizer's hyper-parameters come from its θ file (``load_theta``), never from the command line;
-``checkpoint_config`` writes them into the config (its keys: the LO's registration, ``mulo.registry``).
+A learned optimizer's hyper-parameters come from its θ file (``load_theta``), never from the command line (the
+``lo`` section gives its name and implementation); ``lo_keys`` names the keys they override.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any, Callable, Mapping
 
 from mulo.errors import CheckpointError, ConfigError, MuloError, one_line
 from mulo.layout import CHECKPOINTS, LATEST, THETA_DIR, THETA_FINAL, is_theta_step_file
-from mulo.registry import HAND_DESIGNED
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def fetch_wandb_checkpoint(run_path: str, dest: str | os.PathLike,
 class OptimizerSource:
     """How to build the optimizer for a task, and what to record about it."""
 
-    name: str  # cfg.optimizer, or the learned optimizer's name from its checkpoint
+    name: str  # the hand-designed optimizer's name, or the learned optimizer's from its checkpoint
     make: Callable[[Any], Any]  # task -> Optimizer
     info: dict = field(default_factory=dict)  # checkpoint path, hyper-parameters (JSON-able)
     learned: tuple | None = None  # (lo, theta) for a learned optimizer
@@ -206,73 +206,67 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-MUP_KEYS = ("mup_input_mult", "mup_output_mult", "mup_hidden_lr_mult")  # recorded with a hand-designed optimizer
+def optimizer_source(optimizer: Mapping[str, Any], lo: Mapping[str, Any], *, num_steps: int,
+                     checkpoint: str | None = None, wandb_checkpoint_id: str | None = None,
+                     download_dir: str | os.PathLike = "wandb_checkpoints",
+                     api_factory: Callable[[], Any] = wandb_api,
+                     record: Mapping[str, Any] | None = None) -> OptimizerSource:
+    """The optimizer of the config sections ``optimizer`` and ``lo`` (``mulo.registry.SECTIONS``).
 
+    * ``optimizer["name"]`` a hand-designed optimizer: built by its registration from the section's other entries
+      over ``num_steps`` steps; ``record`` (e.g. the μP multipliers) is stored beside its hyper-parameters;
+    * ``optimizer["name"] == "lo"``: the learned optimizer ``lo["name"]`` in ``lo["impl"]``, its θ and hyper-parameters
+      from ``checkpoint`` (a run directory, θ file, ``pretrained:NAME``, ``hf:OWNER/NAME``, ...) or the wandb run
+      ``wandb_checkpoint_id`` (its θ file downloaded into ``download_dir``) -- never from the section's other keys."""
+    from mulo.registry import LO_CHOICE, component
 
-def optimizer_source(cfg: Any, download_dir: str | os.PathLike | None = None,
-                     api_factory: Callable[[], Any] = wandb_api) -> OptimizerSource:
-    """The optimizer of ``cfg``: hand-designed from the config, learned from ``checkpoint`` / ``wandb_checkpoint_id``
-    (its hyper-parameters come from the checkpoint)."""
-    if cfg.optimizer in HAND_DESIGNED:
-        if cfg.checkpoint or cfg.wandb_checkpoint_id:
-            raise ConfigError(f"optimizer {cfg.optimizer!r} is hand-designed and takes no checkpoint: drop "
+    name = optimizer["name"]
+    if name != LO_CHOICE:
+        if checkpoint or wandb_checkpoint_id:
+            raise ConfigError(f"optimizer {name!r} is hand-designed and takes no checkpoint: drop "
                               f"--checkpoint/--wandb_checkpoint_id or choose a learned optimizer")
-        from mulo.optimizers import hand_designed_from_config
+        spec = component("optimizer", name)
+        hparams = spec.hparams_of({k: v for k, v in optimizer.items() if k != "name"})
+        info = {"hparams": {**dataclasses.asdict(hparams), **dict(record or {})}}
+        return OptimizerSource(name=spec.name, make=lambda task: spec.build(hparams, task, num_steps), info=info)
 
-        spec, hparams = hand_designed_from_config(cfg)
-        info = {"hparams": {**dataclasses.asdict(hparams), **{k: cfg[k] for k in MUP_KEYS}}}
-        return OptimizerSource(name=spec.name, make=lambda task: spec.build(hparams, task, cfg.num_inner_steps),
-                               info=info)
-
-    if cfg.checkpoint and cfg.wandb_checkpoint_id:
+    wanted, impl = lo["name"], ({"impl": lo["impl"]} if lo.get("impl") else {})  # none: the loader's default
+    if checkpoint and wandb_checkpoint_id:
         raise ConfigError("give either --checkpoint or --wandb_checkpoint_id, not both")
-    if cfg.wandb_checkpoint_id:
-        dest = Path(download_dir) if download_dir is not None else Path(cfg.output_dir) / "wandb_checkpoints"
-        path = fetch_wandb_checkpoint(cfg.wandb_checkpoint_id, dest, api_factory)
-    elif cfg.checkpoint:
+    if wandb_checkpoint_id:
+        path = fetch_wandb_checkpoint(wandb_checkpoint_id, download_dir, api_factory)
+    elif checkpoint:
         from mulo.optimizers.sources import is_named
 
         # hf:OWNER/NAME, pretrained:NAME or a hub-layout folder: mulo.optimizers.sources loads it below
-        path = None if is_named(cfg.checkpoint) else resolve_checkpoint(cfg.checkpoint)
+        path = None if is_named(checkpoint) else resolve_checkpoint(checkpoint)
     else:
-        raise ConfigError(f"optimizer {cfg.optimizer!r} is a learned optimizer: pass --checkpoint (a meta-train run "
+        raise ConfigError(f"optimizer {wanted!r} is a learned optimizer: pass --checkpoint (a meta-train run "
                           f"directory, its 'latest' or a theta file) or --wandb_checkpoint_id entity/project/run_id")
     from mulo.optimizers import load_theta
 
     if path is None:
         from mulo.optimizers.sources import load_source
 
-        lo, theta, extra = load_source(cfg.checkpoint, impl=cfg.lo_impl)
+        learned, theta, extra = load_source(checkpoint, **impl)
         path = extra["path"]  # the θ or weights file read
     else:
-        lo, theta, extra = load_theta(path, impl=cfg.lo_impl)  # θ brings the hyper-parameters, the config the impl
-    if getattr(lo, "name", cfg.optimizer) != cfg.optimizer:
-        raise CheckpointError(f"checkpoint {path} holds a {lo.name!r} learned optimizer, but --optimizer is "
-                              f"{cfg.optimizer!r}")
-    info = {"checkpoint": str(Path(path).resolve()), "hparams": _jsonable(getattr(lo, "hparams", {})),
+        learned, theta, extra = load_theta(path, **impl)  # θ brings the hyper-parameters, the section the impl
+    if getattr(learned, "name", wanted) != wanted:
+        raise CheckpointError(f"checkpoint {path} holds a {learned.name!r} learned optimizer, but the config's lo.name "
+                              f"is {wanted!r}")
+    info = {"checkpoint": str(Path(path).resolve()), "hparams": _jsonable(getattr(learned, "hparams", {})),
             "checkpoint_extra": _jsonable(extra or {})}
-    if cfg.wandb_checkpoint_id:
-        info["wandb_checkpoint_id"] = cfg.wandb_checkpoint_id
-    return OptimizerSource(name=lo.name, make=lambda task: lo.opt_fn(theta, task.update_scales), info=info,
-                           learned=(lo, theta))
+    if wandb_checkpoint_id:
+        info["wandb_checkpoint_id"] = wandb_checkpoint_id
+    return OptimizerSource(name=learned.name, make=lambda task: learned.opt_fn(theta, task.update_scales), info=info,
+                           learned=(learned, theta))
 
 
 def lo_keys(name: str) -> dict[str, str]:
-    """Config key -> hyper-parameter of the learned optimizer ``name`` (its registration, ``mulo.registry``): the
-    keys its θ file overrides; {} for a hand-designed optimizer."""
+    """Today's flat config key -> hyper-parameter (``lo`` section key) of the learned optimizer ``name`` (its
+    registration's ``config_keys``, ``mulo.registry``): the keys its θ file overrides; {} for a hand-designed one."""
     from mulo.registry import LEARNED_OPTIMIZERS
 
     spec = LEARNED_OPTIMIZERS.get(name)
     return dict(spec.config_keys) if spec is not None else {}
-
-
-def checkpoint_config(cfg: Any, source: OptimizerSource) -> Any:
-    """``cfg`` with the LO's config keys (the Adafactor-MLP LOs: hidden_size, adafac_step_mult, adafac_exp_mult,
-    lo_clip_grad, lo_eps_scaling) set from the checkpoint's hyper-parameters, so the run name and the saved config.py
-    say what was actually used."""
-    hp = source.info.get("hparams") or {}
-    changes = {cfg_key: hp[hp_key] for cfg_key, hp_key in lo_keys(source.name).items() if hp_key in hp}
-    try:
-        return cfg.replace(**changes)
-    except ConfigError:
-        return cfg

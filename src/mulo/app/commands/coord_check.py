@@ -8,9 +8,9 @@ from typing import Any
 
 from mulo.app import preflight
 from mulo.app.rundir import claim, run_dir_path, write_config
+from mulo.app.sections import optimizer_source
 from mulo.errors import ConfigError
 from mulo.evaluate.coord_check import coord_data, l1_table, plot
-from mulo.evaluate.lo_source import optimizer_source
 from mulo.io import atomic_write_json
 from mulo.tasks import TaskSettings, get_tasks, with_width
 
@@ -38,16 +38,16 @@ def _run(cfg: Any, tasks: Any, widths: list[int], source: Any, run_dir: Path) ->
     """Record, plot and print the coordinate check into ``run_dir``."""
     records = coord_data(tasks, source.make, steps=cfg.coord_steps,
                          batch_size=cfg.local_batch_size, seed=cfg.seed)
-    result = {"task": cfg.task[0], "optimizer": cfg.optimizer, "optimizer_info": source.info,
-              "learning_rate": cfg.learning_rate,
+    lr = None if source.learned else source.info["hparams"].get("learning_rate")
+    result = {"task": cfg.task[0], "optimizer": source.name, "optimizer_info": source.info, "learning_rate": lr,
               "widths": widths, "coord_steps": cfg.coord_steps, "batch_size": cfg.local_batch_size,
               "seed": cfg.seed, "records": records}
     atomic_write_json(run_dir / "coord_check.json", result)
-    title = f"{cfg.task[0]} / {cfg.optimizer}" + ("" if source.learned else f" lr={cfg.learning_rate:g}")
+    title = f"{cfg.task[0]} / {source.name}" + ("" if lr is None else f" lr={lr:g}")
     plot(records, run_dir / "coord_check.png", title)
     plot(records, run_dir / "coord_check_delta.png", title + " (std of x_t - x_1)", key="delta_std")
     table = l1_table(records)
-    print(f"coord check of {cfg.task[0]} ({cfg.optimizer}): mean |x| per layer at t={cfg.coord_steps}")
+    print(f"coord check of {cfg.task[0]} ({source.name}): mean |x| per layer at t={cfg.coord_steps}")
     for layer, by_t in table.items():
         row = by_t[cfg.coord_steps]
         print(f"  {layer:>12s}: " + "  ".join(f"w{w}={row[w]:.3g}" for w in widths))

@@ -46,8 +46,8 @@ import jax
 
 from mulo.app.config import Config
 from mulo.errors import MuloError
-from mulo.evaluate.lo_source import (OptimizerSource, _jsonable, checkpoint_config, lo_keys, optimizer_source,
-                                     wandb_api)
+from mulo.app.sections import optimizer_source, with_checkpoint_hparams
+from mulo.evaluate.lo_source import OptimizerSource, _jsonable, lo_keys
 from mulo.evaluate.train_loop import LoopSettings, TrainLoop, run_summary
 from mulo.io import atomic_write_json, read_jsonl
 from mulo.layout import MANIFEST, METRICS, SUMMARY, seed_dir
@@ -236,14 +236,15 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     download = None
     if cfg.wandb_checkpoint_id:  # <output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/<theta file>
         download = Path(cfg.output_dir) / "wandb_checkpoints" / cfg.wandb_checkpoint_id.strip("/").replace("/", "_")
-    source = optimizer_source(cfg, download, api_factory or wandb_api)
+    source = optimizer_source(cfg, download, api_factory)
     if source.info.get("checkpoint"):
-        fixed = checkpoint_config(cfg, source)
-        for key, hp in lo_keys(source.name).items():  # say so when the command line asked for what θ overrides
-            given = [f for f in (key, f"lo.{hp}") if args is not None and hasattr(args, f"key__{f}")]
-            if given and cfg[key] != fixed[key]:
-                print(f"[meta-test] ignoring --{given[0]} {cfg[key]}: the checkpoint's learned optimizer has "
-                      f"{hp}={fixed[key]}")
+        fixed = with_checkpoint_hparams(cfg, source)
+        asked, used = cfg.section("lo"), fixed.section("lo")
+        for flat, hp in lo_keys(source.name).items():  # say so when the command line asked for what θ overrides
+            given = [f for f in (flat, f"lo.{hp}") if args is not None and hasattr(args, f"key__{f}")]
+            if given and asked[hp] != used[hp]:
+                print(f"[meta-test] ignoring --{given[0]} {asked[hp]}: the checkpoint's learned optimizer has "
+                      f"{hp}={used[hp]}")
         cfg = fixed
     theta = theta_label(source.info["checkpoint"]) if source.learned is not None else None  # in the run name
     run_dir = run_dir_path(cfg, "meta-test", theta)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mulo.app.config import SCHEMA, Config
+from mulo.app.sections import build
 from mulo.errors import ConfigError, MuloError, one_line
 from mulo.evaluate.lo_source import _jsonable
 from mulo.app.commands.meta_test import build_tasks
@@ -58,12 +59,11 @@ class TrialFailed(Exception):
 
 def run_trial(cfg: Config, params: Mapping[str, Any], trial_dir: Path, group: str, name: str) -> dict:
     """Train the sweep's task once with ``params`` applied to the config; return the trial's summary."""
-    from mulo.optimizers import build_optimizer
     from mulo.app.runlog import RunLogger
 
     tcfg = cfg.replace(**dict(params))
     task = build_tasks(tcfg)[0]
-    loop = TrainLoop(task, build_optimizer(tcfg, task), LoopSettings.from_config(tcfg))
+    loop = TrainLoop(task, build(tcfg, "optimizer", task, tcfg.num_inner_steps), LoopSettings.from_config(tcfg))
     logger = RunLogger(trial_dir, tcfg, group=group, name=name, job_type="sweep",
                        extra_config={"sweep_params": dict(params)})
     try:
@@ -140,7 +140,7 @@ def write_results(study: Any, cfg: Config, run_dir: Path, base_config: str | Non
 def check_sweep(cfg: Config) -> tuple[str, dict[str, Any]]:
     """(method, space) after every check that needs no file: optimizer, one task (its name), the search space, the
     trial budget, the storage URL."""
-    if cfg.optimizer not in HAND_DESIGNED:
+    if cfg.section("optimizer")["name"] not in HAND_DESIGNED:
         raise ConfigError(f"sweeps tune hand-designed optimizers ({', '.join(HAND_DESIGNED)}), not "
                           f"{cfg.optimizer!r}")
     if len(cfg.task) != 1:
@@ -262,7 +262,6 @@ def main(cfg: Config, args: Any = None) -> int:
     """``sweep`` command handler. Everything that needs no file is checked first (sweep config, task name, storage
     URL, run name and output_dir, data, memory of a trial); nothing is created when a check fails."""
     from mulo.app import preflight, startup
-    from mulo.optimizers import build_optimizer
     from mulo.app.rundir import claim, run_dir_path, run_name, write_config
 
     run_dir = run_dir_path(cfg, "sweep")
@@ -271,7 +270,7 @@ def main(cfg: Config, args: Any = None) -> int:
     preflight.check_data(tasks, ["train"] + ([] if cfg.skip_test else ["test"]))
     batch = space.get("local_batch_size", cfg.local_batch_size)  # the largest batch a trial may use
     batch = max(batch) if isinstance(batch, list) else int(batch["high"]) if isinstance(batch, dict) else batch
-    preflight.check_loops(cfg, tasks, lambda t: build_optimizer(cfg, t), "a sweep trial", batch_size=batch)
+    preflight.check_loops(cfg, tasks, lambda t: build(cfg, "optimizer", t, cfg.num_inner_steps), "a sweep trial", batch_size=batch)
     name = cfg.study_name or run_name(cfg, "sweep")
     with claim(run_dir, "sweep setup", wait=SETUP_WAIT_S):
         claim_study(run_dir, storage_url(cfg, run_dir), name)
