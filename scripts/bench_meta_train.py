@@ -61,7 +61,7 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
     import jax
 
     from mulo.app.config import load_config
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, parse_task_name
     from mulo.tasks.mlp import MLPTask
@@ -79,7 +79,7 @@ def bench_width(width: int, repeats: int, num_tasks: int, trunc: int, spj: int, 
     from mulo.parallel import Placement
 
     placement = Placement.create(devices=jax.devices()[:devices]) if devices else None
-    trainer = MetaTrainer.from_flat_config(cfg, [task], lo, placement)
+    trainer = meta_trainer(cfg, [task], lo, placement)
     state = trainer.init_state()
     streams = trainer.streams(0)
     state, m = trainer.step(state, streams)  # warm-up: compile

@@ -239,7 +239,7 @@ def check_meta_train(sz, platform_name):
     import jax
 
     from mulo.app.config import load_config
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, parse_task_name
     from mulo.tasks.mlp import MLPTask
@@ -252,7 +252,7 @@ def check_meta_train(sz, platform_name):
                                      prefetch_batches=2))
     dataset = random_image_dataset("imagenet-32x32x3", sz["pool"])
     tasks = [MLPTask(parse_task_name(n), TaskSettings.from_config(cfg), dataset) for n in names]
-    trainer = MetaTrainer.from_flat_config(cfg, tasks, build_learned(cfg))
+    trainer = meta_trainer(cfg, tasks, build_learned(cfg))
     state = trainer.init_state()
     streams = [TimedIterator(s) for s in trainer.streams(0)]
     t0 = time.perf_counter()

@@ -81,12 +81,12 @@ def sharded_vs_single(out: Path) -> dict:
 
     # the checkpoints on disk, restored into one device's layout
     single = Placement.create(devices=jax.devices()[:1])
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, get_tasks
 
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-    trainer = MetaTrainer.from_flat_config(cfg, tasks, build_learned(cfg), single)
+    trainer = meta_trainer(cfg, tasks, build_learned(cfg), single)
     template = trainer.init_state()
     ckpts = {}
     for name in ("single", "pairs4", "pairs2x2"):
@@ -144,7 +144,7 @@ def resident_streams(out: Path) -> dict:
     import numpy as np
 
     from mulo.app.config import load_config
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
     from mulo.parallel import Placement
     from mulo.tasks import TaskSettings, get_tasks
@@ -153,7 +153,7 @@ def resident_streams(out: Path) -> dict:
     for mode in ("on", "off"):
         cfg = load_config(None, cli={**TINY, "data_on_device": mode})
         tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-        trainer = MetaTrainer.from_flat_config(cfg, tasks, build_learned(cfg), Placement.create(data_parallel=2))
+        trainer = meta_trainer(cfg, tasks, build_learned(cfg), Placement.create(data_parallel=2))
         resident[mode] = list(trainer.resident)
         got = first_chunks(trainer, 3)
         chunks[mode] = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(got)]

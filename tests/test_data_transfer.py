@@ -105,7 +105,7 @@ def _mlp_task(ds, width=8):
 
 @pytest.mark.parametrize("mode", ["off", "on"])
 def test_meta_train_streams_carry_the_normalised_batches(mode):
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
 
     ds = random_image_dataset("fashionmnist-28x28x1")
@@ -113,7 +113,7 @@ def test_meta_train_streams_carry_the_normalised_batches(mode):
                                      truncation_schedule_min_length=4, local_batch_size=4, progress=False,
                                      data_on_device=mode))
     lo = build_learned(cfg.replace(optimizer="mup_small_fc_mlp"))
-    trainer = MetaTrainer.from_flat_config(cfg, [_mlp_task(ds)], lo)
+    trainer = meta_trainer(cfg, [_mlp_task(ds)], lo)
     assert trainer.resident == (mode == "on",)
     got = first_chunks(trainer, 2)
     with pytest.MonkeyPatch.context() as mp:  # the old path: float32 normalised on the host

@@ -225,7 +225,7 @@ def test_meta_train_unroll_with_the_kernel_lowers_for_cuda(monkeypatch):
     from conftest import random_image_dataset
     from parallel_cases import first_chunks
 
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.tasks import TaskSettings, parse_task_name
     from mulo.tasks.mlp import MLPTask
 
@@ -235,7 +235,7 @@ def test_meta_train_unroll_with_the_kernel_lowers_for_cuda(monkeypatch):
                                      steps_per_jit=2, local_batch_size=4, progress=False))
     task = MLPTask(parse_task_name("mumlp-w64-d2_fashionmnist-28x28x1"), TaskSettings.from_config(cfg), ds)
     lo = build_learned(cfg)
-    trainer = MetaTrainer.from_flat_config(cfg, [task], lo)
+    trainer = meta_trainer(cfg, [task], lo)
     state = trainer.init_state()
     est = trainer.estimators[0]
     _, theta_pm = est._jit["start"](state.theta, KEY)

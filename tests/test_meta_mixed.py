@@ -18,7 +18,8 @@ from mulo.evaluate import report_meta_train as rmt
 from mulo.io import read_jsonl
 from mulo.meta import outer
 from mulo.meta.mixture import task_family
-from mulo.meta.trainer import MetaTrainer, _key
+from mulo.app.sections import meta_trainer
+from mulo.meta.trainer import _key
 from mulo.tasks.names import parse_task_name
 from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 
@@ -65,13 +66,13 @@ def test_init_loss_scale_is_the_meta_loss_at_initialisation_and_scales_the_step(
     # noise 0: targets x = 0 and params w = v = 1, so loss = ½ Σ_j h_j + ½ d² with h = linspace(0.5, 2, d):
     # d = 3: ½ (0.5 + 1.25 + 2) + 4.5 = 6.375; d = 2: ½ (0.5 + 2) + 2 = 3.25
     tasks = [QuadraticTask(dim=3, name="quad-a"), QuadraticTask(dim=2, name="bowl-b")]
-    norm = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss"), tasks, ToyLO())
+    norm = meta_trainer(_cfg(meta_loss_norm="init_loss"), tasks, ToyLO())
     assert norm.loss_scales == pytest.approx((6.375, 3.25), rel=1e-6)
-    assert MetaTrainer.from_flat_config(_cfg(), tasks, ToyLO()).loss_scales is None  # the default: the plain mean
+    assert meta_trainer(_cfg(), tasks, ToyLO()).loss_scales is None  # the default: the plain mean
 
     # the outer step applies mean_j ĝ_j / c_j: recompute each task's estimate from the same keys and data
     tasks = _mixed()
-    trainer = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss", meta_grad_clip=None), tasks, ToyLO())
+    trainer = meta_trainer(_cfg(meta_loss_norm="init_loss", meta_grad_clip=None), tasks, ToyLO())
     state = trainer.init_state()
     streams = trainer.streams(0)
     try:
@@ -89,7 +90,7 @@ def test_init_loss_scale_is_the_meta_loss_at_initialisation_and_scales_the_step(
 
 
 def test_meta_loss_is_logged_per_family():
-    trainer = MetaTrainer.from_flat_config(_cfg(meta_loss_norm="init_loss"), _mixed(), ToyLO())
+    trainer = meta_trainer(_cfg(meta_loss_norm="init_loss"), _mixed(), ToyLO())
     _, (m,) = _run(trainer, trainer.init_state(), 1)
     c = {t.name: m[f"loss_scale/{t.name}"] for t in _mixed()}
     assert c == pytest.approx(dict(zip(c, trainer.loss_scales)))
@@ -98,7 +99,7 @@ def test_meta_loss_is_logged_per_family():
     assert m["meta_loss_family/bowl"] == pytest.approx(m["meta_loss/bowl-c"] / c["bowl-c"], rel=1e-6)
     assert m["meta_loss"] == pytest.approx(np.mean([m[f"meta_loss/{t}"] for t in c]), rel=1e-6)  # raw, as before
     # without normalisation: the families' plain means, and no scales logged
-    trainer = MetaTrainer.from_flat_config(_cfg(), _mixed(), ToyLO())
+    trainer = meta_trainer(_cfg(), _mixed(), ToyLO())
     _, (p,) = _run(trainer, trainer.init_state(), 1)
     assert p["meta_loss_family/quad"] == pytest.approx((p["meta_loss/quad-a"] + p["meta_loss/quad-b"]) / 2)
     assert not any(k.startswith("loss_scale/") for k in p)
@@ -110,7 +111,7 @@ def test_meta_loss_is_logged_per_family():
 
 
 def test_task_batch_sizes_shape_each_task_and_bad_values_are_one_line_errors():
-    trainer = MetaTrainer.from_flat_config(_cfg(task_batch_sizes=[4, 2, 6]), _mixed(), ToyLO())
+    trainer = meta_trainer(_cfg(task_batch_sizes=[4, 2, 6]), _mixed(), ToyLO())
     assert [trainer.chunk_shape(j) for j in range(3)] == [(2, 2, 4), (2, 2, 2), (2, 2, 6)]
     streams = trainer.streams(0)
     try:
@@ -119,7 +120,7 @@ def test_task_batch_sizes_shape_each_task_and_bad_values_are_one_line_errors():
         for it in streams:
             it.close()
     with pytest.raises(ConfigError, match=r"one batch size per task \(3 tasks\)"):
-        MetaTrainer.from_flat_config(_cfg(task_batch_sizes=[4, 2]), _mixed(), ToyLO())
+        meta_trainer(_cfg(task_batch_sizes=[4, 2]), _mixed(), ToyLO())
     for key, value in (("task_batch_sizes", "4,0"), ("task_batch_sizes", "a"), ("task_batch_sizes", ""),
                        ("meta_loss_norm", "mean")):  # as typed on the command line
         with pytest.raises(ConfigError, match=f"config key '{key}'"):
@@ -162,7 +163,7 @@ def test_a_mixed_family_run_resumes_bit_exactly(tmp_path):
 
 
 def test_runs_from_before_the_new_keys_keep_their_identity():
-    ident = MetaTrainer.from_flat_config(_cfg(), _mixed(), ToyLO()).identity()
+    ident = meta_trainer(_cfg(), _mixed(), ToyLO()).identity()
     assert "meta_loss_norm" not in ident and "task_batch_sizes" not in ident
 
 

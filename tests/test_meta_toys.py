@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mulo.meta.settings import from_flat_config
 from mulo.meta.train import train
 from mulo.optimizers.base import Optimizer
 from mulo.tasks.base import ParamMeta, update_scales
@@ -30,8 +29,11 @@ def train_flat(cfg, tasks, lo, run_dir, **kwargs):
     from pathlib import Path
 
     from mulo.app.runlog import RunLogger
+    from mulo.app.sections import build
+    from mulo.meta.settings import TrainSettings
 
-    settings, estimator, truncation = from_flat_config(cfg)
+    settings, estimator = TrainSettings.from_config(cfg), build(cfg, "estimator")
+    truncation = build(cfg, "truncation", cfg.num_inner_steps)
 
     def logger():
         return RunLogger(Path(run_dir), cfg, group="meta-train", name=Path(run_dir).name, job_type="meta-train")

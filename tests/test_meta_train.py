@@ -21,7 +21,7 @@ from mulo.errors import CheckpointError
 from mulo.io import read_jsonl
 from mulo.meta import outer
 from mulo.meta.checkpoint import Checkpointer
-from mulo.meta.trainer import MetaTrainer
+from mulo.app.sections import meta_trainer
 from test_meta_toys import TOY_META_CONFIG, QuadraticTask, ToyLO, train_flat
 
 TESTS = Path(__file__).resolve().parent
@@ -78,12 +78,12 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tm
     for f in (ckpt / "4").rglob("*"):  # corrupt every data file of the newest checkpoint
         if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name and f.suffix != ".txt":
             f.write_bytes(b"garbage")
-    template = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).init_state()
-    identity = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).identity()
+    template = meta_trainer(cfg, _tasks()[:1], ToyLO()).init_state()
+    identity = meta_trainer(cfg, _tasks()[:1], ToyLO()).identity()
     step, state = Checkpointer(ckpt, 3, identity).restore(template, 2)
     assert step == 2 and int(state.step) == 2
     with pytest.raises(CheckpointError, match="corrupt"):  # asked for by step: no fallback
-        Checkpointer(ckpt, 3, MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 4)
+        Checkpointer(ckpt, 3, meta_trainer(cfg, _tasks()[:1], ToyLO()).identity()).restore(template, 4)
     # --auto_resume falls back to the newest loadable checkpoint, says so in one line, keeps the corrupt one aside
     capsys.readouterr()
     result = train_flat(cfg.replace(auto_resume=True, num_outer_steps=6), _tasks()[:1], ToyLO(), tmp_path,
@@ -97,7 +97,7 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error_and_keeps_old_ones(tm
 
 def test_nonfinite_meta_gradient_is_skipped_and_counted(tmp_path):
     cfg = _cfg(num_outer_steps=3)
-    trainer = MetaTrainer.from_flat_config(cfg, _tasks()[:1], ToyLO())
+    trainer = meta_trainer(cfg, _tasks()[:1], ToyLO())
     est = trainer.estimators[0]
     real = est.estimate
 
@@ -193,7 +193,7 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     _, _, step = out.strip().splitlines()[-1].split()
     assert out.strip().splitlines()[-1].startswith("RESULT SIGTERM")
     cfg = load_config(None, cli=cli)
-    trainer = MetaTrainer.from_flat_config(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO())
+    trainer = meta_trainer(cfg, [QuadraticTask(dim=3, noise=0.5)], ToyLO())
     ckpt = Checkpointer(run_dir / "checkpoints", 2, trainer.identity())
     assert ckpt.latest_step() == int(step) >= 2
     got, state = ckpt.restore(trainer.init_state())
@@ -221,13 +221,13 @@ def test_the_identity_of_a_run_written_by_the_flat_config_trainer_is_unchanged(t
     """identity.json is built from the built objects (LO, estimator, truncation) and the run-level settings, yet its
     bytes are those today's runs have: the kept general μLO run (written before the config sections) resumes."""
     from mulo.io import atomic_write_json
-    from mulo.meta.settings import from_flat_config, identity
-    from mulo.optimizers import build_learned
+    from mulo.app.sections import build
+    from mulo.meta.settings import TrainSettings, identity
 
     run = next((TESTS.parent / "runs" / "cpu_mulo_general").glob("meta-train_*"))
     cfg = load_config(run / "config.py")
-    settings, estimator, truncation = from_flat_config(cfg)
+    estimator, truncation = build(cfg, "estimator"), build(cfg, "truncation", cfg.num_inner_steps)
     assert estimator.hparams.num_pairs == cfg.num_tasks == 4 and truncation.max_length == cfg.num_inner_steps
-    written = atomic_write_json(tmp_path / "identity.json", identity(settings, build_learned(cfg), estimator,
-                                                                     truncation))
+    written = atomic_write_json(tmp_path / "identity.json", identity(TrainSettings.from_config(cfg), build(cfg, "lo"),
+                                                                     estimator, truncation))
     assert written.read_bytes() == (run / "checkpoints" / "identity.json").read_bytes()

@@ -53,10 +53,10 @@ def test_meta_training_runs_the_task_in_bf16_with_float32_state():
 
 
 def test_meta_trainer_and_meta_test_take_use_bf16_from_the_config():
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
 
     cfg = load_config(None, cli={"use_bf16": True, "num_tasks": 2, "trunc_length": 2, "steps_per_jit": 2})
-    trainer = MetaTrainer.from_flat_config(cfg, [QuadraticTask(dim=2)], ToyLO())
+    trainer = meta_trainer(cfg, [QuadraticTask(dim=2)], ToyLO())
     assert all(e.unroll.use_bf16 for e in trainer.estimators)
     spy = []
     f = task_loss(lambda p, b, k: spy.append(p.dtype) or jnp.sum(p), True)

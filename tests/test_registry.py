@@ -296,7 +296,7 @@ def test_toy_lo_through_its_lo_section():
 
 def test_toy_hand_designed_optimizer_through_its_section_the_config_and_meta_test(tmp_path):
     from mulo.app.config import option_key
-    from mulo.optimizers import build_optimizer
+    from mulo.app.sections import build
 
     assert "toy_sign" in optimizer_names() and "toy_sign" in option_key("optimizer.name").choices
     assert list(section_keys("optimizer", "toy_sign")) == ["name", "learning_rate"]
@@ -305,7 +305,7 @@ def test_toy_hand_designed_optimizer_through_its_section_the_config_and_meta_tes
     opt = spec.build(spec.hparams_of({"learning_rate": 0.5}), None, 10)
     np.testing.assert_allclose(opt.params(opt.update(opt.init(params, 10), grads))["w"], [0.5, -0.5, -0.5])
     # today's flat keys (the config's learning_rate) reach it too, and the meta-test command runs it
-    opt = build_optimizer(load_config(None, cli={"optimizer": "toy_sign", "learning_rate": 0.25}), None)
+    opt = build(load_config(None, cli={"optimizer": "toy_sign", "learning_rate": 0.25}), "optimizer", None, 10)
     np.testing.assert_allclose(opt.params(opt.update(opt.init(params, 10), grads))["w"], [0.75, -0.75, -0.25])
     out = tmp_path / "out"
     args = ["meta-test", "--config", str(REPO / "config" / "meta_test" / "meta_test_base.py"), "--optimizer",
@@ -326,6 +326,7 @@ def test_toy_estimator_through_its_section_and_meta_training():
     from mulo.meta.es import ES
     from mulo.meta.estimators import EstimatorHParams
     from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from test_meta_toys import TOY_META_CONFIG, QuadraticTask
     from test_meta_toys import ToyLO as QuadLO
 
@@ -334,7 +335,7 @@ def test_toy_estimator_through_its_section_and_meta_training():
     assert spec.build(spec.hparams_of({"gain": 2.0, "num_pairs": 2})).hparams == ToyESHParams(num_pairs=2, gain=2.0)
     cfg = load_config(None, cli={**TOY_META_CONFIG, "num_tasks": 2, "gradient_estimator": "toy_es"})
     tasks = [QuadraticTask(dim=2, noise=0.5, init_noise=0.3)]
-    toy = MetaTrainer.from_flat_config(cfg, tasks, QuadLO())
+    toy = meta_trainer(cfg, tasks, QuadLO())
     assert isinstance(toy.estimator, ToyES) and toy.estimator.hparams.gain == 3.0 and toy.num_pairs == 2
     es = MetaTrainer(toy.settings, tasks, QuadLO(), ES(EstimatorHParams(cfg.pes_std, cfg.trunc_length, 2)),
                      toy.truncation)

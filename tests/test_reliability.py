@@ -161,7 +161,7 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     import jax.numpy as jnp
 
     from mulo.meta.checkpoint import Checkpointer
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, get_tasks
 
@@ -170,7 +170,7 @@ def test_rejected_rerun_does_not_rewrite_config_or_checkpoints(tmp_path, capsys)
     path.mkdir(parents=True)
     write_config(path, cfg)
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
-    identity = MetaTrainer.from_flat_config(cfg, tasks, build_learned(cfg)).identity()
+    identity = meta_trainer(cfg, tasks, build_learned(cfg)).identity()
     ckpt = Checkpointer(path / "checkpoints", 3, identity)
     ckpt.save(1, {"theta": jnp.arange(3.0)})
     ckpt.close()

@@ -166,7 +166,8 @@ def test_loss_buffer_features_start_at_zero_and_stay_in_range():
 def test_a_few_pes_steps_lower_the_meta_loss_of_a_tiny_task():
     import itertools
 
-    from mulo.meta.trainer import MetaTrainer
+    from mulo.app.sections import meta_trainer
+
 
     cfg = load_config(None, cli=dict(optimizer="mup_velo", velo_param_inits=2, velo_lstm_hidden_size=4,
                                      adafac_step_mult=0.1, num_tasks=2, trunc_length=2, steps_per_jit=2,
@@ -174,7 +175,7 @@ def test_a_few_pes_steps_lower_the_meta_loss_of_a_tiny_task():
                                      random_initial_iteration_offset=0, local_batch_size=4, pes_std=0.01,
                                      meta_learning_rate=3e-2, progress=False, meta_grad_clip=None))
     task = QuadraticTask(dim=3, noise=0.1)
-    trainer = MetaTrainer.from_flat_config(cfg, [task], build_learned(cfg))
+    trainer = meta_trainer(cfg, [task], build_learned(cfg))
     batches = [b for b in itertools.islice(task.dataset.batches("train", (4,), 123), 4)]
 
     @jax.jit

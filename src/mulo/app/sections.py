@@ -172,3 +172,13 @@ def with_checkpoint_hparams(cfg: Any, source: Any) -> Any:
         return cfg.replace(lo=changes)
     except ConfigError:
         return cfg
+
+
+def meta_trainer(cfg: Any, tasks: Any, lo: Any = None, placement: Any = None) -> Any:
+    """The meta-trainer (``mulo.meta.trainer.MetaTrainer``) of ``cfg``: its run-level settings, the estimator and the
+    truncation schedule built from their sections, and ``lo`` (default: built from the ``lo`` section)."""
+    from mulo.meta.settings import TrainSettings
+    from mulo.meta.trainer import MetaTrainer
+
+    return MetaTrainer(TrainSettings.from_config(cfg), tasks, lo if lo is not None else build(cfg, "lo"),
+                       build(cfg, "estimator"), build(cfg, "truncation", cfg.num_inner_steps), placement)

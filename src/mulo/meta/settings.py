@@ -1,6 +1,5 @@
 """What meta-training reads besides its built objects (the LO, the estimator, the truncation schedule, the tasks):
-the run-level settings (``TrainSettings``), and the compatibility path that builds all of them from today's flat
-config keys (``from_flat_config``).
+the run-level settings (``TrainSettings``) and the identity a checkpoint must match to be resumed.
 
 ``mulo.meta.train.train(settings, tasks, lo, estimator, truncation, run_dir)`` takes these; the estimator is the one
 source of the antithetic pairs per task (``estimator.hparams.num_pairs``), the truncation schedule of the episode
@@ -13,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mulo.registry import component
 
 
 @dataclass(frozen=True)
@@ -55,26 +53,6 @@ class TrainSettings:
 
     def replace(self, **changes) -> "TrainSettings":
         return dataclasses.replace(self, **changes)
-
-
-# today's flat config keys -> (section, key) of the estimator and truncation sections (the compatibility path;
-# mulo.app.aliases maps them for configs)
-FLAT_ESTIMATOR_KEYS = {"pes_std": "std", "trunc_length": "trunc_length", "num_tasks": "num_pairs"}
-FLAT_TRUNCATION_KEYS = {"truncation_schedule_min_length": "min_length", "random_initial_iteration_offset":
-                        "random_offset"}
-
-
-def from_flat_config(cfg: Any) -> tuple[TrainSettings, Any, Any]:
-    """(settings, estimator, truncation schedule) from today's flat config keys (``gradient_estimator``,
-    ``pes_std``, ``trunc_length``, ``num_tasks``, ``truncation_schedule``, ``truncation_schedule_min_length``,
-    ``random_initial_iteration_offset``, ``num_inner_steps`` and the run-level keys)."""
-    get = (lambda k: cfg[k]) if hasattr(cfg, "__getitem__") else (lambda k: getattr(cfg, k))
-    est = component("estimator", get("gradient_estimator"))
-    estimator = est.build(est.hparams_of({key: get(flat) for flat, key in FLAT_ESTIMATOR_KEYS.items()}))
-    trunc = component("truncation", get("truncation_schedule"))
-    truncation = trunc.build(trunc.hparams_of({key: get(flat) for flat, key in FLAT_TRUNCATION_KEYS.items()}),
-                             get("num_inner_steps"))
-    return TrainSettings.from_config(cfg), estimator, truncation
 
 
 def identity(settings: TrainSettings, lo: Any, estimator: Any, truncation: Any) -> dict:

@@ -22,7 +22,7 @@ from mulo.errors import ConfigError
 from mulo.meta import outer
 from mulo.meta.estimators import TruncatedEstimator
 from mulo.meta.mixture import divides_by_init_loss, init_loss_scale, task_batch_sizes, task_family
-from mulo.meta.settings import TrainSettings, from_flat_config, identity
+from mulo.meta.settings import TrainSettings, identity
 from mulo.meta.unroll import TruncatedUnroll
 from mulo.parallel import Placement
 
@@ -81,13 +81,6 @@ class MetaTrainer:
                               for t, e in zip(self.tasks, self.estimators))  # datasets kept on the devices
         rep = self.placement.replicated
         self._outer = jax.jit(self._outer_update, out_shardings=rep)
-
-    @classmethod
-    def from_flat_config(cls, cfg: Any, tasks: Sequence[Any], lo: Any,
-                         placement: Placement | None = None) -> "MetaTrainer":
-        """The trainer of today's flat config keys (``mulo.meta.settings.from_flat_config``)."""
-        settings, estimator, truncation = from_flat_config(cfg)
-        return cls(settings, tasks, lo, estimator, truncation, placement)
 
     @functools.cached_property
     def loss_scales(self) -> tuple[float, ...] | None:

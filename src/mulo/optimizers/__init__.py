@@ -24,7 +24,7 @@ from mulo.optimizers.hand_designed import from_optax, lr_schedule
 from mulo.optimizers.muadam import muadam
 from mulo.optimizers.sgd import sgd
 from mulo.optimizers.theta_io import learned_from_hparams, load_theta, save_theta
-from mulo.registry import LO_CHOICE, Component, component, hand_names, is_learned, learned_names, learned_spec
+from mulo.registry import is_learned, learned_names, learned_spec
 
 
 def __getattr__(name: str):
@@ -57,40 +57,6 @@ def build_learned(cfg: Any) -> Any:
     return spec.from_config(cfg, impl=_get(cfg, "lo_impl"))
 
 
-# today's flat config keys of the hand-designed optimizers -> their section keys (the compatibility path below;
-# mulo.app.aliases maps them for configs)
-FLAT_HAND_KEYS = {"learning_rate": "learning_rate", "beta1": "b1", "beta2": "b2", "weight_decay": "weight_decay",
-                  "sgd_momentum": "momentum", "warmup_steps": "warmup_steps", "cosine_decay": "cosine_decay",
-                  "end_lr_ratio": "end_lr_ratio"}
-
-
-def hand_designed_from_config(cfg: Any) -> tuple[Component, Any]:
-    """(registered spec, hyper-parameters) of the hand-designed optimizer of ``cfg``: its ``optimizer`` section
-    (a dict with ``name``) or today's flat keys (``optimizer`` the name, FLAT_HAND_KEYS the values)."""
-    section = _get(cfg, "optimizer")
-    if isinstance(section, Mapping):
-        name, values = section.get("name"), {k: v for k, v in section.items() if k != "name"}
-    else:
-        name, values = section, None
-    if is_learned(name) or name == LO_CHOICE:
-        raise ConfigError(f"optimizer {name!r} is a learned optimizer: build it with mulo.optimizers.load_theta("
-                          f"<theta file>) and lo.opt_fn(theta, task.update_scales)")
-    if name not in hand_names():
-        raise ConfigError(f"unknown optimizer {name!r}; expected one of {', '.join(hand_names() + learned_names())}")
-    spec = component("optimizer", name)
-    if values is None:
-        keys = spec.schema()
-        values = {hp: _get(cfg, flat) for flat, hp in FLAT_HAND_KEYS.items() if hp in keys}
-    return spec, spec.hparams_of(values)
-
-
-def build_optimizer(cfg: Any, task: Any) -> Optimizer:
-    """The hand-designed optimizer of ``cfg`` (``hand_designed_from_config``) for ``task``, over ``num_inner_steps``
-    steps. Learned optimizers need meta-parameters: ``load_theta`` and ``lo.opt_fn(theta, task.update_scales)``."""
-    spec, hparams = hand_designed_from_config(cfg)
-    return spec.build(hparams, task, _get(cfg, "num_inner_steps"))
-
-
-__all__ = ["Optimizer", "LearnedOptimizer", "build_optimizer", "build_learned", "hand_designed_from_config", "sgd",
+__all__ = ["Optimizer", "LearnedOptimizer", "build_learned", "sgd",
            "adam", "adamw", "muadam", "from_optax", "lr_schedule", "LEARNED", "AdafacHParams", "AdafacMLPLO",
            "learned_from_hparams", "save_theta", "load_theta", "as_optax", "num_meta_params"]

@@ -35,7 +35,7 @@ import optax
 
 from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, HParamsDict, hparam
-from mulo.optimizers.base import Optimizer
+from mulo.optimizers.base import Optimizer, check_variant
 from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, TIMESCALES, Acc,  # noqa: F401
                                       decay_from_param, effective_weights, factored_dims, features_reference,
                                       fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
@@ -197,11 +197,7 @@ class AdafacMLPLO:
     fused_min_size: int = 4096
 
     def __post_init__(self):
-        if self.name not in LO_NAMES:
-            raise ConfigError(f"unknown learned optimizer {self.name!r}; expected one of {LO_NAMES}")
-        if self.impl not in LO_IMPLS:
-            raise ConfigError(f"bad value {self.impl!r} for config key 'lo_impl': expected one of "
-                              f"{', '.join(LO_IMPLS)}")
+        check_variant("learned optimizer", self.name, LO_NAMES, self.impl, LO_IMPLS)
         if self.impl == "pallas" and self.hparams.eps_scaling != "none":  # the kernel has the reference's ε
             raise ConfigError(f"lo_impl=pallas does not take lo_eps_scaling={self.hparams.eps_scaling} (the Pallas "
                               f"kernel has the reference's epsilon): use lo_impl=fused, the same function")

@@ -12,10 +12,11 @@ The params live inside the state. Learned optimizers add one level: ``lo.init_th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 
+from mulo.errors import ConfigError
 from mulo.hparams import HParamsDict  # noqa: F401  (re-exported: the LOs' hyper-parameter dataclasses use it)
 
 State = Any
@@ -36,3 +37,14 @@ class LearnedOptimizer(Protocol):
     def init_theta(self, key: jax.Array) -> Any: ...
 
     def opt_fn(self, theta: Any, update_scales: Any) -> Optimizer: ...
+
+
+def check_variant(what: str, name: str, names: Sequence[str], impl: str, impls: Sequence[str],
+                  impls_text: str | None = None) -> None:
+    """One line for a learned optimizer built with a ``name`` its family does not have (``what``: e.g. "learned
+    optimizer") or an implementation ``impl`` it lacks (``impls_text``: how to say which it has)."""
+    if name not in names:
+        raise ConfigError(f"unknown {what} {name!r}; expected one of {', '.join(names)}")
+    if impl not in impls:
+        raise ConfigError(f"bad value {impl!r} for config key 'lo_impl': "
+                          f"{impls_text or 'expected one of ' + ', '.join(impls)}")

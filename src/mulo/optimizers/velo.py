@@ -59,7 +59,7 @@ import numpy as np
 
 from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, HParamsDict, hparam
-from mulo.optimizers.base import Optimizer
+from mulo.optimizers.base import Optimizer, check_variant
 from mulo.optimizers.features import Acc, decay_from_param, init_acc, update_acc
 from mulo.optimizers.mup_scale import apply_steps, check_scales, step_scaling
 from mulo.optimizers.velo_lstm import (LOSS_MIN_INIT, MULO_V1, NUM_LOSS_EMAS, SEMANTICS, loss_decays, loss_features,
@@ -145,11 +145,8 @@ class VeloLO:
     needs_loss: ClassVar[bool] = True  # update reads the loss, init the planned length (mulo.optimizers.export)
 
     def __post_init__(self):
-        if self.name not in DEFAULTS:
-            raise ConfigError(f"unknown VeLO variant {self.name!r}; expected one of {', '.join(DEFAULTS)}")
-        if self.impl not in IMPLEMENTATIONS:
-            raise ConfigError(f"bad value {self.impl!r} for config key 'lo_impl': VeLO has "
-                              f"{' and '.join(IMPLEMENTATIONS)} (no Pallas kernel)")
+        check_variant("VeLO variant", self.name, tuple(DEFAULTS), self.impl, IMPLEMENTATIONS,
+                      f"VeLO has {' and '.join(IMPLEMENTATIONS)} (no Pallas kernel)")
 
     @property
     def uses_mup(self) -> bool:

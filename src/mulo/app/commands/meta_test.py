@@ -47,7 +47,7 @@ import jax
 from mulo.app.config import Config
 from mulo.errors import MuloError
 from mulo.app.sections import optimizer_source, with_checkpoint_hparams
-from mulo.evaluate.lo_source import OptimizerSource, _jsonable, lo_keys
+from mulo.evaluate.lo_source import OptimizerSource, _jsonable, lo_keys, wandb_api
 from mulo.evaluate.train_loop import LoopSettings, TrainLoop, run_summary
 from mulo.io import atomic_write_json, read_jsonl
 from mulo.layout import MANIFEST, METRICS, SUMMARY, seed_dir
@@ -236,7 +236,7 @@ def main(cfg: Config, args: Any = None, api_factory: Callable[[], Any] | None = 
     download = None
     if cfg.wandb_checkpoint_id:  # <output_dir>/wandb_checkpoints/<entity>_<project>_<run_id>/<theta file>
         download = Path(cfg.output_dir) / "wandb_checkpoints" / cfg.wandb_checkpoint_id.strip("/").replace("/", "_")
-    source = optimizer_source(cfg, download, api_factory)
+    source = optimizer_source(cfg, download, api_factory or wandb_api)
     if source.info.get("checkpoint"):
         fixed = with_checkpoint_hparams(cfg, source)
         asked, used = cfg.section("lo"), fixed.section("lo")
