@@ -1,5 +1,5 @@
 """Tiny test-only task and learned optimizer implementing mulo's Task / LearnedOptimizer interfaces, for the
-meta-training tests (tests/test_meta_*.py). Also importable by subprocesses (the SIGTERM test)."""
+meta-training tests (tests/meta/test_*.py). Also importable by subprocesses (the SIGTERM test)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from mulo.meta.train import train
 from mulo.optimizers.base import Optimizer
 from mulo.tasks.base import ParamMeta, update_scales
 
-# the meta-training settings of the toy runs (tests/test_meta_train.py, tests/test_meta_mixed.py): few, short steps
+# the meta-training settings of the toy runs (tests/meta/test_train.py, tests/meta/test_mixture.py): few, short steps
 TOY_META_CONFIG = dict(trunc_length=4, steps_per_jit=2, num_inner_steps=9, truncation_schedule_min_length=3,
                        random_initial_iteration_offset=3, local_batch_size=4, save_iter=2, checkpoints_to_keep=2,
                        progress=False, meta_grad_clip=1.0,

@@ -1,6 +1,6 @@
-"""The sharded-parameter case of tests/test_mup_sharded.py, run in a subprocess with forced host devices:
+"""The sharded-parameter case of tests/optimizers/test_export_sharded.py, run in a subprocess with forced host devices:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_lo_cases.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/optimizers/sharded_lo_cases.py
 
 A user-style μP MLP (metadata by mulo.mup) whose params are split FSDP-style over 4 devices with NamedSharding,
 trained by as_optax's μLO (pretrained:cpu_mulo_m_fmnist) and μVeLO (mup_velo, random θ) inside one jitted step,

@@ -1,6 +1,6 @@
 """Sharded (FSDP-style) parameters: the μLO and μVeLO through as_optax on params split over 4 forced CPU devices take
 the same steps as on one device, keep each device's optimizer state at about 1/4 of the whole, in one jitted program
-(tests/sharded_lo_cases.py, in a subprocess: the device count is fixed when JAX starts).
+(tests/optimizers/sharded_lo_cases.py, in a subprocess: the device count is fixed when JAX starts).
 
 Stated float32 tolerance: sharding changes the order of the per-tensor reductions (the LO's feature normalisers,
 VeLO's tensor statistics) into all-reduces, so results are equal to rounding, not bit for bit. Measured after 3 steps
