@@ -45,14 +45,15 @@ SIZES = {  # the issue's settings on a GPU, tiny ones for the CPU dry run
                 prefetch_width=1024, big_width=8192, big_batch=4096, impls=("fused", "pallas"), lo_impl="pallas",
                 velo_impls=("fused",),
                 # the GPU-specific tests (the rest of the suite runs in CI on CPU); at most tests_s seconds
-                tests=["tests/test_lo_impl.py", "tests/test_mixed_precision.py", "tests/test_lazy_imports.py"],
+                tests=["tests/optimizers/test_adafac_pallas.py", "tests/tasks/test_precision.py",
+                       "tests/repo/test_lazy_imports.py"],
                 tests_s=120),
     "cpu": dict(widths=(16,), batch=8, repeats=2, pallas_width=24, meta_widths=(8,), meta_pairs=2, meta_k=2,
                 meta_spj=2, meta_batch=8, pool=64, prefetch_steps=5, prefetch_width=16, big_width=32, big_batch=8,
                 # the dry run checks the script, not speed: the plain LO compiles in seconds (the pallas row above
                 # already ran the kernel, interpreted)
                 impls=("reference",), lo_impl="reference", velo_impls=("fused",),
-                tests=["tests/test_lo_impl.py::test_matmul_precision_names"], tests_s=300),
+                tests=["tests/optimizers/test_adafac_pallas.py::test_matmul_precision_names"], tests_s=300),
 }
 TOLERANCE = {"float32": 1e-5, "tensorfloat32": 5e-3, "bfloat16": 1e-2}
 

@@ -6,7 +6,8 @@
 #
 #   bash scripts/gpu_e2e.sh --prepare                            # here, once: wheels into .whl/, IDX files into .data/
 #   bash scripts/gpu_e2e.sh --out "$OUT"                         # on the GPU machine (carry .whl and .data)
-#   bash scripts/gpu_e2e.sh --platform cpu --out DIR --work DIR  # the CPU dry run at tiny sizes (tests/test_gpu_e2e.py)
+#   bash scripts/gpu_e2e.sh --platform cpu --out DIR --work DIR  # the CPU dry run at tiny sizes
+#                                                                  (tests/scripts/test_gpu_e2e.py)
 #
 # The GPU machine reaches no registry and has no Fashion-MNIST: --prepare puts the carried wheels
 # (scripts/carried_wheels.sh) and the four IDX .gz files (30 MB, from Debian's dataset-fashion-mnist or

@@ -13,8 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(REPO))  # run as a script: the tests package (tests.meta.test_toys)
 
 TINY = dict(task=["mumlp-w8-d1_fashionmnist-28x28x1"], num_tasks=4, trunc_length=4, steps_per_jit=2,
             num_inner_steps=12, truncation_schedule_min_length=6, random_initial_iteration_offset=4,
@@ -39,7 +41,7 @@ def _meta_losses(run_dir: Path) -> list[float]:
 def _train(cfg, run_dir, placement=None, stop_after=None):
     from mulo.optimizers import build_learned
     from mulo.tasks import TaskSettings, get_tasks
-    from test_meta_toys import train_flat
+    from tests.meta.test_toys import train_flat
 
     tasks = get_tasks(list(cfg.task), TaskSettings.from_config(cfg))
     return train_flat(cfg, tasks, build_learned(cfg), run_dir, placement=placement, stop_after=stop_after,

@@ -252,7 +252,7 @@ def test_resume_with_another_process_count_says_so(tmp_path):
 
 
 def test_sweep_runs_one_trial_per_device_with_the_single_device_objectives(tmp_path):
-    from test_sweep import sweep_cmd, trials_of, write_config
+    from tests.app.commands.test_sweep import sweep_cmd, trials_of, write_config
 
     from mulo.app.sweep_study import storage_url
 

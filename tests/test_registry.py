@@ -327,8 +327,8 @@ def test_toy_estimator_through_its_section_and_meta_training():
     from mulo.meta.estimators import EstimatorHParams
     from mulo.meta.trainer import MetaTrainer
     from mulo.app.sections import meta_trainer
-    from test_meta_toys import TOY_META_CONFIG, QuadraticTask
-    from test_meta_toys import ToyLO as QuadLO
+    from tests.meta.test_toys import TOY_META_CONFIG, QuadraticTask
+    from tests.meta.test_toys import ToyLO as QuadLO
 
     assert list(section_keys("estimator", "toy_es")) == ["name", "std", "trunc_length", "num_pairs", "gain"]
     spec = component("estimator", "toy_es")

@@ -22,7 +22,7 @@ not by the step that finishes the episode. The final training step of an episode
 ``inner_step == length``) is still a step of the old episode: its loss depends on every perturbation that episode has
 seen, so it belongs to the L_old·A term. The reset step that follows emits mask 0, and everything after it is in the
 L_new·ε term. The reference raises h already at the final step (its ``has_finished`` cumsum includes the done flag),
-which drops the earlier windows' perturbations from that one loss. ``tests/test_meta_pes.py`` checks the estimate
+which drops the earlier windows' perturbations from that one loss. ``tests/meta/test_pes.py`` checks the estimate
 against the exact gradient of the unrolled objective with an episode that ends inside a window.
 """
 

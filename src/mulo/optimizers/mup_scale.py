@@ -4,9 +4,9 @@ Each LO computes every tensor's *unscaled* update (``-step``); the μLO's per-te
 fan_in for hidden matrices, 1 otherwise; ``mulo.tasks.base.update_scales``) then multiply it, the transformation
 ``scale_by_tree(scales)`` (MuAdam's too: ``optax.chain(optax.adam(lr), scale_by_tree(scales))``), and
 ``optax.apply_updates`` adds it to the params. The SP LOs ignore the scales (``optax.identity()``). Same numbers as
-the former ``p - step * scale`` in each LO, bit for bit (tests/test_lo_steps_fixture.py): ``p + (x · -c) · s`` is
-``p - (x · c) · s`` exactly, and the sign sits on the LO's constant step_mult so that XLA folds ``c · s`` (both
-constants) the same way in both.
+the former ``p - step * scale`` in each LO, bit for bit (tests/optimizers/test_lo_steps_fixture.py):
+``p + (x · -c) · s`` is ``p - (x · c) · s`` exactly, and the sign sits on the LO's constant step_mult so that XLA
+folds ``c · s`` (both constants) the same way in both.
 
 The Pallas kernel of the Adafactor-MLP LO (``adafac_pallas``) keeps the scale inside: it writes the new params of a
 matrix in place in its single pass over the tensor, and taking the scaling out would add a pass that reads and writes
