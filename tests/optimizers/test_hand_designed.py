@@ -1,4 +1,4 @@
-"""Hand-designed optimizers: MuAdam = Adam x muP scales, schedules, build_optimizer."""
+"""Hand-designed optimizers: MuAdam = Adam x muP scales, schedules, built from the config's optimizer section."""
 
 import math
 
@@ -10,7 +10,8 @@ import pytest
 
 from mulo.app.config import load_config
 from mulo.errors import ConfigError
-from mulo.optimizers import adam, adamw, build_optimizer, lr_schedule, muadam, sgd
+from mulo.app.sections import build
+from mulo.optimizers import adam, adamw, lr_schedule, muadam, sgd
 
 
 def _params():
@@ -93,6 +94,10 @@ class _Task:
     update_scales = SCALES
 
 
+def build_optimizer(cfg, task):
+    return build(cfg, "optimizer", task, cfg.num_inner_steps)
+
+
 def test_build_optimizer_reads_config():
     cfg = load_config(None, {"optimizer": "muadam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.999})
     _, pm = _run(build_optimizer(cfg, _Task()))
@@ -109,4 +114,4 @@ def test_build_optimizer_reads_config():
         o = build_optimizer(cfg.replace(optimizer=name), _Task())
         _run(o, n=1)
     with pytest.raises(ConfigError):
-        build_optimizer({"optimizer": "rmsprop"}, _Task())
+        build_optimizer(load_config(None, {"optimizer": "rmsprop"}), _Task())
