@@ -14,8 +14,8 @@
 #   achieved, 7.8e13 / 4e13 ≈ 2.0 s, plus ~0.4 s for the LO (Pallas: its 32×32 layer as a matmul; ~1 s fused XLA)
 #   ≈ 2.4 s per outer step (issue 22's target for the same shape on ImageNet-32, 3,072 inputs: ≤ 4 s);
 # - 100 outer steps ≈ 4 minutes; save_iter 25 ≈ one checkpoint a minute.
-# lo_impl: pallas (the Pallas kernel, made for GPUs, lowered for CUDA in CI and compiled offline for sm_90; never run
-# on a GPU yet). If it fails to compile or run there, use `--lo_impl fused` (the same function; gpu_e2e.sh falls
+# lo.impl: pallas (the Pallas kernel, made for GPUs, lowered for CUDA in CI and compiled offline for sm_90; never run
+# on a GPU yet). If it fails to compile or run there, use `--lo.impl fused` (the same function; gpu_e2e.sh falls
 # back to fused by itself when the pallas run stops before its first step).
 # The outer schedule is fixed by `schedule` (warmup 10, cosine over 100 steps), not by num_outer_steps, so a shorter
 # run (--num_outer_steps N, as gpu_e2e.sh's uninterrupted reference) repeats the first N steps exactly.

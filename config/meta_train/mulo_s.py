@@ -7,7 +7,7 @@ lo = dict(name="mup_small_fc_mlp", step_mult=0.01)
 estimator = dict(num_pairs=8, trunc_length=50)
 task = ["mumlp-w128-d3_imagenet-32x32x3"]
 local_batch_size = 4096
-# device memory of the data: one chunk is steps_per_jit x num_tasks x batch images = 5 x 8 x 4096 x 12 KiB = 2 GB;
+# device memory of the data: one chunk is steps_per_jit x estimator.num_pairs x batch images = 5 x 8 x 4096 x 12 KiB = 2 GB;
 # prefetch_batches chunks are kept ready per task (the ± branches share them)
 steps_per_jit = 5
 prefetch_batches = 2
