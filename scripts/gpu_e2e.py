@@ -59,9 +59,9 @@ SIZES = {
                          report=60),
                 est=dict(reference=45, tune_muadam=45, test_lo=75, test_muadam=50, report=25, pack=10), grace=60,
                 min_main=30),
-    "cpu": dict(train=["--task", f"mumlp-w8-d3_{FMNIST}", "--local_batch_size", "8", "--num_tasks", "2",
-                       "--trunc_length", "2", "--steps_per_jit", "2", "--num_inner_steps", "20",
-                       "--truncation_schedule_min_length", "5", "--random_initial_iteration_offset", "5",
+    "cpu": dict(train=["--task", f"mumlp-w8-d3_{FMNIST}", "--local_batch_size", "8", "--estimator.num_pairs", "2",
+                       "--estimator.trunc_length", "2", "--steps_per_jit", "2", "--num_inner_steps", "20",
+                       "--truncation.min_length", "5", "--truncation.random_offset", "5",
                        "--num_outer_steps", "40", "--save_iter", "10", "--progress", "false"],
                 sigterm_after=2, resume_steps=2, lo_impl="reference", widths=(8,), tune_width=8, lrs=(0.1,),
                 default_lr=0.1,
@@ -155,7 +155,7 @@ class Call:
 
 
 def meta_train_argv(call: Call, output_dir: Path, *extra: str) -> list[str]:
-    return ["meta-train", "--config", RECIPE, *call.sz["train"], "--lo_impl", call.r["lo_impl"],
+    return ["meta-train", "--config", RECIPE, *call.sz["train"], "--lo.impl", call.r["lo_impl"],
             "--output_dir", str(output_dir), *call.data_args, *extra]
 
 
@@ -257,8 +257,8 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
     dirs = []
     if run_dir is not None:
         call.run("test_lo", call.cli("test_lo", meta_test_argv(
-            call, mt / "lo", call.sz["widths"], "--optimizer", "mup_small_fc_mlp", "--checkpoint", str(run_dir),
-            "--lo_impl", call.r["lo_impl"])), min(call.sz["cap"]["test_lo"], call.left() - call.reserve(ESSENTIAL[1:])))
+            call, mt / "lo", call.sz["widths"], "--optimizer.name", "lo", "--lo.name", "mup_small_fc_mlp",
+            "--checkpoint", str(run_dir), "--lo.impl", call.r["lo_impl"])), min(call.sz["cap"]["test_lo"], call.left() - call.reserve(ESSENTIAL[1:])))
         dirs.append(run_dir_of(mt / "lo", "meta-test"))
         call.r["run_dirs"]["meta_test"] = [str(d) for d in dirs if d is not None]
     lr = call.args.lrs[0] if call.args.lrs and len(call.args.lrs) == 1 else call.sz["default_lr"]
@@ -268,14 +268,14 @@ def stage_meta_test(call: Call, run_dir: Path | None) -> list[Path]:
         per = min(call.sz["cap"]["tune_muadam"], call.left() - call.reserve(ESSENTIAL[1:])) / len(lrs)
         for x in lrs:
             call.run(f"tune_muadam_lr{x:g}", call.cli(f"tune_muadam_lr{x:g}", meta_test_argv(
-                call, mt / "tune", [call.sz["tune_width"]], "--optimizer", "muadam", "--learning_rate", str(x))),
+                call, mt / "tune", [call.sz["tune_width"]], "--optimizer.name", "muadam", "--optimizer.learning_rate", str(x))),
                 per)
         scan = summary.lr_scan(mt / "tune")
         if scan:
             lr = min(scan, key=scan.get)
     call.r["muadam_lr"] = {"lr": lr, "scan": scan, "tuned_at_width": call.sz["tune_width"] if scan else None}
     call.run("test_muadam", call.cli("test_muadam", meta_test_argv(
-        call, mt / "muadam", call.sz["widths"], "--optimizer", "muadam", "--learning_rate", str(lr))),
+        call, mt / "muadam", call.sz["widths"], "--optimizer.name", "muadam", "--optimizer.learning_rate", str(lr))),
         min(call.sz["cap"]["test_muadam"], call.left() - call.reserve(ESSENTIAL[2:])))
     dirs.append(run_dir_of(mt / "muadam", "meta-test"))
     dirs = [d for d in dirs if d is not None]

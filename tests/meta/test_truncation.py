@@ -33,7 +33,7 @@ def test_constant_schedule_and_offsets():
 
 
 def test_bad_schedule_is_config_error():
-    with pytest.raises(ConfigError, match="truncation_schedule_min_length"):
+    with pytest.raises(ConfigError, match="truncation.min_length"):
         TruncationSchedule("log_uniform", 200, 100)
-    with pytest.raises(ConfigError, match="truncation_schedule"):
+    with pytest.raises(ConfigError, match="truncation.name"):
         TruncationSchedule("cosine", 1, 100)

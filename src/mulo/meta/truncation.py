@@ -45,14 +45,14 @@ class TruncationSchedule:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ConfigError(f"bad truncation_schedule {self.kind!r}: expected one of {', '.join(KINDS)}")
+            raise ConfigError(f"bad truncation.name {self.kind!r}: expected one of {', '.join(KINDS)}")
         if self.max_length < 1:
             raise ConfigError(f"bad num_inner_steps {self.max_length}: expected >= 1")
         if self.kind == "log_uniform" and not 1 <= self.min_length <= self.max_length:
-            raise ConfigError(f"bad truncation_schedule_min_length {self.min_length}: expected 1 <= it <= "
+            raise ConfigError(f"bad truncation.min_length {self.min_length}: expected 1 <= it <= "
                               f"num_inner_steps={self.max_length}")
         if self.initial_offset < 0:
-            raise ConfigError(f"bad random_initial_iteration_offset {self.initial_offset}: expected >= 0")
+            raise ConfigError(f"bad truncation.random_offset {self.initial_offset}: expected >= 0")
 
     def sample_length(self, key: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
         """Episode lengths (int32) of the given shape."""
