@@ -56,3 +56,25 @@ def test_empty_folder_is_one_error_line(tmp_path, capsys):
     assert _script().main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no meta-test runs")
+
+
+def test_one_optimizer_split_over_two_run_dirs_is_one_column_and_a_clash_is_not(tmp_path, capsys):
+    """A row's widths meta-tested by the same θ in two commands (disjoint tasks) are one column
+    (mulo.evaluate.report_runs); two directories holding the same (task, seed) are told apart by their names."""
+    from mulo.evaluate.report_runs import load_runs
+
+    mod = _script()
+    adam = {"optimizer": "muadam", "optimizer_info": {"hparams": {"learning_rate": 0.1}}}
+    gen = {"optimizer": "mup_small_fc_mlp", "optimizer_info": {"checkpoint_extra": {"source": "pretrained:gen"}}}
+    t128, t1024 = (f"mumlp-w{w}-d8_fashionmnist-28x28x1" for w in (128, 1024))
+    row = tmp_path / "mlp_depth8"
+    _run(row / "meta-test_muadam", adam, {t128: [1.0], t1024: [2.0]})
+    _run(row / "meta-test_gen_w128+1024", gen, {t128: [0.5]})
+    _run(row / "meta-test_gen_w1024", gen, {t1024: [3.0]})
+    assert mod.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].count("/ MuAdam") == 1 and "gen / MuAdam" in lines[0]
+    assert "0.500 ✓" in lines[2] and "1.500 ✗" in lines[3]  # 0.5 / 1.0 at w128, 3.0 / 2.0 at w1024
+    _run(row / "meta-test_gen_again", gen, {t1024: [2.5]})  # the same (task, seed) a second time
+    labels = {r.label for r in load_runs(sorted(row.glob("meta-test_gen*")), 0.05)}
+    assert labels == {"meta-test_gen_w128+1024", "meta-test_gen_w1024", "meta-test_gen_again"}

@@ -186,11 +186,7 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
             except (OSError, ValueError):
                 name = None
         labels[d] = name or d.name
-    counts = defaultdict(int)
-    for v in labels.values():
-        counts[v] += 1
-    labels = {d: (v if counts[v] == 1 else d.name) for d, v in labels.items()}
-    runs = []
+    runs, run_dirs = [], []
     for d in dirs:
         for summary_path in sorted(d.glob(f"*/seed*/{SUMMARY}")):
             seed_dir = summary_path.parent
@@ -215,8 +211,23 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], frac: float) -> list[Run]:
                             seed=seed, diverged=diverged,
                             diverged_step=summary.get("diverged_step"), steps=steps, train_loss=losses,
                             test_loss=tests[-1] if tests and not diverged else None, final=final))
+            run_dirs.append(d)
     if not runs:
         raise ReportError("no meta-test results (<task>/seed<k>/summary.json) in " + ", ".join(map(str, dirs)))
+    return _tell_apart(runs, run_dirs)
+
+
+def _tell_apart(runs: list[Run], run_dirs: list[Path]) -> list[Run]:
+    """Runs of directories with one label are one optimizer (e.g. a row's widths meta-tested in two commands) unless
+    two of those directories hold the same (task, seed): then each of them is labelled by its directory's name."""
+    owners: dict[tuple, set] = defaultdict(set)
+    for r, d in zip(runs, run_dirs):
+        owners[(r.label, r.task, r.seed)].add(d)
+    clash = {d for ds in owners.values() if len(ds) > 1 for d in ds}
+    clashing_labels = {r.label for r, d in zip(runs, run_dirs) if d in clash}
+    for r, d in zip(runs, run_dirs):
+        if r.label in clashing_labels:
+            r.label = d.name
     return runs
 
 
