@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mulo.data import get_dataset
-from mulo.data.prefetch import DevicePrefetcher, batch_sharding
+from mulo.data.prefetch import DevicePrefetcher
+from mulo.parallel import batch_sharding
 
 
 def _numbered(n=None, shape=(2, 3, 4)):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from mulo.parallel import batch_sharding, put_on_devices  # noqa: F401 - re-exported: placement is decided there
+from mulo.parallel import put_on_devices
 
 _END = object()
 

@@ -47,7 +47,7 @@ import jax
 
 from mulo.errors import CheckpointError
 from mulo.io import trim_metrics
-from mulo.layout import THETA_EXT, THETA_FINAL, theta_final_path, theta_step_path  # noqa: F401 (the one layout)
+from mulo.layout import theta_final_path, theta_step_path
 from mulo.meta.checkpoint import Checkpointer
 from mulo.meta.settings import TrainSettings
 from mulo.meta.trainer import MetaTrainer, TrainState

@@ -36,10 +36,9 @@ import optax
 from mulo.errors import ConfigError
 from mulo.hparams import POSITIVE, HParamsDict, hparam
 from mulo.optimizers.base import Optimizer, check_variant
-from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, TIMESCALES, Acc,  # noqa: F401
-                                      decay_from_param, effective_weights, factored_dims, features_reference,
-                                      fused_inputs, init_acc, mean_squares, norm_eps, product, row_col_factors,
-                                      safe_rsqrt, time_features, update_acc)
+from mulo.optimizers.features import (NORM_EPS, NUM_FEATURES, NUM_NORMALISED_FEATURES, Acc, decay_from_param,
+                                      effective_weights, features_reference, fused_inputs, init_acc, mean_squares,
+                                      norm_eps, product, row_col_factors, safe_rsqrt, time_features, update_acc)
 from mulo.optimizers.mup_scale import apply_steps, check_scales, step_scaling
 from mulo.registry import EPS_SCALINGS, LO_IMPLS
 

@@ -17,7 +17,6 @@ from typing import Any, Callable, Protocol, Sequence
 import jax
 
 from mulo.errors import ConfigError
-from mulo.hparams import HParamsDict  # noqa: F401  (re-exported: the LOs' hyper-parameter dataclasses use it)
 
 State = Any
 Params = Any

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mulo.tasks.base import MupMultipliers, ParamMeta, Task, update_scale, update_scales
-from mulo.tasks.names import GRAMMAR, IMAGE_DATASETS, TEXT_PATTERNS, TaskSpec, parse_task_name, split_task_names
+from mulo.data.names import IMAGE_DATASETS, TEXT_PATTERNS
+from mulo.tasks.names import GRAMMAR, TaskSpec, parse_task_name, split_task_names
 from mulo.tasks.settings import TaskSettings
 
 

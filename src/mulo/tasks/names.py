@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from mulo.data.names import IMAGE_DATASETS, TEXT_PATTERNS, accepted, dataset_kind, parse_text_dataset  # noqa: F401
+from mulo.data.names import accepted, dataset_kind, parse_text_dataset
 from mulo.errors import TaskError
 from mulo.registry import TaskFamily, model_family, task_models
 
