@@ -13,7 +13,8 @@ skipping of non-finite meta-gradients.
   (``skipped_steps``) instead of silently zeroing them as the reference did. Not ``optax.apply_if_finite``: it runs
   the update inside a ``lax.cond`` and applies it outside, which XLA compiles to other last bits of θ (measured on
   CPU, jax 0.10.2 / optax 0.2.8: 1 ulp of a θ leaf from the second outer step of the toy run of
-  tests/meta/test_checkpoint_v1.py), so today's checkpoints would not resume bit-exactly and θ files would change.
+  tests/meta/test_checkpoint_v1.py), so today's checkpoints would not resume bit-exactly and θ files would change;
+  it also wraps the optimizer state in its own (``ApplyIfFiniteState``), which checkpoints written before cannot fill.
 """
 
 from __future__ import annotations
