@@ -13,6 +13,7 @@ from mulo.errors import CheckpointError, ConfigError
 from mulo.optimizers import (AdafacHParams, AdafacMLPLO, as_optax, build_learned, learned_from_hparams, load_theta,
                              num_meta_params, save_theta)
 from mulo.optimizers import adafac_mlp as A
+from mulo.optimizers.features import factored_dims
 from mulo.tasks.base import ParamMeta, update_scales
 
 KEY = jax.random.PRNGKey(0)
@@ -238,8 +239,8 @@ def test_fused_equals_reference_full_update():
 
 
 def test_factored_and_unfactored_paths():
-    assert A.factored_dims((5, 9)) == (0, 1) and A.factored_dims((9, 5)) == (1, 0)
-    assert A.factored_dims((3, 3, 4, 6)) == (2, 3) and A.factored_dims((7,)) is None and A.factored_dims(()) is None
+    assert factored_dims((5, 9)) == (0, 1) and factored_dims((9, 5)) == (1, 0)
+    assert factored_dims((3, 3, 4, 6)) == (2, 3) and factored_dims((7,)) is None and factored_dims(()) is None
     params = {"s": jnp.float32(1.0), "v": jnp.ones(7), "m": jnp.ones((9, 5)), "t": jnp.ones((3, 3, 4, 6))}
     state = _lo(hidden_size=4).opt_fn(_lo(hidden_size=4).init_theta(KEY), None).init(params, 10)
     for k, shape in (("s", (1,)), ("v", (7,))):  # unfactored: full-shape v_diag, no row/col
