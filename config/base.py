@@ -42,6 +42,7 @@ meta_learning_rate = 1e-4
 schedule = dict()
 meta_weight_decay = 1e-4
 meta_grad_clip = None
+init_theta = None  # start theta from a learned optimizer (theta file, run dir, pretrained:NAME) instead of at random
 save_iter = 50
 checkpoints_to_keep = 10
 auto_resume = False

@@ -105,3 +105,28 @@ def test_switching_component_drops_the_keys_an_earlier_layer_gave_the_old_one(tm
     _, cfg = parse(["meta-test", "--config", str(REPO / "config" / "coord_check" / "mumlp_fashionmnist.py"),
                     "--optimizer.name", "adam"])
     assert cfg.section("optimizer")["learning_rate"] == 1e-2  # adam has the key: kept
+
+
+def test_init_theta_reads_the_theta_file_and_refuses_other_hyper_parameters(tmp_path):
+    import jax
+    import numpy as np
+
+    from mulo.app.sections import build, init_theta
+    from mulo.errors import CheckpointError
+    from mulo.optimizers import save_theta
+
+    cfg = load_config("config/meta_train/quickstart.py", cli={"output_dir": str(tmp_path / "out")})
+    lo = build(cfg, "lo")
+    assert init_theta(cfg, lo) is None  # not set: a random start
+    theta = jax.tree.map(lambda x: x + 0.5, lo.init_theta(jax.random.PRNGKey(3)))
+    save_theta(tmp_path / "mine.msgpack", lo, theta)
+    got = init_theta(cfg.replace(init_theta=str(tmp_path / "mine.msgpack")), lo)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = build(cfg.replace(lo={"step_mult": 0.5}), "lo")
+    save_theta(tmp_path / "other.msgpack", other, theta)
+    with pytest.raises(ConfigError, match=r"lo.step_mult=0.5 \(config: 0.01\)"):
+        init_theta(cfg.replace(init_theta=str(tmp_path / "other.msgpack")), lo)
+    with pytest.raises(CheckpointError, match="^init_theta: checkpoint not found"):
+        init_theta(cfg.replace(init_theta=str(tmp_path / "none.msgpack")), lo)
+    assert not (tmp_path / "out").exists()

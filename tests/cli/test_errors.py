@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
      "bad model 'mumlpx'"),
     (["meta-test", "--config", "config/meta_test/cpu_fashionmnist.py", "--optimizer", "mup_small_fc_mlp",
       "--checkpoint", "README.md"], "is corrupt or truncated"),
+    (["meta-train", "--config", "config/meta_train/quickstart.py", "--init_theta", "pretrained:cpu_mulo_m_fmnist"],
+     "lo.step_mult=0.03 (config: 0.01)"),
 ])
 def test_missing_data_and_bad_input_are_one_line(tmp_path, argv, needle):
     empty = tmp_path / "tfds"

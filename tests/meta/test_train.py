@@ -231,3 +231,36 @@ def test_the_identity_of_a_run_written_by_the_flat_config_trainer_is_unchanged(t
     written = atomic_write_json(tmp_path / "identity.json", identity(TrainSettings.from_config(cfg), build(cfg, "lo"),
                                                                      estimator, truncation))
     assert written.read_bytes() == (run / "checkpoints" / "identity.json").read_bytes()
+
+
+def test_warm_start_begins_at_init_theta_and_a_resume_continues_its_checkpoint(tmp_path):
+    from mulo.errors import ConfigError
+    from mulo.meta.settings import theta_digest
+
+    theta0 = {"log_lr": jnp.asarray(np.log(0.05), jnp.float32), "bias": jnp.asarray([0.1, -0.2], jnp.float32)}
+    cfg = _cfg(num_outer_steps=4)
+    trainer = meta_trainer(cfg, _tasks(), ToyLO())
+    cold = trainer.identity()
+    from mulo.meta.trainer import MetaTrainer
+
+    warm = MetaTrainer(trainer.settings, _tasks(), ToyLO(), trainer.estimator, trainer.truncation, init_theta=theta0)
+    for a, b in zip(_leaves(warm.init_state().theta), _leaves(theta0)):  # starts exactly at θ0
+        np.testing.assert_array_equal(a, b)
+    assert "init_theta_sha256" not in cold  # a cold run's identity is as before (old runs resume)
+    assert warm.identity() == {**cold, "init_theta_sha256": theta_digest(theta0)}
+    assert theta_digest(theta0) != theta_digest({**theta0, "bias": jnp.asarray([0.1, -0.25], jnp.float32)})
+    with pytest.raises(ConfigError, match="does not fit learned optimizer"):
+        MetaTrainer(trainer.settings, _tasks(), ToyLO(), trainer.estimator, trainer.truncation,
+                    init_theta={"log_lr": 0.0, "bias": jnp.zeros((3,))})
+
+    full = train_flat(cfg, _tasks(), ToyLO(), tmp_path / "full", handle_signals=False, init_theta=theta0)
+    cold_run = train_flat(cfg, _tasks(), ToyLO(), tmp_path / "cold", handle_signals=False)
+    assert not np.array_equal(_leaves(full["state"].theta)[1], _leaves(cold_run["state"].theta)[1])
+    train_flat(cfg, _tasks(), ToyLO(), tmp_path / "part", stop_after=2, handle_signals=False, init_theta=theta0)
+    resume = cfg.replace(auto_resume=True)
+    other = {**theta0, "log_lr": jnp.asarray(np.log(0.2), jnp.float32)}
+    with pytest.raises(CheckpointError, match="init_theta_sha256"):  # not continued from another start
+        train_flat(resume, _tasks(), ToyLO(), tmp_path / "part", handle_signals=False, init_theta=other)
+    rest = train_flat(resume, _tasks(), ToyLO(), tmp_path / "part", handle_signals=False, init_theta=theta0)
+    for a, b in zip(_leaves(full["state"]), _leaves(rest["state"])):
+        np.testing.assert_array_equal(a, b)

@@ -48,7 +48,7 @@ _RUNTIME = ("compilation_cache_dir", "compilation_cache_max_gb")
 COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "meta-train": _WHAT + ("num_outer_steps", "num_inner_steps", "steps_per_jit", "meta_loss_split", "meta_loss_norm",
                            "task_batch_sizes", "meta_learning_rate", "schedule", "meta_weight_decay", "meta_grad_clip",
-                           "save_iter", "checkpoints_to_keep", "auto_resume")
+                           "init_theta", "save_iter", "checkpoints_to_keep", "auto_resume")
                   + _DATA + ("use_bf16",) + _LOG + _RUNTIME,
     "meta-test": _WHAT + ("num_runs", "checkpoint", "wandb_checkpoint_id") + _LOOP + _DATA + _EVAL + _LOG + _RUNTIME,
     "sweep": _WHAT + ("sweep_config", "sweep_trials", "storage", "study_name") + _LOOP + _DATA + _EVAL + _LOG

@@ -93,6 +93,10 @@ SCHEMA: dict[str, Key] = {
     "meta_weight_decay": Key("float", "outer AdamW weight decay", min=0.0),
     "meta_grad_clip": Key("float", "clip the meta-gradient to this global norm before Adam (None: off)",
                           optional=True, min=POSITIVE),
+    "init_theta": Key("str", "meta-train from this θ instead of a random one (warm start): a θ file, a meta-train run "
+                      "directory, hf:OWNER/NAME or pretrained:NAME; its learned optimizer and hyper-parameters must be "
+                      "the lo section's; the outer optimizer starts fresh; a resumed run continues its checkpoint",
+                      optional=True),
     "save_iter": Key("int", "save a checkpoint every this many outer steps", min=1),
     "checkpoints_to_keep": Key("int", "checkpoints kept (oldest deleted)", min=1),
     "auto_resume": Key("bool", "continue the run's latest checkpoint if there is one"),

@@ -19,8 +19,8 @@ MAX_STR = 4096  # longer strings are a pasted mistake, not a name or a path
 # string keys where an empty (or blank) value means nothing sensible: a path "" is the working directory, a name ""
 # names nothing (optional keys take none instead)
 NON_EMPTY = ("output_dir", "data_dir", "fashion_mnist_dir", "tinyshakespeare_path", "vocab_path", "checkpoint",
-             "wandb_checkpoint_id", "storage", "study_name", "wandb_project", "wandb_entity", "compilation_cache_dir",
-             "coordinator_address", "cluster_detection_method")
+             "init_theta", "wandb_checkpoint_id", "storage", "study_name", "wandb_project", "wandb_entity",
+             "compilation_cache_dir", "coordinator_address", "cluster_detection_method")
 
 
 

@@ -14,7 +14,7 @@ from typing import Any, Collection, Mapping
 
 from mulo.app.aliases import FLAT_KEYS, FLAT_OPTIMIZER, flat_targets
 from mulo.app.schema import check, key_text, short, suggest
-from mulo.errors import ConfigError
+from mulo.errors import CheckpointError, ConfigError
 from mulo.hparams import Key, field_defaults, section_schema
 
 SECTION_NAMES = ("optimizer", "lo", "estimator", "truncation", "task_options")
@@ -174,11 +174,35 @@ def with_checkpoint_hparams(cfg: Any, source: Any) -> Any:
         return cfg
 
 
+def init_theta(cfg: Any, lo: Any) -> Any:
+    """The θ of ``cfg.init_theta`` (a warm start for meta-training ``lo``), or None when it is not set. Its learned
+    optimizer and hyper-parameters must be ``lo``'s (the ``lo`` section's): ConfigError naming the first differences
+    otherwise, since θ means something else under other hyper-parameters."""
+    if not cfg.init_theta:
+        return None
+    from mulo.evaluate import lo_source
+
+    try:
+        source = lo_source.optimizer_source({"name": "lo"}, cfg.section("lo"), num_steps=cfg.num_inner_steps,
+                                            checkpoint=cfg.init_theta)
+    except (ConfigError, CheckpointError) as err:
+        raise type(err)(f"init_theta: {err}") from None
+    learned, theta = source.learned
+    mine, theirs = lo.hparams.to_dict(), learned.hparams.to_dict()
+    diff = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    if diff:
+        shown = ", ".join(f"lo.{k}={theirs.get(k)!r} (config: {mine.get(k)!r})" for k in diff[:3])
+        raise ConfigError(f"init_theta {cfg.init_theta} was meta-trained with other hyper-parameters: {shown}; set "
+                          f"them in the lo section to warm-start from it")
+    return theta
+
+
 def meta_trainer(cfg: Any, tasks: Any, lo: Any = None, placement: Any = None) -> Any:
     """The meta-trainer (``mulo.meta.trainer.MetaTrainer``) of ``cfg``: its run-level settings, the estimator and the
     truncation schedule built from their sections, and ``lo`` (default: built from the ``lo`` section)."""
     from mulo.meta.settings import TrainSettings
     from mulo.meta.trainer import MetaTrainer
 
-    return MetaTrainer(TrainSettings.from_config(cfg), tasks, lo if lo is not None else build(cfg, "lo"),
-                       build(cfg, "estimator"), build(cfg, "truncation", cfg.num_inner_steps), placement)
+    lo = lo if lo is not None else build(cfg, "lo")
+    return MetaTrainer(TrainSettings.from_config(cfg), tasks, lo, build(cfg, "estimator"),
+                       build(cfg, "truncation", cfg.num_inner_steps), placement, init_theta(cfg, lo))

@@ -55,9 +55,10 @@ class TrainSettings:
         return dataclasses.replace(self, **changes)
 
 
-def identity(settings: TrainSettings, lo: Any, estimator: Any, truncation: Any) -> dict:
+def identity(settings: TrainSettings, lo: Any, estimator: Any, truncation: Any, init_theta: Any = None) -> dict:
     """What must match for a resume (``identity.json`` of the checkpoints): the entries, names and values that
-    runs written before the config sections have, so that they resume (the names are today's flat config keys)."""
+    runs written before the config sections have, so that they resume (the names are today's flat config keys);
+    with a warm start, the SHA-256 of its θ (``theta_digest``), so that a run is not continued from another start."""
     est = estimator.hparams
     hp = lo.hparams
     name = getattr(lo, "name", type(lo).__name__)
@@ -71,6 +72,8 @@ def identity(settings: TrainSettings, lo: Any, estimator: Any, truncation: Any) 
         out["meta_loss_norm"] = settings.meta_loss_norm
     if settings.task_batch_sizes is not None:
         out["task_batch_sizes"] = list(settings.task_batch_sizes)
+    if init_theta is not None:
+        out["init_theta_sha256"] = theta_digest(init_theta)
     return {**out, "lo": name,
             "lo_hparams": dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) else hp,
             "num_processes": _process_count()}
@@ -80,3 +83,18 @@ def _process_count() -> int:
     import jax
 
     return jax.process_count()
+
+
+def theta_digest(theta: Any) -> str:
+    """SHA-256 (hex) of a θ tree: its leaves' float32 bytes in tree order, with their paths and shapes."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf), dtype=np.float32))
+        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()

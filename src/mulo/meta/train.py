@@ -94,16 +94,17 @@ def _save_theta(path: Path, lo, theta, extra: dict) -> Path:
 def train(settings: TrainSettings, tasks: Sequence[Any], lo: Any, estimator: Any, truncation: Any,
           run_dir: str | Path, *, make_logger: Callable[[], Any] | None = None, stop_after: int | None = None,
           on_step: Callable[[int, dict], None] | None = None, handle_signals: bool = True,
-          placement: Placement | None = None) -> dict:
+          placement: Placement | None = None, init_theta: Any = None) -> dict:
     """Meta-train ``lo`` on ``tasks`` with ``estimator`` (its ``num_pairs`` inner problems per task) and
     ``truncation`` in ``run_dir``; returns a summary dict (final step, θ file, whether it was interrupted).
 
     ``make_logger()``: the metrics logger (``log(step, metrics)``, ``close()``), made on process 0 once a resumed
     run's metrics are trimmed (None: metrics are not logged). ``stop_after``: behave as if interrupted after that many
     outer steps (tests). ``on_step(step, metrics)`` is called after every step (the SIGTERM test uses it to signal
-    readiness). ``placement``: the device mesh (default: every device, as ``settings.data_parallel`` says)."""
+    readiness). ``placement``: the device mesh (default: every device, as ``settings.data_parallel`` says).
+    ``init_theta``: θ to start from instead of ``lo.init_theta`` (a warm start; a resume continues its checkpoint)."""
     run_dir = Path(run_dir)
-    trainer = MetaTrainer(settings, tasks, lo, estimator, truncation, placement)
+    trainer = MetaTrainer(settings, tasks, lo, estimator, truncation, placement, init_theta)
     ckpt = Checkpointer(run_dir / "checkpoints", settings.checkpoints_to_keep, trainer.identity())
     latest = ckpt.latest_step()
     if latest is not None:

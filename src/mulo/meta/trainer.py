@@ -39,6 +39,18 @@ def data_seed(seed: int, task_index: int, step: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(task_index), int(step)]).generate_state(1)[0])
 
 
+def checked_init_theta(lo: Any, theta: Any) -> Any:
+    """``theta`` (a warm start) as float32 arrays, after checking that its tree and shapes are those of ``lo``'s own
+    initial θ (ConfigError otherwise)."""
+    want = jax.eval_shape(lo.init_theta, jax.random.PRNGKey(0))
+    got = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), theta)
+    if jax.tree.structure(want) != jax.tree.structure(got) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got))):
+        raise ConfigError(f"init_theta does not fit learned optimizer {getattr(lo, 'name', lo)!r} with its "
+                          f"hyper-parameters (other parameter tree or shapes)")
+    return got
+
+
 def _key(seed: int, *path: int) -> jax.Array:
     key = jax.random.PRNGKey(seed)
     for p in path:
@@ -51,13 +63,14 @@ class MetaTrainer:
     are ``estimator.hparams.num_pairs`` antithetic pairs whose episodes ``truncation`` draws."""
 
     def __init__(self, settings: TrainSettings, tasks: Sequence[Any], lo: Any, estimator: Any, truncation: Any,
-                 placement: Placement | None = None):
+                 placement: Placement | None = None, init_theta: Any = None):
         trunc_length = estimator.hparams.trunc_length
         if trunc_length % settings.steps_per_jit:
             raise ConfigError(f"steps_per_jit={settings.steps_per_jit} must divide trunc_length={trunc_length}")
         self.settings = settings
         self.tasks = list(tasks)
         self.lo, self.estimator, self.truncation = lo, estimator, truncation
+        self.init_theta = None if init_theta is None else checked_init_theta(lo, init_theta)
         self.num_pairs = estimator.hparams.num_pairs
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
@@ -95,7 +108,7 @@ class MetaTrainer:
 
     def init_state(self) -> TrainState:
         seed = self.settings.seed
-        theta = self.lo.init_theta(_key(seed, 0))
+        theta = self.lo.init_theta(_key(seed, 0)) if self.init_theta is None else self.init_theta
         ests = tuple(e.init(theta, _key(seed, 1, j)) for j, e in enumerate(self.estimators))
         state = TrainState(jnp.zeros((), jnp.int32), theta, self.tx.init(theta), ests, jnp.zeros((), jnp.int32))
         return self.place(state)
@@ -116,7 +129,7 @@ class MetaTrainer:
         return self.placement.put(state, self.state_shardings(state))
 
     def identity(self) -> dict:
-        return identity(self.settings, self.lo, self.estimator, self.truncation)
+        return identity(self.settings, self.lo, self.estimator, self.truncation, self.init_theta)
 
     # ---- data ---------------------------------------------------------------------------------------------------
 

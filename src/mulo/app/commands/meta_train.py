@@ -13,7 +13,7 @@ from mulo.app import preflight, startup
 from mulo.app.memory import check_fits
 from mulo.app.rundir import claim, run_dir_path, write_config
 from mulo.app.runlog import RunLogger
-from mulo.app.sections import build
+from mulo.app.sections import build, init_theta
 from mulo.meta import outer
 from mulo.meta.mixture import task_batch_sizes
 from mulo.meta.settings import TrainSettings
@@ -33,6 +33,7 @@ def run(cfg: Any, args: Any = None) -> int:
     estimator = build(cfg, "estimator")
     truncation = build(cfg, "truncation", cfg.num_inner_steps)
     settings = TrainSettings.from_config(cfg)
+    theta0 = init_theta(cfg, lo)  # a warm start: its θ file read and checked against the lo section
     outer.from_config(cfg)  # a bad outer schedule is one line before any data is read
     for b in task_batch_sizes(settings, len(tasks)):  # pairs and batch split over the devices
         Placement.create(data_parallel=settings.data_parallel).check(estimator.hparams.num_pairs, b)
@@ -44,14 +45,15 @@ def run(cfg: Any, args: Any = None) -> int:
     main = is_main_process()  # the other processes of a multi-process run only compute and checkpoint there
     with claim(run_dir, "meta-train") if main else nullcontext():
         if main:
-            check_resume(settings, MetaTrainer(settings, tasks, lo, estimator, truncation).identity(), run_dir)
+            check_resume(settings, MetaTrainer(settings, tasks, lo, estimator, truncation,
+                                                   init_theta=theta0).identity(), run_dir)
             write_config(run_dir, cfg)
         barrier("mulo-run-dir")
         if main:
             startup.announce("meta-train", cfg, run_dir)
             print(startup.compiling_line("meta-train", f"{len(tasks)} task(s)"), flush=True)
         result = train(settings, tasks, lo, estimator, truncation, run_dir, make_logger=lambda: RunLogger(
-            run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train"))
+            run_dir, cfg, group="meta-train", name=run_dir.name, job_type="meta-train"), init_theta=theta0)
     if not is_main_process():
         return 0
     if result["interrupted"]:
