@@ -1,6 +1,7 @@
-# The held-out suite of the general muLO (config/meta_train/cpu_mulo_general.py): what every row shares. Each row is a
-# config in config/meta_test/heldout/ built on this one, on tasks the meta-training never touched:
-#   mlp_depth8.py     muMLP depth 8 (meta-trained: depth 3) on Fashion-MNIST, widths 128-1024 (4x-32x)
+# The held-out suite of the general muLO (config/meta_train/cpu_mulo_general_warm.py, the shipped one, and the
+# other trials): what every row shares. Each row is a config in config/meta_test/heldout/ built on this one, on
+# tasks the meta-training never touched:
+#   mlp_depth8.py     muMLP depth 8 (meta-trained: depth 3) on Fashion-MNIST, widths 128-2048 (4x-64x)
 #   transformer.py    muTransformer at 4x and 16x the meta-trained width, trained on the *second* half of Tiny
 #                     Shakespeare (meta-training only read the first half; scripts/split_tinyshakespeare.py)
 #   vit.py            muViT at 4x the meta-trained width

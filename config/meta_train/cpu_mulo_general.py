@@ -1,4 +1,5 @@
-# CPU general muLO: one muLO meta-trained on a mixture of task families at small widths, for tasks it never saw
+# CPU general muLO, trial 1: one muLO meta-trained from a random theta on a mixture of task families at small widths,
+# for tasks it never saw (shipped as pretrained:cpu_mulo_general until trial 3, cpu_mulo_general_warm.py, replaced it)
 # (the held-out suite config/meta_test/heldout_suite.py). Auto-resumable: stop it at any time (Ctrl-C / SIGTERM save a
 # checkpoint) and rerun the same command; first write the Tiny Shakespeare halves (the held-out suite trains its
 # transformers on the second half, which meta-training never reads):

@@ -27,9 +27,9 @@ PRETRAINED: tuple[Pretrained, ...] = (
                "muLO meta-trained here on a 2-core CPU: Fashion-MNIST muMLPs, widths 32/64/128 "
                "(config/meta_train/cpu_mulo_m.py; pretrained/cpu_mulo_m_fmnist.md)"),
     Pretrained("cpu_mulo_general", "cpu_mulo_general.msgpack",
-               "muLO meta-trained here on a 2-core CPU on three task families at once: Fashion-MNIST muMLPs (widths "
-               "32/64) and muViTs (width 32), Tiny Shakespeare muTransformers (width 32) "
-               "(config/meta_train/cpu_mulo_general.py; pretrained/cpu_mulo_general.md)"),
+               "muLO meta-trained here on a 2-core CPU on three task families at once: cpu_mulo_m_fmnist "
+               "fine-tuned on Fashion-MNIST muMLPs (widths 32/64) and muViTs (width 32) and Tiny Shakespeare "
+               "muTransformers (width 32) (config/meta_train/cpu_mulo_general_warm.py; pretrained/cpu_mulo_general.md)"),
     Pretrained("mulo_m", "hf:btherien/mulo",
                "the muLO paper's muLO_M (ImageNet 32x32 muMLPs, widths 128/512/1024), from the Hugging Face hub"),
 )

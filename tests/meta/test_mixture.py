@@ -173,19 +173,24 @@ REPO = Path(__file__).resolve().parents[2]
 def test_heldout_suite_never_touches_the_meta_training_tasks_and_sweeps_its_narrowest_widths():
     from mulo.tasks.names import parse_task_name as parse
 
-    general = load_config(REPO / "config" / "meta_train" / "cpu_mulo_general.py")
-    trained = [parse(t, general.d_head) for t in general.task]
+    general = load_config(REPO / "config" / "meta_train" / "cpu_mulo_general_warm.py")  # the shipped θ's recipe
+    assert general.init_theta == "pretrained:cpu_mulo_m_fmnist"
+    start = load_config(REPO / "pretrained" / "cpu_mulo_m_fmnist.config.py")  # the θ it starts from
+    mixture = [parse(t, general.d_head) for t in general.task]
+    trained = mixture + [parse(t, start.d_head) for t in start.task]
     widest = {}
-    for spec in trained:
+    for spec in mixture:
         widest[spec.family] = max(widest.get(spec.family, 0), spec.width)
     assert set(widest) == {"mlp", "transformer", "vit"} and general.meta_loss_norm == "init_loss"
+    lineage = max(s.width for s in trained if s.family == "mlp")  # 128: cpu_mulo_m_fmnist's widest depth-3 MLP
     rows = sorted((REPO / "config" / "meta_test" / "heldout").glob("*.py"))
     assert {r.stem for r in rows} == {"mlp_depth8", "transformer", "vit", "horizon5x"}
     for row in rows:
         cfg = load_config(row)
         specs = [parse(t, cfg.d_head) for t in cfg.task]
         assert not {s.name for s in specs} & {s.name for s in trained}
-        assert all(s.width > widest[s.family] for s in specs), row.stem  # wider than any meta-training task
+        assert all(s.width > widest[s.family] for s in specs), row.stem  # wider than any task of the mixture
+        assert all(s.width >= lineage for s in specs if s.family == "mlp"), row.stem  # and than the start's
         if row.stem in ("transformer", "vit"):  # the issue's 4x (and 16x) the meta-trained width
             assert sorted(s.width // widest[s.family] for s in specs) == ([4, 16] if row.stem == "transformer"
                                                                           else [4])
