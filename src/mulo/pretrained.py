@@ -29,7 +29,8 @@ PRETRAINED: tuple[Pretrained, ...] = (
     Pretrained("cpu_mulo_general", "cpu_mulo_general.msgpack",
                "muLO meta-trained here on a 2-core CPU on three task families at once: cpu_mulo_m_fmnist "
                "fine-tuned on Fashion-MNIST muMLPs (widths 32/64) and muViTs (width 32) and Tiny Shakespeare "
-               "muTransformers (width 32) (config/meta_train/cpu_mulo_general_warm.py; pretrained/cpu_mulo_general.md)"),
+               "muTransformers (width 32) (config/meta_train/cpu_mulo_general_warm.py; "
+               "pretrained/cpu_mulo_general.md)"),
     Pretrained("mulo_m", "hf:btherien/mulo",
                "the muLO paper's muLO_M (ImageNet 32x32 muMLPs, widths 128/512/1024), from the Hugging Face hub"),
 )

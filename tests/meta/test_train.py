@@ -236,13 +236,12 @@ def test_the_identity_of_a_run_written_by_the_flat_config_trainer_is_unchanged(t
 def test_warm_start_begins_at_init_theta_and_a_resume_continues_its_checkpoint(tmp_path):
     from mulo.errors import ConfigError
     from mulo.meta.settings import theta_digest
+    from mulo.meta.trainer import MetaTrainer
 
     theta0 = {"log_lr": jnp.asarray(np.log(0.05), jnp.float32), "bias": jnp.asarray([0.1, -0.2], jnp.float32)}
     cfg = _cfg(num_outer_steps=4)
     trainer = meta_trainer(cfg, _tasks(), ToyLO())
     cold = trainer.identity()
-    from mulo.meta.trainer import MetaTrainer
-
     warm = MetaTrainer(trainer.settings, _tasks(), ToyLO(), trainer.estimator, trainer.truncation, init_theta=theta0)
     for a, b in zip(_leaves(warm.init_state().theta), _leaves(theta0)):  # starts exactly at θ0
         np.testing.assert_array_equal(a, b)
